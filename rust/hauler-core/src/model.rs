@@ -1,0 +1,333 @@
+//! The data the engine stores and moves: job ids, statuses, new jobs, stored records.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::error::Error;
+use crate::retry::RetryPolicy;
+
+/// A point in time: microseconds since the Unix epoch, UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Timestamp(i64);
+
+impl Timestamp {
+    /// The current wall-clock time.
+    pub fn now() -> Self {
+        Timestamp(chrono::Utc::now().timestamp_micros())
+    }
+    /// From microseconds since the epoch.
+    pub const fn from_micros(us: i64) -> Self {
+        Timestamp(us)
+    }
+    /// Microseconds since the epoch.
+    pub const fn as_micros(self) -> i64 {
+        self.0
+    }
+    /// This time moved by `d` (saturating).
+    pub fn plus(self, d: std::time::Duration) -> Self {
+        let us = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_add(us))
+    }
+    /// How long from `self` until `later` (zero if `later` is not later).
+    pub fn until(self, later: Timestamp) -> std::time::Duration {
+        std::time::Duration::from_micros(u64::try_from(later.0.saturating_sub(self.0)).unwrap_or(0))
+    }
+}
+
+/// A job's id: a UUID v7, so ids sort by creation time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct JobId(pub Uuid);
+
+impl JobId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        JobId(Uuid::now_v7())
+    }
+}
+
+impl Default for JobId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for JobId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Uuid::parse_str(s)
+            .map(JobId)
+            .map_err(|e| Error::Config(format!("invalid job id {s:?}: {e}")))
+    }
+}
+
+/// Where a job is in its life. See `docs/state_machine.md` for the transitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    /// Stored with a run time in the future.
+    Scheduled,
+    /// Ready to be claimed.
+    Available,
+    /// Claimed by a worker that holds its lease.
+    Running,
+    /// An attempt failed; waiting for its retry time.
+    Retryable,
+    /// Finished successfully.
+    Completed,
+    /// Failed for good (retries exhausted, or a permanent error).
+    Failed,
+    /// Cancelled before it finished.
+    Cancelled,
+}
+
+impl JobStatus {
+    /// Every status, in life-cycle order.
+    pub const ALL: [JobStatus; 7] = [
+        JobStatus::Scheduled,
+        JobStatus::Available,
+        JobStatus::Running,
+        JobStatus::Retryable,
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Cancelled,
+    ];
+
+    /// The lowercase name used in storage and in Python.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Scheduled => "scheduled",
+            JobStatus::Available => "available",
+            JobStatus::Running => "running",
+            JobStatus::Retryable => "retryable",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    /// Waiting to run: a claim may pick it once its run time has come.
+    pub const fn is_pending(self) -> bool {
+        matches!(self, JobStatus::Scheduled | JobStatus::Available | JobStatus::Retryable)
+    }
+
+    /// Finished for good.
+    pub const fn is_final(self) -> bool {
+        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+    }
+}
+
+impl fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobStatus {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        JobStatus::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "unknown job status {s:?}; expected one of: scheduled, available, running, \
+                     retryable, completed, failed, cancelled"
+                ))
+            })
+    }
+}
+
+/// An error raised by a job attempt, carried as data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    /// The exception type's qualified name (for example `ValueError`), or an engine reason
+    /// such as `LeaseExpired` or `Timeout`.
+    pub kind: String,
+    /// The error message.
+    pub message: String,
+    /// The traceback text, when there is one.
+    #[serde(default)]
+    pub traceback: Option<String>,
+}
+
+impl ErrorInfo {
+    /// An engine-made error with no traceback.
+    pub fn engine(kind: &str, message: impl Into<String>) -> Self {
+        ErrorInfo { kind: kind.to_owned(), message: message.into(), traceback: None }
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    /// The job ran to completion.
+    Completed,
+    /// The job raised (or timed out).
+    Failed,
+    /// The worker lost the lease (it died or stalled); another worker may take over.
+    LeaseExpired,
+    /// The worker shut down before the job finished and handed it back (not counted).
+    Released,
+}
+
+/// One attempt in a job's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// 1 for the first attempt.
+    pub attempt: u32,
+    /// The worker that ran it.
+    pub worker_id: String,
+    /// When the attempt started.
+    pub started_at: Timestamp,
+    /// When it ended (or was found abandoned).
+    pub finished_at: Timestamp,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+    /// The error, for a failed or abandoned attempt.
+    pub error: Option<ErrorInfo>,
+}
+
+/// A job to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewJob {
+    /// Its id (create with [`JobId::new`]).
+    pub id: JobId,
+    /// The job kind's unique name (the Python class's `NAME`).
+    pub name: String,
+    /// The queue it runs on.
+    pub queue: String,
+    /// The serialized fields: a JSON object, as text.
+    pub args: String,
+    /// Higher runs first within a queue.
+    pub priority: i32,
+    /// Retries and backoff.
+    pub retry: RetryPolicy,
+    /// Per-attempt time limit, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// How often a running job's lease is renewed; the lease lasts three intervals.
+    pub heartbeat_ms: u64,
+    /// Do not run before this time (`None`: now).
+    pub run_at: Option<Timestamp>,
+    /// The version of the job's class that stored it.
+    pub version: u32,
+    /// Deduplication key (unique jobs); `None` for ordinary jobs.
+    pub unique_key: Option<String>,
+}
+
+/// A job as stored, with its whole history.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRecord {
+    /// The id.
+    pub id: JobId,
+    /// The job kind's name.
+    pub name: String,
+    /// Its queue.
+    pub queue: String,
+    /// Serialized fields (a JSON object, as text).
+    pub args: String,
+    /// Current status.
+    pub status: JobStatus,
+    /// Attempts started so far.
+    pub attempt: u32,
+    /// Retries and backoff.
+    pub retry: RetryPolicy,
+    /// Priority (higher first).
+    pub priority: i32,
+    /// Per-attempt time limit, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Heartbeat interval, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Class version that stored it.
+    pub version: u32,
+    /// Deduplication key, if any.
+    pub unique_key: Option<String>,
+    /// When it was stored.
+    pub created_at: Timestamp,
+    /// When it may next run (for pending jobs) or last became runnable.
+    pub run_at: Timestamp,
+    /// When the current or last attempt started.
+    pub started_at: Option<Timestamp>,
+    /// When it reached a final status.
+    pub finished_at: Option<Timestamp>,
+    /// The worker holding the lease (running jobs).
+    pub worker_id: Option<String>,
+    /// When the lease ends unless renewed (running jobs).
+    pub lease_expires_at: Option<Timestamp>,
+    /// The most recent error.
+    pub last_error: Option<ErrorInfo>,
+    /// Every finished attempt, oldest first.
+    pub history: Vec<AttemptRecord>,
+}
+
+/// A job handed to a worker by a claim: what it needs to run and to report back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClaimedJob {
+    /// The id.
+    pub id: JobId,
+    /// The job kind's name.
+    pub name: String,
+    /// Its queue.
+    pub queue: String,
+    /// Serialized fields.
+    pub args: String,
+    /// This attempt's number (1 for the first).
+    pub attempt: u32,
+    /// Retries and backoff (to compute the next retry on failure).
+    pub retry: RetryPolicy,
+    /// Per-attempt time limit, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Heartbeat interval, in milliseconds.
+    pub heartbeat_ms: u64,
+    /// Class version that stored it.
+    pub version: u32,
+    /// When this attempt started.
+    pub started_at: Timestamp,
+    /// The lease fence: only a report carrying this token is accepted.
+    pub lease: LeaseToken,
+}
+
+/// Proof of holding a job's lease: the claim's unique token. A completion, failure or
+/// heartbeat is applied only if the job is still running under the same token, so a
+/// runner whose lease was taken over can never complete the job (fencing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseToken(pub Uuid);
+
+impl LeaseToken {
+    /// A fresh token.
+    pub fn new() -> Self {
+        LeaseToken(Uuid::new_v4())
+    }
+}
+
+impl Default for LeaseToken {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for LeaseToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.simple().fmt(f)
+    }
+}
+
+/// Per-queue, per-status job counts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueCount {
+    /// The queue.
+    pub queue: String,
+    /// The status.
+    pub status: JobStatus,
+    /// How many jobs.
+    pub count: u64,
+}

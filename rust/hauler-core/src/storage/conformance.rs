@@ -1,0 +1,2130 @@
+//! The one test suite every [`Storage`] must pass (after River's `riverdrivertest`).
+//!
+//! A storage's test file runs the whole suite:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use hauler_core::storage::{conformance, MemoryStorage, Storage};
+//!
+//! #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+//! async fn conformance() {
+//!     conformance::run_all(|| async { Arc::new(MemoryStorage::new()) as Arc<dyn Storage> })
+//!         .await;
+//! }
+//! ```
+//!
+//! Each case is also a public `async fn` taking a fresh storage, so a single failing case
+//! can be run alone while fixing it. Cases pass every time explicitly as `now` (from
+//! [`T0`]): a storage never reads the clock, so nothing here sleeps.
+//!
+//! What the suite does *not* pin down, because the trait leaves it open: the order of the
+//! jobs *returned* by one claim (only which jobs are picked is checked; claim order is
+//! checked one job at a time), and what `unique_key` deduplicates (it is only stored).
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::{
+    lease_duration, FinishOutcome, JobClaimParams, JobFinish, JobFinishManyParams,
+    JobHeartbeatParams, JobInsertManyParams, JobListParams, JobNextRunAtParams, JobReclaimParams,
+    JobReleaseParams, Storage,
+};
+use crate::error::Error;
+use crate::model::{
+    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken,
+    NewJob, QueueCount, Timestamp,
+};
+use crate::retry::{Backoff, BackoffKind, MaxRetries, RetryPolicy};
+
+/// The time every case starts from (2023-11-14T22:13:20Z).
+pub const T0: Timestamp = Timestamp::from_micros(1_700_000_000_000_000);
+
+/// The queue the helpers use.
+pub const QUEUE: &str = "default";
+
+/// The job name the helpers use.
+pub const NAME: &str = "job";
+
+/// A new job with sensible defaults: priority 0, the default retry policy, no timeout,
+/// a 5 s heartbeat, version 1, args `{}`, run now, no unique key.
+pub fn new_job(name: &str, queue: &str) -> NewJob {
+    NewJob {
+        id: JobId::new(),
+        name: name.to_owned(),
+        queue: queue.to_owned(),
+        args: "{}".to_owned(),
+        priority: 0,
+        retry: RetryPolicy::default(),
+        timeout_ms: None,
+        heartbeat_ms: 5000,
+        run_at: None,
+        version: 1,
+        unique_key: None,
+    }
+}
+
+/// A case: takes a fresh storage and panics on failure.
+pub type CaseFn = fn(Arc<dyn Storage>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        /// Every case, by name, in the order [`run_all`] runs them.
+        pub const CASES: &[(&str, CaseFn)] = &[$((stringify!($case), |s| Box::pin($case(s)))),*];
+    };
+}
+
+cases![
+    insert_and_get_round_trip,
+    insert_many_is_all_or_none,
+    claim_marks_job_running,
+    claim_order_is_priority_then_run_at_then_id,
+    claim_respects_limit,
+    claim_filters_by_queue,
+    claim_filters_by_name,
+    scheduled_job_waits_for_run_at,
+    claim_uses_the_given_now,
+    concurrent_claimers_never_share_a_job,
+    heartbeat_extends_lease,
+    finish_completed,
+    finish_retry,
+    finish_failed,
+    finish_many_answers_each_in_order,
+    finish_with_stale_token_changes_nothing,
+    finish_after_takeover_is_refused,
+    late_report_before_reclaim_is_accepted,
+    reclaim_makes_expired_job_available,
+    reclaim_fails_job_when_retries_are_exhausted,
+    release_restores_attempt,
+    history_records_every_attempt_in_order,
+    list_filters,
+    list_pages_newest_first_with_cursor,
+    counts_per_queue_and_status,
+    next_run_at_is_earliest_pending,
+    empty_batches,
+    close_is_final_and_idempotent,
+];
+
+/// Run every case in [`CASES`], each against a fresh storage from `make`, and panic
+/// listing the cases that failed. Must run inside a tokio runtime; use the multi-thread
+/// flavor so the concurrency case really runs claimers in parallel.
+pub async fn run_all<F, Fut>(make: F)
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Arc<dyn Storage>>,
+{
+    let mut failures = Vec::new();
+    for &(name, case) in CASES {
+        let storage = make().await;
+        // A task per case, so a failing case is reported by name and the rest still run.
+        match tokio::spawn(case(Arc::clone(&storage))).await {
+            Ok(()) => eprintln!("conformance: {name} ... ok"),
+            Err(e) => {
+                let why = if e.is_panic() {
+                    panic_text(e.into_panic())
+                } else {
+                    e.to_string()
+                };
+                eprintln!("conformance: {name} ... FAILED: {why}");
+                failures.push(format!("  {name}: {why}"));
+            }
+        }
+        if let Err(e) = storage.close().await {
+            failures.push(format!("  {name}: close after the case failed: {e}"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} storage conformance cases failed:\n{}",
+        failures.len(),
+        CASES.len(),
+        failures.join("\n")
+    );
+}
+
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(payload) => match payload.downcast::<&str>() {
+            Ok(s) => (*s).to_owned(),
+            Err(_) => "panicked".to_owned(),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers
+
+/// `T0` plus `secs` seconds.
+fn at(secs: i64) -> Timestamp {
+    Timestamp::from_micros(T0.as_micros() + secs * 1_000_000)
+}
+
+/// One microsecond before `t`.
+fn just_before(t: Timestamp) -> Timestamp {
+    Timestamp::from_micros(t.as_micros() - 1)
+}
+
+/// One microsecond after `t`.
+fn just_after(t: Timestamp) -> Timestamp {
+    Timestamp::from_micros(t.as_micros() + 1)
+}
+
+/// `n` fresh ids in ascending order.
+fn sorted_ids(n: usize) -> Vec<JobId> {
+    let mut ids: Vec<JobId> = (0..n).map(|_| JobId::new()).collect();
+    ids.sort();
+    ids
+}
+
+/// `n` default jobs on [`QUEUE`] named [`NAME`], in ascending id order.
+fn jobs(n: usize) -> Vec<NewJob> {
+    sorted_ids(n)
+        .into_iter()
+        .map(|id| NewJob {
+            id,
+            ..new_job(NAME, QUEUE)
+        })
+        .collect()
+}
+
+fn job_with_hb(heartbeat_ms: u64) -> NewJob {
+    NewJob {
+        heartbeat_ms,
+        ..new_job(NAME, QUEUE)
+    }
+}
+
+fn job_with_retries(n: u32) -> NewJob {
+    let mut job = new_job(NAME, QUEUE);
+    job.retry.max_retries = MaxRetries::Count(n);
+    job
+}
+
+fn boom(message: &str) -> ErrorInfo {
+    ErrorInfo {
+        kind: "ValueError".to_owned(),
+        message: message.to_owned(),
+        traceback: Some(format!(
+            "Traceback (most recent call last):\nValueError: {message}\n"
+        )),
+    }
+}
+
+fn strings(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| (*s).to_owned()).collect()
+}
+
+fn id_list(records: &[JobRecord]) -> Vec<JobId> {
+    records.iter().map(|r| r.id).collect()
+}
+
+fn claimed_ids(claimed: &[ClaimedJob]) -> HashSet<JobId> {
+    claimed.iter().map(|c| c.id).collect()
+}
+
+/// The record a storage must hold right after inserting `job` at `now`.
+fn expected_record(job: &NewJob, now: Timestamp) -> JobRecord {
+    let run_at = job.run_at.unwrap_or(now);
+    JobRecord {
+        id: job.id,
+        name: job.name.clone(),
+        queue: job.queue.clone(),
+        args: job.args.clone(),
+        status: if run_at > now {
+            JobStatus::Scheduled
+        } else {
+            JobStatus::Available
+        },
+        attempt: 0,
+        retry: job.retry,
+        priority: job.priority,
+        timeout_ms: job.timeout_ms,
+        heartbeat_ms: job.heartbeat_ms,
+        version: job.version,
+        unique_key: job.unique_key.clone(),
+        created_at: now,
+        run_at,
+        started_at: None,
+        finished_at: None,
+        worker_id: None,
+        lease_expires_at: None,
+        last_error: None,
+        history: Vec::new(),
+    }
+}
+
+async fn insert(s: &dyn Storage, jobs: Vec<NewJob>, now: Timestamp) {
+    s.job_insert_many(JobInsertManyParams { jobs, now })
+        .await
+        .expect("job_insert_many failed");
+}
+
+async fn get(s: &dyn Storage, id: JobId) -> JobRecord {
+    s.job_get(id)
+        .await
+        .expect("job_get failed")
+        .unwrap_or_else(|| panic!("job {id} should be stored"))
+}
+
+async fn claim_from(
+    s: &dyn Storage,
+    queues: &[&str],
+    names: &[&str],
+    limit: u32,
+    worker: &str,
+    now: Timestamp,
+) -> Vec<ClaimedJob> {
+    s.job_claim(JobClaimParams {
+        queues: strings(queues),
+        names: strings(names),
+        limit,
+        worker_id: worker.to_owned(),
+        now,
+    })
+    .await
+    .expect("job_claim failed")
+}
+
+/// Claim from [`QUEUE`] / [`NAME`].
+async fn claim(s: &dyn Storage, limit: u32, worker: &str, now: Timestamp) -> Vec<ClaimedJob> {
+    claim_from(s, &[QUEUE], &[NAME], limit, worker, now).await
+}
+
+/// Claim exactly one job from [`QUEUE`] / [`NAME`].
+async fn claim_one(s: &dyn Storage, worker: &str, now: Timestamp) -> ClaimedJob {
+    let mut got = claim(s, 1, worker, now).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "expected to claim one job at {now:?}, got {got:?}"
+    );
+    got.remove(0)
+}
+
+async fn finish(s: &dyn Storage, job: &ClaimedJob, outcome: FinishOutcome, now: Timestamp) -> bool {
+    finish_with(s, job.id, job.lease, outcome, now).await
+}
+
+async fn finish_with(
+    s: &dyn Storage,
+    id: JobId,
+    lease: LeaseToken,
+    outcome: FinishOutcome,
+    now: Timestamp,
+) -> bool {
+    let finishes = vec![JobFinish { id, lease, outcome }];
+    let got = s
+        .job_finish_many(JobFinishManyParams { finishes, now })
+        .await
+        .expect("job_finish_many failed");
+    assert_eq!(got.len(), 1, "job_finish_many must answer once per finish");
+    got[0]
+}
+
+async fn heartbeat(
+    s: &dyn Storage,
+    leases: Vec<(JobId, LeaseToken)>,
+    now: Timestamp,
+) -> Vec<JobId> {
+    s.job_heartbeat(JobHeartbeatParams { leases, now })
+        .await
+        .expect("job_heartbeat failed")
+}
+
+async fn release(s: &dyn Storage, leases: Vec<(JobId, LeaseToken)>, now: Timestamp) -> u64 {
+    s.job_release(JobReleaseParams { leases, now })
+        .await
+        .expect("job_release failed")
+}
+
+async fn reclaim(s: &dyn Storage, now: Timestamp) -> u64 {
+    s.job_reclaim_expired(JobReclaimParams { now })
+        .await
+        .expect("job_reclaim_expired failed")
+}
+
+async fn list(s: &dyn Storage, params: JobListParams) -> Vec<JobRecord> {
+    s.job_list(params).await.expect("job_list failed")
+}
+
+async fn next_run_at(s: &dyn Storage, queues: &[&str], names: &[&str]) -> Option<Timestamp> {
+    s.job_next_run_at(JobNextRunAtParams {
+        queues: strings(queues),
+        names: strings(names),
+    })
+    .await
+    .expect("job_next_run_at failed")
+}
+
+async fn sorted_counts(s: &dyn Storage) -> Vec<(String, JobStatus, u64)> {
+    let mut counts: Vec<_> = s
+        .job_counts()
+        .await
+        .expect("job_counts failed")
+        .into_iter()
+        .map(
+            |QueueCount {
+                 queue,
+                 status,
+                 count,
+             }| (queue, status, count),
+        )
+        .collect();
+    counts.sort();
+    counts
+}
+
+fn lease_expired_error(worker: &str) -> ErrorInfo {
+    ErrorInfo::engine(
+        "LeaseExpired",
+        format!("lease expired: worker {worker} stopped heartbeating"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------
+// Cases
+
+/// Every field survives insert + get; `run_at` in the future stores `scheduled`, otherwise
+/// `available`; `created_at` and a missing `run_at` are the insert's `now`.
+pub async fn insert_and_get_round_trip(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let now = at(0);
+    let full = NewJob {
+        id: JobId::new(),
+        name: "emails.SendWelcome".to_owned(),
+        queue: "mail".to_owned(),
+        args: r#"{"to":"zoë@example.com","n":3,"quote":"\"x\"","tags":["✓"]}"#.to_owned(),
+        priority: 7,
+        retry: RetryPolicy {
+            max_retries: MaxRetries::Count(3),
+            backoff: Backoff {
+                kind: BackoffKind::Linear(2.5),
+                max_delay: 120.0,
+                jitter: 0.25,
+            },
+        },
+        timeout_ms: Some(30_000),
+        heartbeat_ms: 750,
+        run_at: None,
+        version: 4,
+        unique_key: Some("send:zoë@example.com".to_owned()),
+    };
+    let future = NewJob {
+        run_at: Some(at(60)),
+        priority: -2,
+        retry: RetryPolicy {
+            max_retries: MaxRetries::Infinite,
+            backoff: Backoff::new(BackoffKind::Exponential(3.0)),
+        },
+        ..new_job("reports.Build", "reports")
+    };
+    let past = NewJob {
+        run_at: Some(at(-60)),
+        ..new_job(NAME, QUEUE)
+    };
+    let exact = NewJob {
+        run_at: Some(now),
+        ..new_job(NAME, QUEUE)
+    };
+    let soon = NewJob {
+        run_at: Some(just_after(now)),
+        ..new_job(NAME, QUEUE)
+    };
+    insert(
+        s,
+        vec![
+            full.clone(),
+            future.clone(),
+            past.clone(),
+            exact.clone(),
+            soon.clone(),
+        ],
+        now,
+    )
+    .await;
+
+    let want = JobRecord {
+        id: full.id,
+        name: "emails.SendWelcome".to_owned(),
+        queue: "mail".to_owned(),
+        args: full.args.clone(),
+        status: JobStatus::Available,
+        attempt: 0,
+        retry: full.retry,
+        priority: 7,
+        timeout_ms: Some(30_000),
+        heartbeat_ms: 750,
+        version: 4,
+        unique_key: Some("send:zoë@example.com".to_owned()),
+        created_at: now,
+        run_at: now,
+        started_at: None,
+        finished_at: None,
+        worker_id: None,
+        lease_expires_at: None,
+        last_error: None,
+        history: Vec::new(),
+    };
+    assert_eq!(
+        get(s, full.id).await,
+        want,
+        "every field of an immediate job must round-trip"
+    );
+
+    let got = get(s, future.id).await;
+    assert_eq!(
+        got.status,
+        JobStatus::Scheduled,
+        "run_at in the future stores `scheduled`"
+    );
+    assert_eq!(
+        got,
+        expected_record(&future, now),
+        "future job must round-trip"
+    );
+    let got = get(s, past.id).await;
+    assert_eq!(
+        got.status,
+        JobStatus::Available,
+        "run_at in the past stores `available`"
+    );
+    assert_eq!(got.run_at, at(-60), "a past run_at is kept as given");
+    assert_eq!(got, expected_record(&past, now));
+    let got = get(s, exact.id).await;
+    assert_eq!(
+        got.status,
+        JobStatus::Available,
+        "run_at == now stores `available`"
+    );
+    assert_eq!(got, expected_record(&exact, now));
+    let got = get(s, soon.id).await;
+    assert_eq!(
+        got.status,
+        JobStatus::Scheduled,
+        "run_at 1µs after now stores `scheduled`"
+    );
+
+    assert_eq!(
+        s.job_get(JobId::new()).await.expect("job_get failed"),
+        None,
+        "unknown id"
+    );
+}
+
+/// A batch with a duplicate id, or an id already stored, fails with `Error::Storage` and
+/// stores nothing.
+pub async fn insert_many_is_all_or_none(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let now = at(0);
+    let a = new_job(NAME, QUEUE);
+    let b = new_job(NAME, QUEUE);
+    let a_again = NewJob {
+        id: a.id,
+        ..new_job("other", QUEUE)
+    };
+    let res = s
+        .job_insert_many(JobInsertManyParams {
+            jobs: vec![a.clone(), b.clone(), a_again],
+            now,
+        })
+        .await;
+    assert!(
+        matches!(res, Err(Error::Storage(_))),
+        "duplicate id in a batch: got {res:?}"
+    );
+    assert_eq!(
+        s.job_get(a.id).await.expect("job_get"),
+        None,
+        "nothing stored (first copy)"
+    );
+    assert_eq!(
+        s.job_get(b.id).await.expect("job_get"),
+        None,
+        "nothing stored (other job)"
+    );
+    assert!(list(
+        s,
+        JobListParams {
+            limit: 100,
+            ..Default::default()
+        }
+    )
+    .await
+    .is_empty());
+    assert!(
+        sorted_counts(s).await.is_empty(),
+        "counts must not see a failed batch"
+    );
+
+    insert(s, vec![a.clone()], now).await;
+    let c = new_job(NAME, QUEUE);
+    let clash = NewJob {
+        id: a.id,
+        args: r#"{"x":1}"#.to_owned(),
+        ..new_job("other", "q2")
+    };
+    let res = s
+        .job_insert_many(JobInsertManyParams {
+            jobs: vec![c.clone(), clash],
+            now: at(5),
+        })
+        .await;
+    assert!(
+        matches!(res, Err(Error::Storage(_))),
+        "id already stored: got {res:?}"
+    );
+    assert_eq!(
+        s.job_get(c.id).await.expect("job_get"),
+        None,
+        "nothing of the batch stored"
+    );
+    assert_eq!(
+        get(s, a.id).await,
+        expected_record(&a, now),
+        "the existing job is untouched"
+    );
+    assert_eq!(
+        claim(s, 10, "w1", at(10)).await.len(),
+        1,
+        "only the first job is claimable"
+    );
+}
+
+/// A claim makes the job `running` with attempt + 1, started_at, worker and lease, and
+/// returns what a runner needs.
+pub async fn claim_marks_job_running(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let job = NewJob {
+        args: r#"{"n":1}"#.to_owned(),
+        timeout_ms: Some(9_000),
+        heartbeat_ms: 2_000,
+        version: 3,
+        ..new_job(NAME, QUEUE)
+    };
+    let other = new_job(NAME, QUEUE);
+    insert(s, vec![job.clone(), other.clone()], at(0)).await;
+    let now = at(1);
+    let claimed = claim(s, 10, "w1", now).await;
+    assert_eq!(claimed.len(), 2, "both jobs are due");
+    let c = claimed
+        .iter()
+        .find(|c| c.id == job.id)
+        .expect("the job is claimed")
+        .clone();
+    let o = claimed
+        .iter()
+        .find(|c| c.id == other.id)
+        .expect("the other job is claimed");
+    assert_ne!(c.lease, o.lease, "every claim gets its own lease token");
+    let want = ClaimedJob {
+        id: job.id,
+        name: NAME.to_owned(),
+        queue: QUEUE.to_owned(),
+        args: job.args.clone(),
+        attempt: 1,
+        retry: job.retry,
+        timeout_ms: Some(9_000),
+        heartbeat_ms: 2_000,
+        version: 3,
+        started_at: now,
+        lease: c.lease,
+    };
+    assert_eq!(c, want, "claimed job fields");
+
+    let mut want = expected_record(&job, at(0));
+    want.status = JobStatus::Running;
+    want.attempt = 1;
+    want.started_at = Some(now);
+    want.worker_id = Some("w1".to_owned());
+    want.lease_expires_at = Some(now.plus(lease_duration(2_000)));
+    assert_eq!(get(s, job.id).await, want, "record after claim");
+    assert!(
+        claim(s, 10, "w2", at(2)).await.is_empty(),
+        "a running job is not claimable"
+    );
+}
+
+/// Claims pick priority DESC, then run_at ASC, then id ASC, across queues and names.
+pub async fn claim_order_is_priority_then_run_at_then_id(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let now = at(0);
+    let ids = sorted_ids(9);
+    // (priority, run_at offset in seconds) per id, ids ascending.
+    let spec: [(i32, i64); 9] = [
+        (0, -10),
+        (5, -1),
+        (5, -5),
+        (i32::MIN, -100),
+        (5, -5),
+        (0, -10),
+        (i32::MAX, 0),
+        (0, -20),
+        (1, 0),
+    ];
+    let queues = ["q1", "q2"];
+    let names = ["a", "b", "c"];
+    let mut batch: Vec<NewJob> = ids
+        .iter()
+        .zip(spec)
+        .enumerate()
+        .map(|(i, (&id, (priority, off)))| NewJob {
+            id,
+            priority,
+            run_at: Some(at(off)),
+            ..new_job(names[i % 3], queues[i % 2])
+        })
+        .collect();
+    batch.reverse(); // insertion order must not matter
+    insert(s, batch, at(-200)).await;
+
+    let order = [6, 2, 4, 1, 8, 7, 0, 5, 3];
+    let first3 = claim_from(s, &queues, &names, 3, "w1", now).await;
+    assert_eq!(
+        claimed_ids(&first3),
+        order[..3].iter().map(|&i| ids[i]).collect(),
+        "a claim of 3 picks the 3 first jobs in claim order"
+    );
+    for (k, &i) in order[3..].iter().enumerate() {
+        let got = claim_from(s, &queues, &names, 1, "w1", now).await;
+        let got_ids: Vec<JobId> = got.iter().map(|c| c.id).collect();
+        assert_eq!(
+            got_ids,
+            vec![ids[i]],
+            "claim #{} should pick job {i} (priority {}, run_at {:+}s)",
+            k + 4,
+            spec[i].0,
+            spec[i].1
+        );
+    }
+    assert!(
+        claim_from(s, &queues, &names, 1, "w1", now)
+            .await
+            .is_empty(),
+        "all claimed"
+    );
+}
+
+/// A claim returns at most `limit` jobs; limit 0 claims nothing.
+pub async fn claim_respects_limit(s: Arc<dyn Storage>) {
+    let s = &*s;
+    insert(s, jobs(5), at(0)).await;
+    assert!(
+        claim(s, 0, "w1", at(1)).await.is_empty(),
+        "limit 0 claims nothing"
+    );
+    let mut seen = HashSet::new();
+    for want in [2, 2, 1, 0] {
+        let got = claim(s, 2, "w1", at(1)).await;
+        assert_eq!(got.len(), want, "claims of 2 over 5 jobs return 2, 2, 1, 0");
+        for c in got {
+            assert!(seen.insert(c.id), "job {} claimed twice", c.id);
+        }
+    }
+}
+
+/// A claim only takes jobs of the queues asked for; repeated queues or names do not
+/// duplicate jobs.
+pub async fn claim_filters_by_queue(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let mk = |queue: &str, priority: i32| NewJob {
+        priority,
+        ..new_job(NAME, queue)
+    };
+    let (q1a, q1b, q2a, q2b, q3) = (
+        mk("q1", 0),
+        mk("q1", 0),
+        mk("q2", 9),
+        mk("q2", 9),
+        mk("q3", 0),
+    );
+    insert(
+        s,
+        vec![
+            q1a.clone(),
+            q1b.clone(),
+            q2a.clone(),
+            q2b.clone(),
+            q3.clone(),
+        ],
+        at(0),
+    )
+    .await;
+
+    let got = claim_from(s, &["q1", "q3"], &[NAME], 10, "w1", at(1)).await;
+    assert_eq!(
+        claimed_ids(&got),
+        HashSet::from([q1a.id, q1b.id, q3.id]),
+        "only q1 and q3"
+    );
+    assert_eq!(
+        get(s, q2a.id).await.status,
+        JobStatus::Available,
+        "q2 untouched"
+    );
+    assert!(claim_from(s, &["nope"], &[NAME], 10, "w1", at(1))
+        .await
+        .is_empty());
+
+    let got = claim_from(s, &["q2", "q2"], &[NAME, NAME], 10, "w1", at(1)).await;
+    assert_eq!(
+        got.len(),
+        2,
+        "repeated queue/name must not claim a job twice: {got:?}"
+    );
+    assert_eq!(claimed_ids(&got), HashSet::from([q2a.id, q2b.id]));
+}
+
+/// A worker never claims a name it did not ask for, whatever its priority.
+pub async fn claim_filters_by_name(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let mk = |name: &str, priority: i32| NewJob {
+        priority,
+        ..new_job(name, QUEUE)
+    };
+    let (a1, a2, b1, b2, c1, c2) = (
+        mk("a", 0),
+        mk("a", 0),
+        mk("b", 100),
+        mk("b", 100),
+        mk("c", 50),
+        mk("c", 50),
+    );
+    let all = vec![
+        a1.clone(),
+        a2.clone(),
+        b1.clone(),
+        b2.clone(),
+        c1.clone(),
+        c2.clone(),
+    ];
+    insert(s, all, at(0)).await;
+
+    let got = claim_from(s, &[QUEUE], &["a"], 10, "w1", at(1)).await;
+    assert_eq!(
+        claimed_ids(&got),
+        HashSet::from([a1.id, a2.id]),
+        "only name a"
+    );
+    for id in [b1.id, b2.id, c1.id, c2.id] {
+        assert_eq!(
+            get(s, id).await.status,
+            JobStatus::Available,
+            "other names untouched"
+        );
+    }
+    assert!(claim_from(s, &[QUEUE], &["zzz"], 10, "w1", at(1))
+        .await
+        .is_empty());
+    let got = claim_from(s, &[QUEUE], &["c", "b"], 2, "w2", at(1)).await;
+    assert_eq!(
+        claimed_ids(&got),
+        HashSet::from([b1.id, b2.id]),
+        "priority across names"
+    );
+    let got = claim_from(s, &[QUEUE], &["c", "b"], 10, "w2", at(1)).await;
+    assert_eq!(claimed_ids(&got), HashSet::from([c1.id, c2.id]));
+}
+
+/// A job with a future run_at is not claimable before it, and is at and after it.
+pub async fn scheduled_job_waits_for_run_at(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let job = NewJob {
+        run_at: Some(at(30)),
+        ..new_job(NAME, QUEUE)
+    };
+    let late = NewJob {
+        run_at: Some(at(60)),
+        ..new_job(NAME, QUEUE)
+    };
+    insert(s, vec![job.clone(), late.clone()], at(0)).await;
+    assert_eq!(get(s, job.id).await.status, JobStatus::Scheduled);
+    assert!(
+        claim(s, 10, "w1", at(0)).await.is_empty(),
+        "not claimable at insert time"
+    );
+    assert!(
+        claim(s, 10, "w1", just_before(at(30))).await.is_empty(),
+        "not 1µs before run_at"
+    );
+    assert_eq!(
+        get(s, job.id).await.status,
+        JobStatus::Scheduled,
+        "a failed claim changes nothing"
+    );
+    let got = claim(s, 10, "w1", at(30)).await;
+    assert_eq!(
+        claimed_ids(&got),
+        HashSet::from([job.id]),
+        "claimable exactly at run_at"
+    );
+    assert_eq!(got[0].attempt, 1);
+    let got = claim(s, 10, "w1", at(90)).await;
+    assert_eq!(
+        claimed_ids(&got),
+        HashSet::from([late.id]),
+        "claimable after run_at"
+    );
+}
+
+/// Claims use the `now` they are given, even when it moves backwards or jobs are stored
+/// between claims with run times the storage has already passed.
+pub async fn claim_uses_the_given_now(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let a = NewJob {
+        run_at: Some(at(150)),
+        ..new_job(NAME, QUEUE)
+    };
+    let b = NewJob {
+        run_at: Some(at(250)),
+        ..new_job(NAME, QUEUE)
+    };
+    insert(s, vec![a.clone(), b.clone()], at(0)).await;
+    let got = claim(s, 1, "w1", at(300)).await;
+    assert_eq!(
+        claimed_ids(&got),
+        HashSet::from([a.id]),
+        "earliest run_at first"
+    );
+    assert!(
+        claim(s, 10, "w1", at(200)).await.is_empty(),
+        "b is not due at 200"
+    );
+    let got = claim(s, 10, "w1", at(250)).await;
+    assert_eq!(claimed_ids(&got), HashSet::from([b.id]), "b is due at 250");
+
+    let d = NewJob {
+        run_at: Some(at(280)),
+        ..new_job(NAME, QUEUE)
+    };
+    let e = NewJob {
+        run_at: Some(at(400)),
+        ..new_job(NAME, QUEUE)
+    };
+    let past = NewJob {
+        run_at: Some(at(-50)),
+        ..new_job(NAME, QUEUE)
+    };
+    insert(s, vec![d.clone(), e.clone(), past.clone()], at(0)).await;
+    let got = claim(s, 10, "w1", at(260)).await;
+    assert_eq!(
+        claimed_ids(&got),
+        HashSet::from([past.id]),
+        "only the overdue job at 260"
+    );
+    let got = claim(s, 10, "w1", at(280)).await;
+    assert_eq!(claimed_ids(&got), HashSet::from([d.id]));
+    assert!(
+        claim(s, 10, "w1", at(350)).await.is_empty(),
+        "e is not due at 350"
+    );
+    let got = claim(s, 10, "w1", at(400)).await;
+    assert_eq!(claimed_ids(&got), HashSet::from([e.id]));
+}
+
+/// 8 claimers racing over 500 jobs never get the same job, and together get all of them.
+pub async fn concurrent_claimers_never_share_a_job(s: Arc<dyn Storage>) {
+    const JOBS: usize = 500;
+    const CLAIMERS: usize = 8;
+    let all = jobs(JOBS);
+    insert(&*s, all.clone(), at(0)).await;
+    let mut tasks = Vec::new();
+    for i in 0..CLAIMERS {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let worker = format!("w{i}");
+            let limit = 1 + u32::try_from(i % 5).unwrap_or(0) * 3;
+            let mut mine = Vec::new();
+            loop {
+                let got = claim(&*s, limit, &worker, at(1)).await;
+                if got.is_empty() {
+                    break;
+                }
+                mine.extend(got.into_iter().map(|c| (c.id, worker.clone())));
+                tokio::task::yield_now().await;
+            }
+            mine
+        }));
+    }
+    let mut by_job = std::collections::HashMap::new();
+    for t in tasks {
+        for (id, worker) in t.await.expect("claimer task panicked") {
+            if let Some(first) = by_job.insert(id, worker.clone()) {
+                panic!("job {id} was claimed by both {first} and {worker}");
+            }
+        }
+    }
+    assert_eq!(
+        by_job.len(),
+        JOBS,
+        "together the claimers must get every job"
+    );
+    for job in &all {
+        let r = get(&*s, job.id).await;
+        assert_eq!(r.status, JobStatus::Running);
+        assert_eq!(r.attempt, 1, "each job claimed exactly once");
+        assert_eq!(
+            r.worker_id.as_ref(),
+            by_job.get(&job.id),
+            "worker_id is the claimer"
+        );
+    }
+}
+
+/// A heartbeat with the claim's token moves the lease to `now + lease`; a wrong token, an
+/// unknown job or a job no longer running is not extended.
+pub async fn heartbeat_extends_lease(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let lease = lease_duration(1_000);
+    let job = job_with_hb(1_000);
+    let other = job_with_hb(1_000);
+    insert(s, vec![job.clone(), other.clone()], at(0)).await;
+    let c = claim_from(s, &[QUEUE], &[NAME], 1, "w1", at(0))
+        .await
+        .remove(0);
+    let o = claim_one(s, "w2", at(0)).await;
+    let first_expiry = at(0).plus(lease);
+
+    let t = at(2);
+    let got = heartbeat(s, vec![(c.id, c.lease), (o.id, LeaseToken::new())], t).await;
+    assert_eq!(got, vec![c.id], "only the matching token is extended");
+    assert_eq!(
+        get(s, c.id).await.lease_expires_at,
+        Some(t.plus(lease)),
+        "lease = now + lease"
+    );
+    assert_eq!(
+        get(s, o.id).await.lease_expires_at,
+        Some(first_expiry),
+        "wrong token: unchanged"
+    );
+    assert!(
+        heartbeat(s, vec![(JobId::new(), c.lease)], t)
+            .await
+            .is_empty(),
+        "unknown job"
+    );
+
+    assert_eq!(
+        reclaim(s, just_after(first_expiry)).await,
+        1,
+        "only the other job expired"
+    );
+    assert_eq!(
+        get(s, c.id).await.status,
+        JobStatus::Running,
+        "heartbeated job kept"
+    );
+    assert_eq!(
+        reclaim(s, just_before(t.plus(lease))).await,
+        0,
+        "not reclaimed before lease end"
+    );
+    assert_eq!(
+        reclaim(s, t.plus(lease)).await,
+        0,
+        "not reclaimed at lease end (strictly after)"
+    );
+    assert_eq!(get(s, c.id).await.worker_id.as_deref(), Some("w1"));
+    assert_eq!(
+        reclaim(s, just_after(t.plus(lease))).await,
+        1,
+        "reclaimed once the lease ends"
+    );
+    assert!(
+        heartbeat(s, vec![(c.id, c.lease)], at(10)).await.is_empty(),
+        "a reclaimed job's old token is not extended"
+    );
+    let r = get(s, c.id).await;
+    assert_eq!((r.status, r.lease_expires_at), (JobStatus::Available, None));
+}
+
+/// Completed: status, finished_at, history entry; worker and lease cleared.
+pub async fn finish_completed(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let job = new_job(NAME, QUEUE);
+    insert(s, vec![job.clone()], at(0)).await;
+    let c = claim_one(s, "w1", at(1)).await;
+    assert!(
+        finish(s, &c, FinishOutcome::Completed, at(3)).await,
+        "finish accepted"
+    );
+    let mut want = expected_record(&job, at(0));
+    want.status = JobStatus::Completed;
+    want.attempt = 1;
+    want.started_at = Some(at(1));
+    want.finished_at = Some(at(3));
+    want.history = vec![AttemptRecord {
+        attempt: 1,
+        worker_id: "w1".to_owned(),
+        started_at: at(1),
+        finished_at: at(3),
+        outcome: AttemptOutcome::Completed,
+        error: None,
+    }];
+    assert_eq!(get(s, job.id).await, want, "record after completion");
+    assert!(
+        claim(s, 10, "w1", at(100)).await.is_empty(),
+        "completed jobs are never claimed"
+    );
+    assert!(
+        !finish(s, &c, FinishOutcome::Completed, at(4)).await,
+        "no second completion"
+    );
+    assert_eq!(
+        get(s, job.id).await,
+        want,
+        "a refused finish changes nothing"
+    );
+}
+
+/// Retry: `retryable` at retry_at with last_error and a failed history entry; claimable
+/// again at retry_at with the next attempt number.
+pub async fn finish_retry(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let job = new_job(NAME, QUEUE);
+    insert(s, vec![job.clone()], at(0)).await;
+    let c = claim_one(s, "w1", at(1)).await;
+    let err = boom("first try");
+    let outcome = FinishOutcome::Retry {
+        retry_at: at(60),
+        error: err.clone(),
+    };
+    assert!(finish(s, &c, outcome, at(2)).await);
+    let mut want = expected_record(&job, at(0));
+    want.status = JobStatus::Retryable;
+    want.attempt = 1;
+    want.run_at = at(60);
+    want.started_at = Some(at(1));
+    want.last_error = Some(err.clone());
+    want.history = vec![AttemptRecord {
+        attempt: 1,
+        worker_id: "w1".to_owned(),
+        started_at: at(1),
+        finished_at: at(2),
+        outcome: AttemptOutcome::Failed,
+        error: Some(err.clone()),
+    }];
+    assert_eq!(get(s, job.id).await, want, "record after a retry");
+    assert_eq!(
+        next_run_at(s, &[QUEUE], &[NAME]).await,
+        Some(at(60)),
+        "retryable is pending"
+    );
+
+    assert!(
+        claim(s, 10, "w2", just_before(at(60))).await.is_empty(),
+        "not before retry_at"
+    );
+    let c2 = claim_one(s, "w2", at(60)).await;
+    assert_eq!(c2.attempt, 2, "second attempt");
+    assert_ne!(c2.lease, c.lease, "a new claim gets a new token");
+    let r = get(s, job.id).await;
+    assert_eq!(
+        (r.status, r.worker_id.as_deref()),
+        (JobStatus::Running, Some("w2"))
+    );
+    assert_eq!(
+        r.last_error,
+        Some(err.clone()),
+        "last_error survives the next claim"
+    );
+
+    // A retry time already past is claimable at once.
+    let outcome = FinishOutcome::Retry {
+        retry_at: at(50),
+        error: boom("second"),
+    };
+    assert!(finish(s, &c2, outcome, at(61)).await);
+    let c3 = claim_one(s, "w3", at(61)).await;
+    assert_eq!(c3.attempt, 3);
+    assert!(finish(s, &c3, FinishOutcome::Completed, at(62)).await);
+    let r = get(s, job.id).await;
+    assert_eq!(r.status, JobStatus::Completed);
+    assert_eq!(r.finished_at, Some(at(62)));
+    assert_eq!(
+        r.last_error,
+        Some(boom("second")),
+        "completion keeps the most recent error"
+    );
+    let outcomes: Vec<_> = r.history.iter().map(|h| (h.attempt, h.outcome)).collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (1, AttemptOutcome::Failed),
+            (2, AttemptOutcome::Failed),
+            (3, AttemptOutcome::Completed)
+        ]
+    );
+}
+
+/// Failed: `failed` for good, with finished_at, last_error and a failed history entry.
+pub async fn finish_failed(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let job = new_job(NAME, QUEUE);
+    insert(s, vec![job.clone()], at(0)).await;
+    let c = claim_one(s, "w1", at(1)).await;
+    let err = boom("fatal");
+    assert!(finish(s, &c, FinishOutcome::Failed { error: err.clone() }, at(5)).await);
+    let mut want = expected_record(&job, at(0));
+    want.status = JobStatus::Failed;
+    want.attempt = 1;
+    want.started_at = Some(at(1));
+    want.finished_at = Some(at(5));
+    want.last_error = Some(err.clone());
+    want.history = vec![AttemptRecord {
+        attempt: 1,
+        worker_id: "w1".to_owned(),
+        started_at: at(1),
+        finished_at: at(5),
+        outcome: AttemptOutcome::Failed,
+        error: Some(err),
+    }];
+    assert_eq!(get(s, job.id).await, want, "record after a final failure");
+    assert!(
+        claim(s, 10, "w1", at(1000)).await.is_empty(),
+        "failed jobs are never claimed"
+    );
+    assert_eq!(
+        next_run_at(s, &[QUEUE], &[NAME]).await,
+        None,
+        "failed is not pending"
+    );
+}
+
+/// A batch of finishes answers once per finish, in order, applying each on its own.
+pub async fn finish_many_answers_each_in_order(s: Arc<dyn Storage>) {
+    let s = &*s;
+    insert(s, jobs(4), at(0)).await;
+    let mut cs = claim(s, 4, "w1", at(1)).await;
+    cs.sort_by_key(|c| c.id);
+    let finishes = vec![
+        JobFinish {
+            id: cs[0].id,
+            lease: cs[0].lease,
+            outcome: FinishOutcome::Completed,
+        },
+        JobFinish {
+            id: cs[1].id,
+            lease: LeaseToken::new(),
+            outcome: FinishOutcome::Completed,
+        },
+        JobFinish {
+            id: cs[2].id,
+            lease: cs[2].lease,
+            outcome: FinishOutcome::Retry {
+                retry_at: at(10),
+                error: boom("again"),
+            },
+        },
+        JobFinish {
+            id: cs[3].id,
+            lease: cs[3].lease,
+            outcome: FinishOutcome::Failed { error: boom("no") },
+        },
+        // The same job twice: the second finds it no longer running.
+        JobFinish {
+            id: cs[0].id,
+            lease: cs[0].lease,
+            outcome: FinishOutcome::Completed,
+        },
+        JobFinish {
+            id: JobId::new(),
+            lease: LeaseToken::new(),
+            outcome: FinishOutcome::Completed,
+        },
+    ];
+    let got = s
+        .job_finish_many(JobFinishManyParams {
+            finishes,
+            now: at(2),
+        })
+        .await
+        .expect("job_finish_many failed");
+    assert_eq!(
+        got,
+        vec![true, false, true, true, false, false],
+        "one answer per finish"
+    );
+    let statuses = [
+        get(s, cs[0].id).await.status,
+        get(s, cs[1].id).await.status,
+        get(s, cs[2].id).await.status,
+        get(s, cs[3].id).await.status,
+    ];
+    assert_eq!(
+        statuses,
+        [
+            JobStatus::Completed,
+            JobStatus::Running,
+            JobStatus::Retryable,
+            JobStatus::Failed
+        ]
+    );
+    assert_eq!(
+        get(s, cs[0].id).await.history.len(),
+        1,
+        "the duplicate finish added nothing"
+    );
+}
+
+/// A finish with a wrong token, for a job not running, or for an unknown job, is refused
+/// and changes nothing.
+pub async fn finish_with_stale_token_changes_nothing(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let job = new_job(NAME, QUEUE);
+    insert(s, vec![job.clone()], at(0)).await;
+    let c = claim_one(s, "w1", at(1)).await;
+    let before = get(s, job.id).await;
+    let outcomes = [
+        FinishOutcome::Completed,
+        FinishOutcome::Retry {
+            retry_at: at(5),
+            error: boom("x"),
+        },
+        FinishOutcome::Failed { error: boom("y") },
+    ];
+    for outcome in outcomes.clone() {
+        assert!(
+            !finish_with(s, job.id, LeaseToken::new(), outcome, at(2)).await,
+            "wrong token"
+        );
+        assert_eq!(
+            get(s, job.id).await,
+            before,
+            "a refused finish changes nothing"
+        );
+    }
+    assert!(
+        !finish_with(s, JobId::new(), c.lease, FinishOutcome::Completed, at(2)).await,
+        "unknown job"
+    );
+    assert_eq!(
+        release(s, vec![(job.id, LeaseToken::new())], at(2)).await,
+        0,
+        "wrong token"
+    );
+    assert_eq!(
+        get(s, job.id).await,
+        before,
+        "a refused release changes nothing"
+    );
+
+    assert!(
+        finish(
+            s,
+            &c,
+            FinishOutcome::Failed {
+                error: boom("done")
+            },
+            at(3)
+        )
+        .await
+    );
+    let done = get(s, job.id).await;
+    for outcome in outcomes {
+        assert!(
+            !finish(s, &c, outcome, at(4)).await,
+            "the job is no longer running"
+        );
+        assert_eq!(
+            get(s, job.id).await,
+            done,
+            "a refused finish changes nothing"
+        );
+    }
+}
+
+/// After the lease expires and another worker claims the job, the first worker's reports
+/// are all refused, and the history shows both attempts.
+pub async fn finish_after_takeover_is_refused(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let job = job_with_hb(1_000);
+    insert(s, vec![job.clone()], at(0)).await;
+    let first = claim_one(s, "w1", at(0)).await;
+    let expiry = at(0).plus(lease_duration(1_000));
+    assert_eq!(reclaim(s, just_after(expiry)).await, 1);
+    let second = claim_one(s, "w2", at(10)).await;
+    assert_eq!(second.attempt, 2);
+    assert_ne!(first.lease, second.lease);
+
+    assert!(
+        !finish(s, &first, FinishOutcome::Completed, at(11)).await,
+        "stale completion"
+    );
+    assert!(
+        heartbeat(s, vec![(first.id, first.lease)], at(11))
+            .await
+            .is_empty(),
+        "stale heartbeat"
+    );
+    assert_eq!(
+        release(s, vec![(first.id, first.lease)], at(11)).await,
+        0,
+        "stale release"
+    );
+    let r = get(s, job.id).await;
+    assert_eq!(
+        r.status,
+        JobStatus::Running,
+        "still running under the second claim"
+    );
+    assert_eq!(r.worker_id.as_deref(), Some("w2"));
+    assert_eq!(r.attempt, 2);
+
+    assert!(finish(s, &second, FinishOutcome::Completed, at(12)).await);
+    let r = get(s, job.id).await;
+    assert_eq!(r.status, JobStatus::Completed);
+    assert_eq!(
+        r.history,
+        vec![
+            AttemptRecord {
+                attempt: 1,
+                worker_id: "w1".to_owned(),
+                started_at: at(0),
+                finished_at: just_after(expiry),
+                outcome: AttemptOutcome::LeaseExpired,
+                error: Some(lease_expired_error("w1")),
+            },
+            AttemptRecord {
+                attempt: 2,
+                worker_id: "w2".to_owned(),
+                started_at: at(10),
+                finished_at: at(12),
+                outcome: AttemptOutcome::Completed,
+                error: None,
+            },
+        ],
+        "history shows both attempts"
+    );
+}
+
+/// A lease is lost when it is reclaimed, not when it expires: until a reclaim runs, the
+/// holder's heartbeat and finish still apply.
+pub async fn late_report_before_reclaim_is_accepted(s: Arc<dyn Storage>) {
+    let s = &*s;
+    insert(s, vec![job_with_hb(1_000), job_with_hb(1_000)], at(0)).await;
+    let mut cs = claim(s, 2, "w1", at(0)).await;
+    assert_eq!(cs.len(), 2);
+    let (a, b) = (cs.remove(0), cs.remove(0));
+    let late = at(100);
+    assert_eq!(heartbeat(s, vec![(a.id, a.lease)], late).await, vec![a.id]);
+    assert_eq!(
+        get(s, a.id).await.lease_expires_at,
+        Some(late.plus(lease_duration(1_000))),
+        "a late heartbeat renews the lease"
+    );
+    assert!(
+        finish(s, &b, FinishOutcome::Completed, late).await,
+        "a late finish is accepted"
+    );
+    assert_eq!(
+        reclaim(s, just_after(late)).await,
+        0,
+        "nothing left to reclaim"
+    );
+}
+
+/// Reclaim takes running jobs whose lease ended strictly before `now`: the attempt is
+/// recorded as `lease_expired`, the job is `available` at once with its attempt count.
+pub async fn reclaim_makes_expired_job_available(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let short = job_with_hb(1_000);
+    let long = job_with_hb(10_000);
+    insert(s, vec![short.clone(), long.clone()], at(0)).await;
+    let got = claim(s, 2, "w1", at(0)).await;
+    assert_eq!(got.len(), 2);
+    let expiry = at(0).plus(lease_duration(1_000));
+
+    assert_eq!(
+        reclaim(s, expiry).await,
+        0,
+        "a lease ending exactly now is not expired"
+    );
+    let now = just_after(expiry);
+    assert_eq!(reclaim(s, now).await, 1, "only the short lease expired");
+    let mut want = expected_record(&short, at(0));
+    want.status = JobStatus::Available;
+    want.attempt = 1;
+    want.run_at = now;
+    want.started_at = Some(at(0));
+    want.last_error = Some(lease_expired_error("w1"));
+    want.history = vec![AttemptRecord {
+        attempt: 1,
+        worker_id: "w1".to_owned(),
+        started_at: at(0),
+        finished_at: now,
+        outcome: AttemptOutcome::LeaseExpired,
+        error: Some(lease_expired_error("w1")),
+    }];
+    assert_eq!(get(s, short.id).await, want, "record after reclaim");
+    assert_eq!(
+        get(s, long.id).await.status,
+        JobStatus::Running,
+        "unexpired lease kept"
+    );
+
+    assert_eq!(reclaim(s, now).await, 0, "a reclaim is done once");
+    let again = claim_one(s, "w2", now).await;
+    assert_eq!(
+        (again.id, again.attempt),
+        (short.id, 2),
+        "claimable again, next attempt"
+    );
+    assert_eq!(
+        reclaim(s, just_after(now)).await,
+        0,
+        "the new claim has a fresh lease"
+    );
+}
+
+/// Reclaiming a job with no retries left fails it for good.
+pub async fn reclaim_fails_job_when_retries_are_exhausted(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let none = NewJob {
+        heartbeat_ms: 1_000,
+        ..job_with_retries(0)
+    };
+    let one = NewJob {
+        heartbeat_ms: 1_000,
+        ..job_with_retries(1)
+    };
+    insert(s, vec![none.clone(), one.clone()], at(0)).await;
+    assert_eq!(claim(s, 2, "w1", at(0)).await.len(), 2);
+    let t1 = at(10);
+    assert_eq!(reclaim(s, t1).await, 2);
+
+    let r = get(s, none.id).await;
+    assert_eq!(
+        r.status,
+        JobStatus::Failed,
+        "MaxRetries::Count(0): no second attempt"
+    );
+    assert_eq!(r.finished_at, Some(t1));
+    assert_eq!((r.worker_id, r.lease_expires_at), (None, None));
+    assert_eq!(r.last_error, Some(lease_expired_error("w1")));
+    assert_eq!(r.history.len(), 1);
+    assert_eq!(r.history[0].outcome, AttemptOutcome::LeaseExpired);
+
+    let r = get(s, one.id).await;
+    assert_eq!(
+        r.status,
+        JobStatus::Available,
+        "MaxRetries::Count(1) allows a second attempt"
+    );
+    assert_eq!(r.finished_at, None);
+    let c = claim_one(s, "w2", t1).await;
+    assert_eq!((c.id, c.attempt), (one.id, 2));
+    let t2 = at(20);
+    assert_eq!(reclaim(s, t2).await, 1);
+    let r = get(s, one.id).await;
+    assert_eq!(
+        r.status,
+        JobStatus::Failed,
+        "retries used up after the second attempt"
+    );
+    assert_eq!(r.finished_at, Some(t2));
+    assert_eq!(r.last_error, Some(lease_expired_error("w2")));
+    let attempts: Vec<_> = r
+        .history
+        .iter()
+        .map(|h| (h.attempt, h.worker_id.as_str()))
+        .collect();
+    assert_eq!(attempts, vec![(1, "w1"), (2, "w2")]);
+    assert!(
+        claim(s, 10, "w3", at(30)).await.is_empty(),
+        "failed jobs are never claimed"
+    );
+}
+
+/// Release hands running jobs back: `available` now, attempt count restored, a
+/// `released` history entry, fenced by the token.
+pub async fn release_restores_attempt(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let all = jobs(3);
+    insert(s, all.clone(), at(0)).await;
+    let mut cs = claim(s, 3, "w1", at(1)).await;
+    cs.sort_by_key(|c| c.id);
+    let leases = vec![
+        (cs[0].id, cs[0].lease),
+        (cs[1].id, cs[1].lease),
+        (cs[2].id, LeaseToken::new()),
+    ];
+    assert_eq!(
+        release(s, leases, at(4)).await,
+        2,
+        "two right tokens, one wrong"
+    );
+
+    let mut want = expected_record(&all[0], at(0));
+    want.run_at = at(4);
+    want.started_at = Some(at(1));
+    want.history = vec![AttemptRecord {
+        attempt: 1,
+        worker_id: "w1".to_owned(),
+        started_at: at(1),
+        finished_at: at(4),
+        outcome: AttemptOutcome::Released,
+        error: None,
+    }];
+    assert_eq!(get(s, all[0].id).await, want, "record after release");
+    assert_eq!(
+        get(s, all[2].id).await.status,
+        JobStatus::Running,
+        "wrong token: kept"
+    );
+    assert_eq!(
+        release(s, vec![(cs[0].id, cs[0].lease)], at(5)).await,
+        0,
+        "released once"
+    );
+
+    let again = claim(s, 2, "w2", at(5)).await;
+    assert_eq!(claimed_ids(&again), HashSet::from([cs[0].id, cs[1].id]));
+    assert!(
+        again.iter().all(|c| c.attempt == 1),
+        "a released attempt is not counted"
+    );
+    let c = again.iter().find(|c| c.id == cs[0].id).expect("claimed");
+    assert!(finish(s, c, FinishOutcome::Completed, at(6)).await);
+    let outcomes: Vec<_> = get(s, c.id)
+        .await
+        .history
+        .iter()
+        .map(|h| (h.attempt, h.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            (1, AttemptOutcome::Released),
+            (1, AttemptOutcome::Completed)
+        ]
+    );
+}
+
+/// Every kind of attempt end lands in the history, oldest first; last_error is the most
+/// recent error.
+pub async fn history_records_every_attempt_in_order(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let job = job_with_hb(1_000);
+    insert(s, vec![job.clone()], at(0)).await;
+    let c1 = claim_one(s, "w1", at(0)).await;
+    let outcome = FinishOutcome::Retry {
+        retry_at: at(5),
+        error: boom("one"),
+    };
+    assert!(finish(s, &c1, outcome, at(1)).await);
+    let c2 = claim_one(s, "w2", at(5)).await;
+    assert_eq!(reclaim(s, at(60)).await, 1);
+    let c3 = claim_one(s, "w3", at(60)).await;
+    assert_eq!(release(s, vec![(c3.id, c3.lease)], at(61)).await, 1);
+    let c4 = claim_one(s, "w4", at(62)).await;
+    assert_eq!((c2.attempt, c3.attempt, c4.attempt), (2, 3, 3));
+    assert!(finish(s, &c4, FinishOutcome::Completed, at(63)).await);
+
+    let r = get(s, job.id).await;
+    let want = vec![
+        (
+            1,
+            "w1",
+            at(0),
+            at(1),
+            AttemptOutcome::Failed,
+            Some(boom("one")),
+        ),
+        (
+            2,
+            "w2",
+            at(5),
+            at(60),
+            AttemptOutcome::LeaseExpired,
+            Some(lease_expired_error("w2")),
+        ),
+        (3, "w3", at(60), at(61), AttemptOutcome::Released, None),
+        (3, "w4", at(62), at(63), AttemptOutcome::Completed, None),
+    ];
+    let got: Vec<_> = r
+        .history
+        .iter()
+        .map(|h| {
+            (
+                h.attempt,
+                h.worker_id.as_str(),
+                h.started_at,
+                h.finished_at,
+                h.outcome,
+                h.error.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "history, oldest first");
+    assert_eq!(r.attempt, 3);
+    assert_eq!(
+        r.last_error,
+        Some(lease_expired_error("w2")),
+        "the most recent error"
+    );
+    assert_eq!(
+        (r.status, r.finished_at),
+        (JobStatus::Completed, Some(at(63)))
+    );
+}
+
+/// List filters by statuses, name and queue, newest first.
+pub async fn list_filters(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let ids = sorted_ids(7);
+    let spec = [
+        ("a", "q1"),
+        ("b", "q1"),
+        ("a", "q2"),
+        ("b", "q2"),
+        ("a", "q1"),
+        ("b", "q2"),
+        ("a", "q1"),
+    ];
+    let batch: Vec<NewJob> = ids
+        .iter()
+        .zip(spec)
+        .enumerate()
+        .map(|(i, (&id, (name, queue)))| NewJob {
+            id,
+            // job 6 is scheduled
+            run_at: (i == 6).then(|| at(100)),
+            ..new_job(name, queue)
+        })
+        .collect();
+    insert(s, batch, at(0)).await;
+    // 0: completed, 1: failed, 2: retryable, 3: running, 4 & 5: available, 6: scheduled.
+    let claim_id = |want: JobId, name: &'static str, queue: &'static str| async move {
+        let mut got = claim_from(s, &[queue], &[name], 1, "w1", at(1)).await;
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].id, want, "setup: claims follow id order");
+        got.remove(0)
+    };
+    let c0 = claim_id(ids[0], "a", "q1").await;
+    let c1 = claim_id(ids[1], "b", "q1").await;
+    let c2 = claim_id(ids[2], "a", "q2").await;
+    let _c3 = claim_id(ids[3], "b", "q2").await;
+    assert!(finish(s, &c0, FinishOutcome::Completed, at(2)).await);
+    assert!(finish(s, &c1, FinishOutcome::Failed { error: boom("x") }, at(2)).await);
+    let retry = FinishOutcome::Retry {
+        retry_at: at(50),
+        error: boom("y"),
+    };
+    assert!(finish(s, &c2, retry, at(2)).await);
+
+    let q = |statuses: Vec<JobStatus>, name: Option<&str>, queue: Option<&str>| JobListParams {
+        statuses,
+        name: name.map(str::to_owned),
+        queue: queue.map(str::to_owned),
+        cursor: None,
+        limit: 100,
+    };
+    let pick = |idx: &[usize]| idx.iter().map(|&i| ids[i]).collect::<Vec<_>>();
+    let all = list(s, q(vec![], None, None)).await;
+    assert_eq!(
+        id_list(&all),
+        pick(&[6, 5, 4, 3, 2, 1, 0]),
+        "all jobs, newest first"
+    );
+    let want_status = [
+        JobStatus::Completed,
+        JobStatus::Failed,
+        JobStatus::Retryable,
+        JobStatus::Running,
+        JobStatus::Available,
+        JobStatus::Available,
+        JobStatus::Scheduled,
+    ];
+    for r in &all {
+        let i = ids.iter().position(|&id| id == r.id).unwrap_or(usize::MAX);
+        assert_eq!(r.status, want_status[i], "setup: status of job {i}");
+    }
+    let full = get(s, ids[1]).await;
+    assert_eq!(
+        all[5], full,
+        "list returns the full record, history included"
+    );
+
+    let cases: Vec<(JobListParams, Vec<usize>, &str)> = vec![
+        (
+            q(vec![JobStatus::Completed, JobStatus::Failed], None, None),
+            vec![1, 0],
+            "two statuses",
+        ),
+        (
+            q(vec![JobStatus::Available], None, None),
+            vec![5, 4],
+            "available",
+        ),
+        (
+            q(
+                vec![
+                    JobStatus::Scheduled,
+                    JobStatus::Available,
+                    JobStatus::Retryable,
+                ],
+                None,
+                None,
+            ),
+            vec![6, 5, 4, 2],
+            "pending statuses",
+        ),
+        (
+            q(vec![JobStatus::Cancelled], None, None),
+            vec![],
+            "no such status",
+        ),
+        (q(vec![], Some("a"), None), vec![6, 4, 2, 0], "name"),
+        (q(vec![], None, Some("q2")), vec![5, 3, 2], "queue"),
+        (
+            q(vec![], Some("b"), Some("q2")),
+            vec![5, 3],
+            "name and queue",
+        ),
+        (
+            q(vec![JobStatus::Available], Some("a"), Some("q1")),
+            vec![4],
+            "status, name and queue",
+        ),
+        (q(vec![], Some("zzz"), None), vec![], "unknown name"),
+        (q(vec![], None, Some("zzz")), vec![], "unknown queue"),
+    ];
+    for (params, want, what) in cases {
+        assert_eq!(
+            id_list(&list(s, params).await),
+            pick(&want),
+            "list filter: {what}"
+        );
+    }
+    let mut limited = q(vec![], None, None);
+    limited.limit = 3;
+    assert_eq!(
+        id_list(&list(s, limited).await),
+        pick(&[6, 5, 4]),
+        "limit keeps the newest"
+    );
+}
+
+/// Paging with `cursor` walks all jobs newest first with no gaps or duplicates.
+pub async fn list_pages_newest_first_with_cursor(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let ids = sorted_ids(25);
+    let batch: Vec<NewJob> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &id)| NewJob {
+            id,
+            ..new_job(NAME, if i % 2 == 0 { "even" } else { "odd" })
+        })
+        .collect();
+    // Insert in several batches and out of order: order comes from ids alone.
+    insert(s, batch[10..].to_vec(), at(0)).await;
+    insert(s, batch[..10].to_vec(), at(1)).await;
+
+    async fn walk(s: &dyn Storage, queue: Option<&str>, limit: u32) -> (Vec<JobId>, Vec<usize>) {
+        let mut cursor = None;
+        let (mut seen, mut sizes) = (Vec::new(), Vec::new());
+        loop {
+            let params = JobListParams {
+                queue: queue.map(str::to_owned),
+                cursor,
+                limit,
+                ..Default::default()
+            };
+            let page = list(s, params).await;
+            sizes.push(page.len());
+            let Some(last) = page.last() else { break };
+            cursor = Some(last.id);
+            seen.extend(id_list(&page));
+            assert!(sizes.len() < 100, "paging does not end");
+        }
+        (seen, sizes)
+    }
+
+    let newest_first: Vec<JobId> = ids.iter().rev().copied().collect();
+    let (seen, sizes) = walk(s, None, 10).await;
+    assert_eq!(sizes, vec![10, 10, 5, 0], "page sizes");
+    assert_eq!(
+        seen, newest_first,
+        "pages cover every job once, newest first"
+    );
+
+    let (seen, sizes) = walk(s, Some("even"), 5).await;
+    assert_eq!(sizes, vec![5, 5, 3, 0], "filtered page sizes");
+    let even: Vec<JobId> = newest_first.iter().step_by(2).copied().collect();
+    assert_eq!(seen, even, "filtered pages");
+
+    let page = |cursor: JobId| JobListParams {
+        cursor: Some(cursor),
+        limit: 3,
+        ..Default::default()
+    };
+    let top = list(s, page(JobId(Uuid::max()))).await;
+    assert_eq!(
+        id_list(&top),
+        newest_first[..3].to_vec(),
+        "a cursor above every id"
+    );
+    assert!(
+        list(s, page(JobId(Uuid::nil()))).await.is_empty(),
+        "a cursor below every id"
+    );
+    let mid = list(s, page(ids[12])).await;
+    assert_eq!(
+        id_list(&mid),
+        vec![ids[11], ids[10], ids[9]],
+        "strictly older than the cursor"
+    );
+}
+
+/// Counts per queue and status, leaving out empty pairs.
+pub async fn counts_per_queue_and_status(s: Arc<dyn Storage>) {
+    let s = &*s;
+    assert!(
+        sorted_counts(s).await.is_empty(),
+        "an empty storage has no counts"
+    );
+    let mk = |queue: &str, run_at: Option<Timestamp>| NewJob {
+        run_at,
+        ..new_job(NAME, queue)
+    };
+    let batch = vec![
+        mk("a", None),
+        mk("a", None),
+        mk("a", None),
+        mk("a", None),
+        mk("a", Some(at(100))),
+        mk("b", None),
+        mk("b", None),
+    ];
+    insert(s, batch, at(0)).await;
+    let mut a = claim_from(s, &["a"], &[NAME], 2, "w1", at(1)).await;
+    let mut b = claim_from(s, &["b"], &[NAME], 2, "w1", at(1)).await;
+    assert_eq!((a.len(), b.len()), (2, 2));
+    assert!(finish(s, &a.remove(0), FinishOutcome::Completed, at(2)).await);
+    assert!(
+        finish(
+            s,
+            &b.remove(0),
+            FinishOutcome::Failed { error: boom("x") },
+            at(2)
+        )
+        .await
+    );
+    let retry = FinishOutcome::Retry {
+        retry_at: at(9),
+        error: boom("y"),
+    };
+    assert!(finish(s, &b.remove(0), retry, at(2)).await);
+
+    let want = vec![
+        ("a".to_owned(), JobStatus::Scheduled, 1),
+        ("a".to_owned(), JobStatus::Available, 2),
+        ("a".to_owned(), JobStatus::Running, 1),
+        ("a".to_owned(), JobStatus::Completed, 1),
+        ("b".to_owned(), JobStatus::Retryable, 1),
+        ("b".to_owned(), JobStatus::Failed, 1),
+    ];
+    assert_eq!(
+        sorted_counts(s).await,
+        want,
+        "counts after setup (no zero rows)"
+    );
+}
+
+/// next_run_at is the earliest run_at among pending jobs of the queues and names asked for,
+/// past or future; running and finished jobs do not count.
+pub async fn next_run_at_is_earliest_pending(s: Arc<dyn Storage>) {
+    let s = &*s;
+    assert_eq!(next_run_at(s, &["a"], &["x"]).await, None, "empty storage");
+    let mk = |queue: &str, name: &str, off: i64| NewJob {
+        run_at: Some(at(off)),
+        ..new_job(name, queue)
+    };
+    let future = mk("a", "x", 50);
+    let past = mk("a", "x", -10);
+    let y = mk("a", "y", -100);
+    let other_queue = mk("b", "x", -1000);
+    let running = mk("a", "z", -5000);
+    let done = mk("a", "w", -6000);
+    let all = vec![future, past.clone(), y, other_queue, running, done];
+    insert(s, all, at(0)).await;
+    claim_one_from(s, "a", "z").await;
+    let d = claim_one_from(s, "a", "w").await;
+    assert!(finish(s, &d, FinishOutcome::Completed, at(0)).await);
+
+    assert_eq!(
+        next_run_at(s, &["a"], &["x"]).await,
+        Some(at(-10)),
+        "past run_at counts"
+    );
+    assert_eq!(
+        next_run_at(s, &["a"], &["x", "y"]).await,
+        Some(at(-100)),
+        "several names"
+    );
+    assert_eq!(
+        next_run_at(s, &["a", "b"], &["x"]).await,
+        Some(at(-1000)),
+        "several queues"
+    );
+    assert_eq!(next_run_at(s, &["c"], &["x"]).await, None, "unknown queue");
+    assert_eq!(
+        next_run_at(s, &["a"], &["z"]).await,
+        None,
+        "running jobs are not pending"
+    );
+    assert_eq!(
+        next_run_at(s, &["a"], &["w"]).await,
+        None,
+        "completed jobs are not pending"
+    );
+
+    let c = claim_from(s, &["a"], &["x"], 1, "w1", at(0)).await;
+    assert_eq!(claimed_ids(&c), HashSet::from([past.id]));
+    assert_eq!(
+        next_run_at(s, &["a"], &["x"]).await,
+        Some(at(50)),
+        "future run_at counts"
+    );
+    let retry = FinishOutcome::Retry {
+        retry_at: at(20),
+        error: boom("x"),
+    };
+    assert!(finish(s, &c[0], retry, at(1)).await);
+    assert_eq!(
+        next_run_at(s, &["a"], &["x"]).await,
+        Some(at(20)),
+        "retryable jobs count"
+    );
+}
+
+async fn claim_one_from(s: &dyn Storage, queue: &str, name: &str) -> ClaimedJob {
+    let mut got = claim_from(s, &[queue], &[name], 1, "w1", at(0)).await;
+    assert_eq!(got.len(), 1, "expected one {queue}/{name} job");
+    got.remove(0)
+}
+
+/// Empty batches and an empty storage are fine everywhere.
+pub async fn empty_batches(s: Arc<dyn Storage>) {
+    let s = &*s;
+    insert(s, Vec::new(), at(0)).await;
+    assert!(heartbeat(s, Vec::new(), at(0)).await.is_empty());
+    let finished = s
+        .job_finish_many(JobFinishManyParams {
+            finishes: Vec::new(),
+            now: at(0),
+        })
+        .await
+        .expect("job_finish_many failed");
+    assert!(finished.is_empty());
+    assert_eq!(release(s, Vec::new(), at(0)).await, 0);
+    assert_eq!(reclaim(s, at(0)).await, 0);
+    assert!(claim(s, 10, "w1", at(0)).await.is_empty());
+    assert!(list(
+        s,
+        JobListParams {
+            limit: 10,
+            ..Default::default()
+        }
+    )
+    .await
+    .is_empty());
+    assert!(sorted_counts(s).await.is_empty());
+    assert_eq!(next_run_at(s, &[QUEUE], &[NAME]).await, None);
+}
+
+/// After close every call fails with `StorageClosed`; closing again is fine.
+pub async fn close_is_final_and_idempotent(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let job = new_job(NAME, QUEUE);
+    insert(s, vec![job.clone()], at(0)).await;
+    let c = claim_one(s, "w1", at(0)).await;
+    s.close().await.expect("close failed");
+    s.close().await.expect("a second close must succeed");
+    let _ = s.poll_interval();
+
+    fn closed<T: std::fmt::Debug>(what: &str, res: crate::Result<T>) {
+        assert!(
+            matches!(res, Err(Error::StorageClosed)),
+            "{what} after close: got {res:?}"
+        );
+    }
+    let lease = vec![(c.id, c.lease)];
+    closed(
+        "job_insert_many",
+        s.job_insert_many(JobInsertManyParams {
+            jobs: vec![new_job(NAME, QUEUE)],
+            now: at(1),
+        })
+        .await,
+    );
+    closed(
+        "job_claim",
+        s.job_claim(JobClaimParams {
+            queues: strings(&[QUEUE]),
+            names: strings(&[NAME]),
+            limit: 1,
+            worker_id: "w1".to_owned(),
+            now: at(1),
+        })
+        .await,
+    );
+    closed(
+        "job_heartbeat",
+        s.job_heartbeat(JobHeartbeatParams {
+            leases: lease.clone(),
+            now: at(1),
+        })
+        .await,
+    );
+    let finishes = vec![JobFinish {
+        id: c.id,
+        lease: c.lease,
+        outcome: FinishOutcome::Completed,
+    }];
+    closed(
+        "job_finish_many",
+        s.job_finish_many(JobFinishManyParams {
+            finishes,
+            now: at(1),
+        })
+        .await,
+    );
+    closed(
+        "job_release",
+        s.job_release(JobReleaseParams {
+            leases: lease,
+            now: at(1),
+        })
+        .await,
+    );
+    closed(
+        "job_reclaim_expired",
+        s.job_reclaim_expired(JobReclaimParams { now: at(1) }).await,
+    );
+    closed("job_get", s.job_get(job.id).await);
+    closed(
+        "job_list",
+        s.job_list(JobListParams {
+            limit: 10,
+            ..Default::default()
+        })
+        .await,
+    );
+    closed("job_counts", s.job_counts().await);
+    closed(
+        "job_next_run_at",
+        s.job_next_run_at(JobNextRunAtParams {
+            queues: strings(&[QUEUE]),
+            names: strings(&[NAME]),
+        })
+        .await,
+    );
+    s.close().await.expect("close after close must succeed");
+}

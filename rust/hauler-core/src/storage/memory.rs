@@ -1,0 +1,578 @@
+//! An in-process storage: jobs live in memory and vanish with the process.
+//!
+//! Everything sits behind one mutex that is never held across an `.await`; each method
+//! takes it once, does its work and returns. Nothing scans all jobs on the hot path:
+//!
+//! - pending jobs are indexed per queue and name in a *lane*: one set ordered by
+//!   `run_at` (for scheduling and [`Storage::job_next_run_at`]) and one ordered the way
+//!   claims pick, `(priority DESC, run_at ASC, id ASC)`, holding the jobs whose `run_at`
+//!   has come. A claim first moves the jobs that became due since the lane's last claim
+//!   into the ready set, then merges the first entries of the lanes it asked for;
+//! - running jobs are indexed by lease expiry, so reclaiming reads only expired leases;
+//! - counts per queue and status are kept up to date on every transition.
+//!
+//! Every change to a job goes through [`Inner::update`], which takes the job out of the
+//! indexes, applies the change and puts it back, so the indexes cannot drift from the
+//! records.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::ops::Bound;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::{
+    lease_duration, FinishOutcome, JobClaimParams, JobFinishManyParams, JobHeartbeatParams,
+    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobReclaimParams, JobReleaseParams,
+    Storage,
+};
+use crate::error::{Error, Result};
+use crate::model::{
+    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken,
+    QueueCount, Timestamp,
+};
+
+/// The smallest and largest ids, to bound index ranges.
+const MIN_ID: JobId = JobId(Uuid::nil());
+const MAX_ID: JobId = JobId(Uuid::from_u128(u128::MAX));
+
+/// A storage that keeps jobs in this process's memory: no persistence, no sharing between
+/// processes, and the fastest option. Good for tests, development and jobs whose loss on
+/// exit is acceptable.
+///
+/// ```
+/// use hauler_core::storage::{MemoryStorage, Storage};
+///
+/// let storage = MemoryStorage::new();
+/// assert!(storage.poll_interval().is_none());
+/// ```
+#[derive(Default)]
+pub struct MemoryStorage {
+    inner: Mutex<Inner>,
+}
+
+impl MemoryStorage {
+    /// An empty storage.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Lock the state, failing once the storage is closed.
+    fn open(&self) -> Result<MutexGuard<'_, Inner>> {
+        let inner = self.lock()?;
+        if inner.closed {
+            return Err(Error::StorageClosed);
+        }
+        Ok(inner)
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Inner>> {
+        // A poisoned lock means a panic mid-update: the indexes may be inconsistent, so
+        // refuse to go on rather than hand out wrong jobs.
+        self.inner
+            .lock()
+            .map_err(|_| Error::Storage("memory storage is unusable after a panic".to_owned()))
+    }
+}
+
+impl std::fmt::Debug for MemoryStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut d = f.debug_struct("MemoryStorage");
+        if let Ok(inner) = self.inner.try_lock() {
+            d.field("jobs", &inner.jobs.len())
+                .field("closed", &inner.closed);
+        }
+        d.finish_non_exhaustive()
+    }
+}
+
+/// A stored job and the token of its current claim.
+#[derive(Debug)]
+struct Entry {
+    record: JobRecord,
+    /// Set while the job is running.
+    lease: Option<LeaseToken>,
+}
+
+/// The claim order: priority DESC, run_at ASC, id ASC.
+type ReadyKey = (Reverse<i32>, Timestamp, JobId);
+
+/// The pending jobs of one queue and name.
+#[derive(Debug)]
+struct Lane {
+    /// Every pending job, by run time (with its priority, to build its claim key).
+    by_run_at: BTreeSet<(Timestamp, JobId, i32)>,
+    /// The pending jobs with `run_at <= promoted_until`, in claim order.
+    ready: BTreeSet<ReadyKey>,
+    /// Every pending job due by this time is in `ready`.
+    promoted_until: Timestamp,
+}
+
+impl Default for Lane {
+    fn default() -> Self {
+        Lane {
+            by_run_at: BTreeSet::new(),
+            ready: BTreeSet::new(),
+            promoted_until: Timestamp::from_micros(i64::MIN),
+        }
+    }
+}
+
+impl Lane {
+    fn insert(&mut self, r: &JobRecord) {
+        self.by_run_at.insert((r.run_at, r.id, r.priority));
+        if r.run_at <= self.promoted_until {
+            self.ready.insert((Reverse(r.priority), r.run_at, r.id));
+        }
+    }
+
+    fn remove(&mut self, r: &JobRecord) {
+        self.by_run_at.remove(&(r.run_at, r.id, r.priority));
+        self.ready.remove(&(Reverse(r.priority), r.run_at, r.id));
+    }
+
+    /// Move the jobs due by `now` into `ready`. Only jobs that became due since the last
+    /// promotion are read, so with a clock that moves forward this costs nothing when
+    /// nothing new is due.
+    fn promote(&mut self, now: Timestamp) {
+        if now <= self.promoted_until {
+            return;
+        }
+        let after = (self.promoted_until, MAX_ID, i32::MAX);
+        let range = (
+            Bound::Excluded(after),
+            Bound::Included((now, MAX_ID, i32::MAX)),
+        );
+        for &(run_at, id, priority) in self.by_run_at.range(range) {
+            self.ready.insert((Reverse(priority), run_at, id));
+        }
+        self.promoted_until = now;
+    }
+}
+
+/// The indexes over the jobs, kept in step with them by [`Indexes::insert`] and
+/// [`Indexes::remove`].
+#[derive(Debug, Default)]
+struct Indexes {
+    /// Pending jobs: queue, then name.
+    lanes: HashMap<String, HashMap<String, Lane>>,
+    /// Running jobs by lease expiry.
+    running: BTreeSet<(Timestamp, JobId)>,
+    /// Jobs per queue and status (indexed by `JobStatus as usize`).
+    counts: BTreeMap<String, [u64; JobStatus::ALL.len()]>,
+}
+
+impl Indexes {
+    fn insert(&mut self, r: &JobRecord) {
+        if r.status.is_pending() {
+            let names = match self.lanes.get_mut(r.queue.as_str()) {
+                Some(names) => names,
+                None => self.lanes.entry(r.queue.clone()).or_default(),
+            };
+            let lane = match names.get_mut(r.name.as_str()) {
+                Some(lane) => lane,
+                None => names.entry(r.name.clone()).or_default(),
+            };
+            lane.insert(r);
+        } else if r.status == JobStatus::Running {
+            if let Some(expires) = r.lease_expires_at {
+                self.running.insert((expires, r.id));
+            }
+        }
+        let counts = match self.counts.get_mut(r.queue.as_str()) {
+            Some(c) => c,
+            None => self.counts.entry(r.queue.clone()).or_default(),
+        };
+        counts[r.status as usize] += 1;
+    }
+
+    fn remove(&mut self, r: &JobRecord) {
+        if r.status.is_pending() {
+            if let Some(lane) = self
+                .lanes
+                .get_mut(r.queue.as_str())
+                .and_then(|n| n.get_mut(r.name.as_str()))
+            {
+                lane.remove(r);
+            }
+        } else if r.status == JobStatus::Running {
+            if let Some(expires) = r.lease_expires_at {
+                self.running.remove(&(expires, r.id));
+            }
+        }
+        if let Some(counts) = self.counts.get_mut(r.queue.as_str()) {
+            counts[r.status as usize] = counts[r.status as usize].saturating_sub(1);
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    closed: bool,
+    /// Every job, by id (so by creation time: ids are UUID v7).
+    jobs: BTreeMap<JobId, Entry>,
+    idx: Indexes,
+}
+
+impl Inner {
+    /// Apply `f` to a job, keeping the indexes in step. Returns `None` for an unknown id.
+    fn update<T>(&mut self, id: JobId, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
+        let entry = self.jobs.get_mut(&id)?;
+        self.idx.remove(&entry.record);
+        let out = f(entry);
+        self.idx.insert(&entry.record);
+        Some(out)
+    }
+
+    /// The job, if it is running under `lease`.
+    fn held(&self, id: JobId, lease: LeaseToken) -> bool {
+        self.jobs
+            .get(&id)
+            .is_some_and(|e| e.record.status == JobStatus::Running && e.lease == Some(lease))
+    }
+
+    /// The distinct (queue, name) pairs asked for, as lanes that exist.
+    fn lane_keys<'p>(queues: &'p [String], names: &'p [String]) -> Vec<(&'p str, &'p str)> {
+        let mut keys: Vec<(&str, &str)> = queues
+            .iter()
+            .flat_map(|q| names.iter().map(move |n| (q.as_str(), n.as_str())))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    }
+
+    fn lane(&self, queue: &str, name: &str) -> Option<&Lane> {
+        self.idx.lanes.get(queue).and_then(|n| n.get(name))
+    }
+}
+
+/// Clear the claim of a job leaving `running`, recording the attempt in its history.
+fn end_attempt(e: &mut Entry, now: Timestamp, outcome: AttemptOutcome, error: Option<ErrorInfo>) {
+    let r = &mut e.record;
+    r.history.push(AttemptRecord {
+        attempt: r.attempt,
+        worker_id: r.worker_id.take().unwrap_or_default(),
+        started_at: r.started_at.unwrap_or(now),
+        finished_at: now,
+        outcome,
+        error: error.clone(),
+    });
+    if error.is_some() {
+        r.last_error = error;
+    }
+    r.lease_expires_at = None;
+    e.lease = None;
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<()> {
+        let mut inner = self.open()?;
+        let now = params.now;
+        let mut seen = HashSet::with_capacity(params.jobs.len());
+        for job in &params.jobs {
+            if !seen.insert(job.id) {
+                return Err(Error::Storage(format!(
+                    "job {} appears twice in the batch",
+                    job.id
+                )));
+            }
+            if inner.jobs.contains_key(&job.id) {
+                return Err(Error::Storage(format!(
+                    "a job with id {} already exists",
+                    job.id
+                )));
+            }
+        }
+        for job in params.jobs {
+            let run_at = job.run_at.unwrap_or(now);
+            let record = JobRecord {
+                id: job.id,
+                name: job.name,
+                queue: job.queue,
+                args: job.args,
+                status: if run_at > now {
+                    JobStatus::Scheduled
+                } else {
+                    JobStatus::Available
+                },
+                attempt: 0,
+                retry: job.retry,
+                priority: job.priority,
+                timeout_ms: job.timeout_ms,
+                heartbeat_ms: job.heartbeat_ms,
+                version: job.version,
+                unique_key: job.unique_key,
+                created_at: now,
+                run_at,
+                started_at: None,
+                finished_at: None,
+                worker_id: None,
+                lease_expires_at: None,
+                last_error: None,
+                history: Vec::new(),
+            };
+            inner.idx.insert(&record);
+            inner.jobs.insert(
+                record.id,
+                Entry {
+                    record,
+                    lease: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn job_claim(&self, params: JobClaimParams) -> Result<Vec<ClaimedJob>> {
+        let mut guard = self.open()?;
+        let inner = &mut *guard;
+        let now = params.now;
+        let limit = usize::try_from(params.limit).unwrap_or(usize::MAX);
+        let keys = Inner::lane_keys(&params.queues, &params.names);
+        if limit == 0 || keys.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        for &(q, n) in &keys {
+            if let Some(lane) = inner
+                .idx
+                .lanes
+                .get_mut(q)
+                .and_then(|names| names.get_mut(n))
+            {
+                lane.promote(now);
+            }
+        }
+
+        // Merge the lanes' ready sets in claim order. A lane may hold entries that are not
+        // due yet only if `now` moved backwards since its last promotion; skip those.
+        let picked: Vec<JobId> = {
+            let mut iters: Vec<_> = keys
+                .iter()
+                .filter_map(|&(q, n)| inner.lane(q, n))
+                .map(|lane| lane.ready.iter().filter(move |k| k.1 <= now))
+                .collect();
+            let mut heads = BinaryHeap::with_capacity(iters.len());
+            for (i, it) in iters.iter_mut().enumerate() {
+                if let Some(&k) = it.next() {
+                    heads.push(Reverse((k, i)));
+                }
+            }
+            let mut picked = Vec::with_capacity(limit.min(1024));
+            while picked.len() < limit {
+                let Some(Reverse((k, i))) = heads.pop() else {
+                    break;
+                };
+                picked.push(k.2);
+                if let Some(&next) = iters[i].next() {
+                    heads.push(Reverse((next, i)));
+                }
+            }
+            picked
+        };
+
+        let mut claimed = Vec::with_capacity(picked.len());
+        for id in picked {
+            let lease = LeaseToken::new();
+            let job = inner.update(id, |e| {
+                let r = &mut e.record;
+                r.status = JobStatus::Running;
+                r.attempt = r.attempt.saturating_add(1);
+                r.started_at = Some(now);
+                r.worker_id = Some(params.worker_id.clone());
+                r.lease_expires_at = Some(now.plus(lease_duration(r.heartbeat_ms)));
+                e.lease = Some(lease);
+                ClaimedJob {
+                    id: r.id,
+                    name: r.name.clone(),
+                    queue: r.queue.clone(),
+                    args: r.args.clone(),
+                    attempt: r.attempt,
+                    retry: r.retry,
+                    timeout_ms: r.timeout_ms,
+                    heartbeat_ms: r.heartbeat_ms,
+                    version: r.version,
+                    started_at: now,
+                    lease,
+                }
+            });
+            claimed.extend(job);
+        }
+        Ok(claimed)
+    }
+
+    async fn job_heartbeat(&self, params: JobHeartbeatParams) -> Result<Vec<JobId>> {
+        let mut inner = self.open()?;
+        let mut extended = Vec::with_capacity(params.leases.len());
+        for (id, lease) in params.leases {
+            if !inner.held(id, lease) {
+                continue;
+            }
+            inner.update(id, |e| {
+                let hb = e.record.heartbeat_ms;
+                e.record.lease_expires_at = Some(params.now.plus(lease_duration(hb)));
+            });
+            extended.push(id);
+        }
+        Ok(extended)
+    }
+
+    async fn job_finish_many(&self, params: JobFinishManyParams) -> Result<Vec<bool>> {
+        let mut inner = self.open()?;
+        let now = params.now;
+        let mut accepted = Vec::with_capacity(params.finishes.len());
+        for finish in params.finishes {
+            if !inner.held(finish.id, finish.lease) {
+                accepted.push(false);
+                continue;
+            }
+            inner.update(finish.id, |e| match finish.outcome {
+                FinishOutcome::Completed => {
+                    end_attempt(e, now, AttemptOutcome::Completed, None);
+                    e.record.status = JobStatus::Completed;
+                    e.record.finished_at = Some(now);
+                }
+                FinishOutcome::Retry { retry_at, error } => {
+                    end_attempt(e, now, AttemptOutcome::Failed, Some(error));
+                    e.record.status = JobStatus::Retryable;
+                    e.record.run_at = retry_at;
+                }
+                FinishOutcome::Failed { error } => {
+                    end_attempt(e, now, AttemptOutcome::Failed, Some(error));
+                    e.record.status = JobStatus::Failed;
+                    e.record.finished_at = Some(now);
+                }
+            });
+            accepted.push(true);
+        }
+        Ok(accepted)
+    }
+
+    async fn job_release(&self, params: JobReleaseParams) -> Result<u64> {
+        let mut inner = self.open()?;
+        let now = params.now;
+        let mut released = 0;
+        for (id, lease) in params.leases {
+            if !inner.held(id, lease) {
+                continue;
+            }
+            inner.update(id, |e| {
+                end_attempt(e, now, AttemptOutcome::Released, None);
+                e.record.status = JobStatus::Available;
+                e.record.run_at = now;
+                e.record.attempt = e.record.attempt.saturating_sub(1);
+            });
+            released += 1;
+        }
+        Ok(released)
+    }
+
+    async fn job_reclaim_expired(&self, params: JobReclaimParams) -> Result<u64> {
+        let mut inner = self.open()?;
+        let now = params.now;
+        // Leases that ended strictly before `now`.
+        let expired: Vec<JobId> = inner
+            .idx
+            .running
+            .range(..(now, MIN_ID))
+            .map(|&(_, id)| id)
+            .collect();
+        let mut reclaimed = 0;
+        for id in expired {
+            let done = inner.update(id, |e| {
+                let worker = e.record.worker_id.clone().unwrap_or_default();
+                let error = ErrorInfo::engine(
+                    "LeaseExpired",
+                    format!("lease expired: worker {worker} stopped heartbeating"),
+                );
+                end_attempt(e, now, AttemptOutcome::LeaseExpired, Some(error));
+                let r = &mut e.record;
+                if r.retry.max_retries.allows_another(r.attempt) {
+                    r.status = JobStatus::Available;
+                    r.run_at = now;
+                } else {
+                    r.status = JobStatus::Failed;
+                    r.finished_at = Some(now);
+                }
+            });
+            reclaimed += u64::from(done.is_some());
+        }
+        Ok(reclaimed)
+    }
+
+    async fn job_get(&self, id: JobId) -> Result<Option<JobRecord>> {
+        let inner = self.open()?;
+        Ok(inner.jobs.get(&id).map(|e| e.record.clone()))
+    }
+
+    async fn job_list(&self, params: JobListParams) -> Result<Vec<JobRecord>> {
+        let inner = self.open()?;
+        let limit = usize::try_from(params.limit).unwrap_or(usize::MAX);
+        let upper = match params.cursor {
+            Some(cursor) => Bound::Excluded(cursor),
+            None => Bound::Unbounded,
+        };
+        let wanted = |r: &JobRecord| {
+            (params.statuses.is_empty() || params.statuses.contains(&r.status))
+                && params.name.as_ref().map_or(true, |n| *n == r.name)
+                && params.queue.as_ref().map_or(true, |q| *q == r.queue)
+        };
+        Ok(inner
+            .jobs
+            .range((Bound::Unbounded, upper))
+            .rev()
+            .map(|(_, e)| &e.record)
+            .filter(|r| wanted(r))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn job_counts(&self) -> Result<Vec<QueueCount>> {
+        let inner = self.open()?;
+        let mut out = Vec::new();
+        for (queue, counts) in &inner.idx.counts {
+            for status in JobStatus::ALL {
+                let count = counts[status as usize];
+                if count > 0 {
+                    out.push(QueueCount {
+                        queue: queue.clone(),
+                        status,
+                        count,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn job_next_run_at(&self, params: JobNextRunAtParams) -> Result<Option<Timestamp>> {
+        let inner = self.open()?;
+        Ok(Inner::lane_keys(&params.queues, &params.names)
+            .into_iter()
+            .filter_map(|(q, n)| inner.lane(q, n))
+            .filter_map(|lane| lane.by_run_at.first().map(|&(t, _, _)| t))
+            .min())
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    async fn close(&self) -> Result<()> {
+        let mut inner = self.lock()?;
+        if !inner.closed {
+            // Free the jobs now: nothing can read them any more.
+            *inner = Inner {
+                closed: true,
+                ..Inner::default()
+            };
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,202 @@
+//! The `Storage` trait: what the engine needs from a place that keeps jobs.
+//!
+//! Methods are named noun-first and take one params struct each, so adding a field never
+//! breaks a call site. Every method that changes a running job is *fenced* by the claim's
+//! [`LeaseToken`]: it applies only while the job is still running under that token.
+//!
+//! Pending statuses (`scheduled`, `available`, `retryable`) are all claimable once their
+//! `run_at` has come; the status records why the job is waiting.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+use crate::model::{
+    ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken, NewJob, QueueCount, Timestamp,
+};
+
+pub mod memory;
+pub mod sqlite;
+
+#[doc(hidden)]
+pub mod conformance;
+
+pub use memory::MemoryStorage;
+pub use sqlite::{SqliteOptions, SqliteStorage, Synchronous};
+
+/// A lease lasts this many heartbeat intervals: a job whose worker misses this many
+/// heartbeats in a row may be reclaimed.
+pub const LEASE_HEARTBEATS: u64 = 3;
+
+/// The lease length for a job with heartbeat interval `heartbeat_ms`.
+pub fn lease_duration(heartbeat_ms: u64) -> Duration {
+    Duration::from_millis(heartbeat_ms.saturating_mul(LEASE_HEARTBEATS))
+}
+
+/// Store jobs.
+#[derive(Debug, Clone)]
+pub struct JobInsertManyParams {
+    /// The jobs, stored all or none (one transaction).
+    pub jobs: Vec<NewJob>,
+    /// The time of storing: `created_at`, and the run time of jobs with none. A job whose
+    /// `run_at` is later than this is stored `scheduled`, otherwise `available`.
+    pub now: Timestamp,
+}
+
+/// Claim jobs that are ready to run.
+#[derive(Debug, Clone)]
+pub struct JobClaimParams {
+    /// Only jobs on these queues.
+    pub queues: Vec<String>,
+    /// Only jobs with these names (the kinds the worker has registered). Never empty.
+    pub names: Vec<String>,
+    /// At most this many jobs.
+    pub limit: u32,
+    /// Recorded as the lease holder.
+    pub worker_id: String,
+    /// Claim jobs whose `run_at <= now`; the lease of each claimed job lasts until
+    /// `now + lease_duration(job.heartbeat_ms)`.
+    pub now: Timestamp,
+}
+
+/// Extend the leases of running jobs.
+#[derive(Debug, Clone)]
+pub struct JobHeartbeatParams {
+    /// The jobs and the tokens their claims returned.
+    pub leases: Vec<(JobId, LeaseToken)>,
+    /// Each lease is extended to `now + lease_duration(job.heartbeat_ms)`.
+    pub now: Timestamp,
+}
+
+/// How an attempt ended, as the engine decided.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FinishOutcome {
+    /// Success: the job becomes `completed`.
+    Completed,
+    /// Failure with retries left: the job becomes `retryable`, runnable at `retry_at`.
+    Retry {
+        /// When to run again.
+        retry_at: Timestamp,
+        /// What went wrong.
+        error: ErrorInfo,
+    },
+    /// Failure with no retry: the job becomes `failed`.
+    Failed {
+        /// What went wrong.
+        error: ErrorInfo,
+    },
+}
+
+/// One attempt's end, to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobFinish {
+    /// The job.
+    pub id: JobId,
+    /// The claim's token; the finish is refused unless the job still runs under it.
+    pub lease: LeaseToken,
+    /// What happened.
+    pub outcome: FinishOutcome,
+}
+
+/// Record the ends of attempts.
+#[derive(Debug, Clone)]
+pub struct JobFinishManyParams {
+    /// The attempts (one transaction).
+    pub finishes: Vec<JobFinish>,
+    /// The time the attempts ended.
+    pub now: Timestamp,
+}
+
+/// Hand running jobs back without counting the attempt (a worker shutting down).
+#[derive(Debug, Clone)]
+pub struct JobReleaseParams {
+    /// The jobs and their claims' tokens.
+    pub leases: Vec<(JobId, LeaseToken)>,
+    /// They become `available` with `run_at = now`.
+    pub now: Timestamp,
+}
+
+/// Take back running jobs whose lease expired (their worker died or stalled).
+#[derive(Debug, Clone)]
+pub struct JobReclaimParams {
+    /// Jobs with `lease_expires_at < now` are reclaimed.
+    pub now: Timestamp,
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobListParams {
+    /// Only these statuses (empty: all).
+    pub statuses: Vec<JobStatus>,
+    /// Only this name.
+    pub name: Option<String>,
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Newest first, starting strictly after (older than) this id.
+    pub cursor: Option<JobId>,
+    /// At most this many.
+    pub limit: u32,
+}
+
+/// When the next pending job becomes runnable.
+#[derive(Debug, Clone)]
+pub struct JobNextRunAtParams {
+    /// Only jobs on these queues.
+    pub queues: Vec<String>,
+    /// Only jobs with these names.
+    pub names: Vec<String>,
+}
+
+/// A place that keeps jobs. Implementations: [`MemoryStorage`], [`SqliteStorage`].
+///
+/// All methods are safe to call concurrently, from one process or (for persistent
+/// storages) from many. Every method returns [`crate::Error::StorageClosed`] after
+/// [`Storage::close`].
+#[async_trait]
+pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
+    /// Store jobs, all or none. Returns once they are durable (for SQLite: committed).
+    async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<()>;
+
+    /// Claim up to `limit` runnable jobs, highest priority first, then earliest `run_at`,
+    /// then oldest id. Each becomes `running` with `attempt + 1`, `started_at = now`, a
+    /// fresh lease token and `worker_id`. A job is never handed to two claimers while its
+    /// lease holds.
+    async fn job_claim(&self, params: JobClaimParams) -> Result<Vec<ClaimedJob>>;
+
+    /// Extend leases. Returns the ids whose lease was extended; a job missing from the
+    /// result is no longer held under that token and its runner should give it up.
+    async fn job_heartbeat(&self, params: JobHeartbeatParams) -> Result<Vec<JobId>>;
+
+    /// Record ended attempts, each appended to its job's history. Returns, in order,
+    /// whether each was accepted (`false`: the lease was lost; nothing changed).
+    async fn job_finish_many(&self, params: JobFinishManyParams) -> Result<Vec<bool>>;
+
+    /// Hand running jobs back: `available` at once, attempt count restored, history gets
+    /// a `released` entry. Returns how many were released (fenced like finish).
+    async fn job_release(&self, params: JobReleaseParams) -> Result<u64>;
+
+    /// Reclaim running jobs whose lease expired: the attempt is recorded as
+    /// `lease_expired`; the job becomes `available` at once if its retries allow another
+    /// attempt, else `failed`. Returns how many were reclaimed.
+    async fn job_reclaim_expired(&self, params: JobReclaimParams) -> Result<u64>;
+
+    /// One job with its history.
+    async fn job_get(&self, id: JobId) -> Result<Option<JobRecord>>;
+
+    /// Jobs, newest first.
+    async fn job_list(&self, params: JobListParams) -> Result<Vec<JobRecord>>;
+
+    /// Counts per queue and status (pairs with no jobs are left out).
+    async fn job_counts(&self) -> Result<Vec<QueueCount>>;
+
+    /// The earliest `run_at` among pending jobs of these queues and names (past or future).
+    async fn job_next_run_at(&self, params: JobNextRunAtParams) -> Result<Option<Timestamp>>;
+
+    /// How often workers should look for jobs queued by *other processes* (`None`: the
+    /// storage cannot be shared between processes, so in-process wake-ups suffice).
+    fn poll_interval(&self) -> Option<Duration>;
+
+    /// Close the storage; later calls fail with `StorageClosed`. Idempotent.
+    async fn close(&self) -> Result<()>;
+}

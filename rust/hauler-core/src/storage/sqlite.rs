@@ -1,0 +1,1179 @@
+//! The SQLite storage: jobs in one database file that several processes may share.
+//!
+//! * **File.** WAL journal (readers never wait for the writer), `synchronous` as
+//!   [`SqliteOptions`] says, and a `busy_timeout` for the moments another process holds
+//!   the write lock.
+//! * **Connections.** One writer connection: every change is a single `BEGIN IMMEDIATE`
+//!   transaction on it, so the write lock is taken up front and a transaction never fails
+//!   halfway for want of it. One reader connection (`query_only`) serves `job_get`,
+//!   `job_list`, `job_counts` and `job_next_run_at`. Each sits behind its own mutex.
+//! * **Async.** Every call runs on tokio's blocking pool (`spawn_blocking`), never on the
+//!   runtime's worker threads.
+//! * **Schema.** Created and versioned by hauler: `hauler_meta.schema_version` counts the
+//!   migration scripts applied so far. Scripts run in order inside `BEGIN IMMEDIATE`, so
+//!   processes opening a new file at once apply each exactly once; a file written by a
+//!   newer hauler is refused.
+//! * **Claiming.** Candidates come from a partial index that holds only pending jobs, so a
+//!   claim costs the same however many finished jobs the table keeps. Each claimed job
+//!   gets its own [`LeaseToken`]; every later change to a running job is fenced by it.
+//! * **SQL.** Static text with bound parameters; lists (queues, names, statuses) are bound
+//!   as one JSON array and read with `json_each`.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rusqlite::{
+    params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transaction,
+    TransactionBehavior, MAIN_DB,
+};
+
+use super::{
+    lease_duration, FinishOutcome, JobClaimParams, JobFinishManyParams, JobHeartbeatParams,
+    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobReclaimParams, JobReleaseParams,
+    Storage,
+};
+use crate::error::{Error, Result};
+use crate::model::{
+    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken,
+    QueueCount, Timestamp,
+};
+use crate::retry::{MaxRetries, RetryPolicy};
+
+/// How hard SQLite works to make a commit survive a power cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Synchronous {
+    /// `PRAGMA synchronous = NORMAL`: a commit survives a crash of the process; in WAL
+    /// mode a power cut may lose the last commits but never corrupts the file.
+    #[default]
+    Normal,
+    /// `PRAGMA synchronous = FULL`: every commit is synced to disk before it returns.
+    Full,
+}
+
+impl Synchronous {
+    /// The lowercase name (`"normal"` or `"full"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "normal",
+            Synchronous::Full => "full",
+        }
+    }
+
+    const fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "PRAGMA synchronous = NORMAL",
+            Synchronous::Full => "PRAGMA synchronous = FULL",
+        }
+    }
+}
+
+impl fmt::Display for Synchronous {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Synchronous {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s.eq_ignore_ascii_case("normal") {
+            Ok(Synchronous::Normal)
+        } else if s.eq_ignore_ascii_case("full") {
+            Ok(Synchronous::Full)
+        } else {
+            Err(Error::Config(format!(
+                "invalid SQLite synchronous mode {s:?}; expected \"normal\" or \"full\""
+            )))
+        }
+    }
+}
+
+/// Settings of a [`SqliteStorage`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SqliteOptions {
+    /// Commit durability (default [`Synchronous::Normal`]).
+    pub synchronous: Synchronous,
+    /// How long to wait for another connection's write lock before failing (default 5 s).
+    pub busy_timeout: Duration,
+    /// How often workers look for jobs stored by other processes (default 100 ms).
+    pub poll_interval: Duration,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions {
+            synchronous: Synchronous::Normal,
+            busy_timeout: Duration::from_secs(5),
+            poll_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Schema migrations, oldest first. `hauler_meta.schema_version` is the number applied;
+/// a new schema version is a new script appended here (never an edit of an old one).
+const MIGRATIONS: &[&str] = &[
+    // 1: jobs.
+    "CREATE TABLE hauler_jobs (
+        id               TEXT    NOT NULL PRIMARY KEY,
+        name             TEXT    NOT NULL,
+        queue            TEXT    NOT NULL,
+        args             TEXT    NOT NULL,
+        status           TEXT    NOT NULL CHECK (status IN ('scheduled', 'available',
+                             'running', 'retryable', 'completed', 'failed', 'cancelled')),
+        priority         INTEGER NOT NULL,
+        attempt          INTEGER NOT NULL DEFAULT 0,
+        max_retries      INTEGER,
+        retry            TEXT    NOT NULL,
+        timeout_ms       INTEGER,
+        heartbeat_ms     INTEGER NOT NULL,
+        version          INTEGER NOT NULL,
+        unique_key       TEXT,
+        created_at       INTEGER NOT NULL,
+        run_at           INTEGER NOT NULL,
+        started_at       INTEGER,
+        finished_at      INTEGER,
+        lease_expires_at INTEGER,
+        worker_id        TEXT,
+        lease_token      TEXT,
+        last_error       TEXT,
+        history          TEXT    NOT NULL DEFAULT '[]'
+    ) STRICT;
+    CREATE INDEX hauler_jobs_claim ON hauler_jobs (queue, priority DESC, run_at, id)
+        WHERE status IN ('scheduled', 'available', 'retryable');
+    CREATE INDEX hauler_jobs_pending_run_at ON hauler_jobs (queue, run_at)
+        WHERE status IN ('scheduled', 'available', 'retryable');
+    CREATE INDEX hauler_jobs_lease ON hauler_jobs (lease_expires_at)
+        WHERE status = 'running';
+    CREATE INDEX hauler_jobs_status ON hauler_jobs (status, id);
+    CREATE INDEX hauler_jobs_queue_status ON hauler_jobs (queue, status);",
+];
+
+/// The schema version this build writes and reads.
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+const META_CREATE: &str = "CREATE TABLE IF NOT EXISTS hauler_meta (
+    key   TEXT NOT NULL PRIMARY KEY,
+    value TEXT NOT NULL
+)";
+
+const META_TABLE_EXISTS: &str =
+    "SELECT EXISTS (SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'hauler_meta')";
+
+const META_GET_VERSION: &str = "SELECT value FROM hauler_meta WHERE key = 'schema_version'";
+
+const META_SET_VERSION: &str = "INSERT INTO hauler_meta (key, value) VALUES ('schema_version', ?1)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+const JOB_INSERT: &str = "INSERT INTO hauler_jobs (id, name, queue, args, status, priority,
+        max_retries, retry, timeout_ms, heartbeat_ms, version, unique_key, created_at, run_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+/// The best `?4` claimable jobs of queue `?1` at time `?2` among names `?3` (a JSON array),
+/// walking the claim index in claim order.
+const CLAIM_CANDIDATES: &str = "SELECT id, priority, run_at, heartbeat_ms
+    FROM hauler_jobs INDEXED BY hauler_jobs_claim
+    WHERE queue = ?1
+      AND status IN ('scheduled', 'available', 'retryable')
+      AND run_at <= ?2
+      AND name IN (SELECT value FROM json_each(?3))
+    ORDER BY priority DESC, run_at, id
+    LIMIT ?4";
+
+const CLAIM_ONE: &str = "UPDATE hauler_jobs
+    SET status = 'running', attempt = attempt + 1, started_at = ?2, worker_id = ?3,
+        lease_token = ?4, lease_expires_at = ?5
+    WHERE id = ?1 AND status IN ('scheduled', 'available', 'retryable')
+    RETURNING name, queue, args, attempt, retry, timeout_ms, heartbeat_ms, version";
+
+const LEASE_HEARTBEAT_MS: &str =
+    "SELECT heartbeat_ms FROM hauler_jobs WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
+
+const LEASE_EXTEND: &str = "UPDATE hauler_jobs SET lease_expires_at = ?2 WHERE id = ?1";
+
+/// End the attempt of job `?1` running under token `?2` at time `?7`: new status `?3`,
+/// `run_at` `?4` (NULL: unchanged), `finished_at` `?5`, error `?6` (JSON or NULL), history
+/// outcome `?8`.
+const JOB_FINISH: &str = "UPDATE hauler_jobs
+    SET status = ?3,
+        run_at = coalesce(?4, run_at),
+        finished_at = ?5,
+        last_error = coalesce(?6, last_error),
+        history = json_insert(history, '$[#]', json_object(
+            'attempt', attempt, 'worker_id', coalesce(worker_id, ''),
+            'started_at', coalesce(started_at, ?7), 'finished_at', ?7,
+            'outcome', ?8, 'error', json(?6))),
+        worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
+    WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
+
+const JOB_RELEASE: &str = "UPDATE hauler_jobs
+    SET status = 'available',
+        attempt = attempt - 1,
+        run_at = ?3,
+        history = json_insert(history, '$[#]', json_object(
+            'attempt', attempt, 'worker_id', coalesce(worker_id, ''),
+            'started_at', coalesce(started_at, ?3), 'finished_at', ?3,
+            'outcome', 'released', 'error', NULL)),
+        worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
+    WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
+
+/// Reclaim every job whose lease ended before `?1`. A job may make another attempt while
+/// `attempt <= max_retries` (as `MaxRetries::allows_another` counts). The error, written
+/// to both `last_error` and the history entry, names the worker that lost the lease.
+const JOB_RECLAIM: &str = "UPDATE hauler_jobs INDEXED BY hauler_jobs_lease
+    SET status = CASE WHEN max_retries IS NULL OR attempt <= max_retries
+                      THEN 'available' ELSE 'failed' END,
+        run_at = CASE WHEN max_retries IS NULL OR attempt <= max_retries
+                      THEN ?1 ELSE run_at END,
+        finished_at = CASE WHEN max_retries IS NULL OR attempt <= max_retries
+                           THEN NULL ELSE ?1 END,
+        last_error = json_object('kind', 'LeaseExpired', 'message',
+            'lease expired: worker ' || coalesce(worker_id, '') || ' stopped heartbeating',
+            'traceback', NULL),
+        history = json_insert(history, '$[#]', json_object(
+            'attempt', attempt, 'worker_id', coalesce(worker_id, ''),
+            'started_at', coalesce(started_at, ?1), 'finished_at', ?1,
+            'outcome', 'lease_expired',
+            'error', json_object('kind', 'LeaseExpired', 'message',
+                'lease expired: worker ' || coalesce(worker_id, '') || ' stopped heartbeating',
+                'traceback', NULL))),
+        worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
+    WHERE status = 'running' AND lease_expires_at < ?1";
+
+/// The columns [`RawJob::from_row`] reads, in order.
+macro_rules! job_columns {
+    () => {
+        "id, name, queue, args, status, attempt, retry, priority, timeout_ms, heartbeat_ms, \
+         version, unique_key, created_at, run_at, started_at, finished_at, worker_id, \
+         lease_expires_at, last_error, history"
+    };
+}
+
+const JOB_GET: &str = concat!("SELECT ", job_columns!(), " FROM hauler_jobs WHERE id = ?1");
+
+// Ids are lowercase hex and hyphens, all sorting before '~': with no cursor the range is
+// the whole table, and `id <` stays an index range either way.
+const JOB_LIST: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM hauler_jobs
+    WHERE (?2 IS NULL OR name = ?2) AND (?3 IS NULL OR queue = ?3)
+      AND id < coalesce(?4, '~')
+    ORDER BY id DESC LIMIT ?5"
+);
+
+const JOB_LIST_BY_STATUS: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM hauler_jobs
+    WHERE status IN (SELECT value FROM json_each(?1))
+      AND (?2 IS NULL OR name = ?2) AND (?3 IS NULL OR queue = ?3)
+      AND id < coalesce(?4, '~')
+    ORDER BY id DESC LIMIT ?5"
+);
+
+const JOB_COUNTS: &str = "SELECT queue, status, count(*) FROM hauler_jobs GROUP BY queue, status";
+
+const NEXT_RUN_AT: &str = "SELECT run_at
+    FROM hauler_jobs INDEXED BY hauler_jobs_pending_run_at
+    WHERE queue = ?1
+      AND status IN ('scheduled', 'available', 'retryable')
+      AND name IN (SELECT value FROM json_each(?2))
+    ORDER BY run_at
+    LIMIT 1";
+
+/// A [`Storage`] in one SQLite file, safe to share between threads and processes.
+///
+/// ```no_run
+/// use hauler_core::storage::{SqliteOptions, SqliteStorage};
+///
+/// let storage = SqliteStorage::open("jobs.db", SqliteOptions::default())?;
+/// # Ok::<(), hauler_core::Error>(())
+/// ```
+pub struct SqliteStorage {
+    inner: Arc<Inner>,
+    poll_interval: Duration,
+}
+
+impl fmt::Debug for SqliteStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStorage")
+            .field("path", &self.inner.path)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+struct Inner {
+    path: PathBuf,
+    busy_timeout: Duration,
+    closed: AtomicBool,
+    writer: Mutex<Option<Connection>>,
+    reader: Mutex<Option<Connection>>,
+}
+
+/// A failure inside a database call: SQLite's (given context when mapped) or already ours.
+enum Failure {
+    Sql(rusqlite::Error),
+    Hauler(Error),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(e: rusqlite::Error) -> Self {
+        Failure::Sql(e)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Hauler(e)
+    }
+}
+
+impl From<serde_json::Error> for Failure {
+    fn from(e: serde_json::Error) -> Self {
+        Failure::Hauler(e.into())
+    }
+}
+
+type DbResult<T> = std::result::Result<T, Failure>;
+
+impl SqliteStorage {
+    /// Open (creating if needed) the database file at `path`, creating or upgrading
+    /// hauler's tables in it.
+    ///
+    /// Fails with [`Error::Storage`], naming the path, if the file cannot be opened or
+    /// written (missing directory, read-only, not a database) or was written by a newer
+    /// hauler.
+    ///
+    /// Opening does file I/O and may wait up to `busy_timeout` for another process's
+    /// write lock: from async code, call it on a blocking thread.
+    pub fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let mut writer = open_connection(&path, &opts)?;
+        migrate(&mut writer, &path)?;
+        let reader = open_connection(&path, &opts)?;
+        reader
+            .execute_batch("PRAGMA query_only = ON")
+            .map_err(|e| open_error(&path, &e))?;
+        Ok(SqliteStorage {
+            inner: Arc::new(Inner {
+                path,
+                busy_timeout: opts.busy_timeout,
+                closed: AtomicBool::new(false),
+                writer: Mutex::new(Some(writer)),
+                reader: Mutex::new(Some(reader)),
+            }),
+            poll_interval: opts.poll_interval,
+        })
+    }
+
+    /// Run `f` on tokio's blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T> + Send + 'static,
+    {
+        self.ensure_open()?;
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| Error::Storage(format!("sqlite task failed: {e}")))?
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(Error::StorageClosed)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+fn open_error(path: &Path, e: &rusqlite::Error) -> Error {
+    Error::Storage(format!(
+        "cannot open SQLite database {}: {e}",
+        path.display()
+    ))
+}
+
+/// Open one connection and set it up: busy timeout, WAL, synchronous, statement cache.
+fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
+    let err = |e: rusqlite::Error| open_error(path, &e);
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(err)?;
+    conn.busy_timeout(opts.busy_timeout).map_err(err)?;
+    if conn.is_readonly(MAIN_DB).map_err(err)? {
+        return Err(Error::Storage(format!(
+            "cannot open SQLite database {}: the file is read-only",
+            path.display()
+        )));
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(Error::Storage(format!(
+            "cannot open SQLite database {}: WAL journal mode is unavailable (got {mode:?})",
+            path.display()
+        )));
+    }
+    conn.execute_batch(opts.synchronous.pragma()).map_err(err)?;
+    // After a burst the WAL is cut back to 64 MiB once checkpointed, instead of keeping
+    // its largest size for good.
+    conn.execute_batch("PRAGMA journal_size_limit = 67108864")
+        .map_err(err)?;
+    conn.set_prepared_statement_cache_capacity(32);
+    Ok(conn)
+}
+
+/// The schema version recorded in the file (0: none yet).
+fn schema_version(conn: &Connection, path: &Path) -> Result<i64> {
+    let err = |e: rusqlite::Error| open_error(path, &e);
+    let has_meta: bool = conn
+        .query_row(META_TABLE_EXISTS, [], |r| r.get(0))
+        .map_err(err)?;
+    if !has_meta {
+        return Ok(0);
+    }
+    let text: Option<String> = conn
+        .query_row(META_GET_VERSION, [], |r| r.get(0))
+        .optional()
+        .map_err(err)?;
+    let Some(text) = text else { return Ok(0) };
+    let version = text.parse::<i64>().map_err(|_| {
+        Error::Storage(format!(
+            "{}: invalid schema_version {text:?} in hauler_meta",
+            path.display()
+        ))
+    })?;
+    if version > SCHEMA_VERSION {
+        return Err(Error::Storage(format!(
+            "{}: database schema version {version} is newer than this hauler supports \
+             ({SCHEMA_VERSION}); upgrade hauler",
+            path.display()
+        )));
+    }
+    Ok(version)
+}
+
+/// Bring the schema up to [`SCHEMA_VERSION`]. The version is checked again under the
+/// write lock, so concurrent openers apply each script once.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    if schema_version(conn, path)? == SCHEMA_VERSION {
+        return Ok(());
+    }
+    let err = |e: rusqlite::Error| {
+        Error::Storage(format!(
+            "cannot migrate SQLite database {}: {e}",
+            path.display()
+        ))
+    };
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(err)?;
+    tx.execute_batch(META_CREATE).map_err(err)?;
+    let current = schema_version(&tx, path)?;
+    let applied = usize::try_from(current).unwrap_or(0);
+    for script in MIGRATIONS.iter().skip(applied) {
+        tx.execute_batch(script).map_err(err)?;
+    }
+    tx.execute(META_SET_VERSION, [SCHEMA_VERSION.to_string()])
+        .map_err(err)?;
+    tx.commit().map_err(err)
+}
+
+impl Inner {
+    /// Run `f` in one `BEGIN IMMEDIATE` transaction on the writer; commit if it succeeds.
+    fn write<T>(&self, op: &str, f: impl FnOnce(&Transaction<'_>) -> DbResult<T>) -> Result<T> {
+        let mut guard = self.writer.lock().map_err(|_| poisoned())?;
+        let conn = guard.as_mut().ok_or(Error::StorageClosed)?;
+        let run = || -> DbResult<T> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        };
+        run().map_err(|e| self.failure(op, e))
+    }
+
+    /// Run `f` in one read transaction (one snapshot) on the reader.
+    fn read<T>(&self, op: &str, f: impl FnOnce(&Transaction<'_>) -> DbResult<T>) -> Result<T> {
+        let mut guard = self.reader.lock().map_err(|_| poisoned())?;
+        let conn = guard.as_mut().ok_or(Error::StorageClosed)?;
+        let run = || -> DbResult<T> {
+            let tx = conn.transaction()?;
+            let value = f(&tx)?;
+            tx.commit()?;
+            Ok(value)
+        };
+        run().map_err(|e| self.failure(op, e))
+    }
+
+    fn failure(&self, op: &str, failure: Failure) -> Error {
+        let e = match failure {
+            Failure::Hauler(e) => return e,
+            Failure::Sql(e) => e,
+        };
+        let path = self.path.display();
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Storage(format!(
+                "{op} on {path}: the database stayed locked by another connection for longer \
+                 than busy_timeout ({} ms): {e}",
+                self.busy_timeout.as_millis()
+            )),
+            Some(ErrorCode::ReadOnly) => {
+                Error::Storage(format!("{op} on {path}: the database is read-only: {e}"))
+            }
+            _ => Error::Storage(format!("{op} on {path}: sqlite: {e}")),
+        }
+    }
+
+    /// Drop both connections (reader first, so the writer's close may checkpoint and
+    /// remove the WAL when it is the file's last connection).
+    fn close(&self) -> Result<()> {
+        let reader = self
+            .reader
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let mut result = Ok(());
+        if let Some(conn) = reader {
+            if let Err((_, e)) = conn.close() {
+                result = Err(self.failure("close", Failure::Sql(e)));
+            }
+        }
+        if let Some(conn) = writer {
+            // Best effort: move what the WAL holds into the database without waiting for
+            // other processes' readers; closing the last connection checkpoints fully.
+            let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+            if let Err((_, e)) = conn.close() {
+                result = Err(self.failure("close", Failure::Sql(e)));
+            }
+        }
+        result
+    }
+}
+
+fn poisoned() -> Error {
+    Error::Storage("sqlite connection lock poisoned (an earlier call panicked)".to_owned())
+}
+
+/// A `u64` as a SQLite integer (values past `i64::MAX` are clamped).
+fn to_sql_int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn corrupt(id: &str, what: impl fmt::Display) -> Error {
+    Error::Storage(format!("corrupt row for job {id} in hauler_jobs: {what}"))
+}
+
+/// A stored integer as `T`, or a corruption error naming the job and field.
+fn from_sql_int<T: TryFrom<i64>>(v: i64, id: &str, field: &str) -> Result<T> {
+    T::try_from(v).map_err(|_| corrupt(id, format_args!("{field} {v} is out of range")))
+}
+
+fn parse_id(id: &str) -> Result<JobId> {
+    id.parse::<JobId>().map_err(|e| corrupt(id, e))
+}
+
+/// A `hauler_jobs` row as SQLite hands it over, before decoding.
+struct RawJob {
+    id: String,
+    name: String,
+    queue: String,
+    args: String,
+    status: String,
+    attempt: i64,
+    retry: String,
+    priority: i64,
+    timeout_ms: Option<i64>,
+    heartbeat_ms: i64,
+    version: i64,
+    unique_key: Option<String>,
+    created_at: i64,
+    run_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    worker_id: Option<String>,
+    lease_expires_at: Option<i64>,
+    last_error: Option<String>,
+    history: String,
+}
+
+impl RawJob {
+    /// Read the columns of `job_columns!`, in order.
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        Ok(RawJob {
+            id: row.get(0)?,
+            name: row.get(1)?,
+            queue: row.get(2)?,
+            args: row.get(3)?,
+            status: row.get(4)?,
+            attempt: row.get(5)?,
+            retry: row.get(6)?,
+            priority: row.get(7)?,
+            timeout_ms: row.get(8)?,
+            heartbeat_ms: row.get(9)?,
+            version: row.get(10)?,
+            unique_key: row.get(11)?,
+            created_at: row.get(12)?,
+            run_at: row.get(13)?,
+            started_at: row.get(14)?,
+            finished_at: row.get(15)?,
+            worker_id: row.get(16)?,
+            lease_expires_at: row.get(17)?,
+            last_error: row.get(18)?,
+            history: row.get(19)?,
+        })
+    }
+
+    fn into_record(self) -> Result<JobRecord> {
+        let id = self.id.as_str();
+        let last_error = match &self.last_error {
+            Some(text) => Some(
+                serde_json::from_str::<ErrorInfo>(text)
+                    .map_err(|e| corrupt(id, format_args!("last_error: {e}")))?,
+            ),
+            None => None,
+        };
+        Ok(JobRecord {
+            id: parse_id(id)?,
+            status: self
+                .status
+                .parse::<JobStatus>()
+                .map_err(|e| corrupt(id, e))?,
+            attempt: from_sql_int(self.attempt, id, "attempt")?,
+            retry: RetryPolicy::from_json(&self.retry)
+                .map_err(|e| corrupt(id, format_args!("retry: {e}")))?,
+            priority: from_sql_int(self.priority, id, "priority")?,
+            timeout_ms: self
+                .timeout_ms
+                .map(|v| from_sql_int(v, id, "timeout_ms"))
+                .transpose()?,
+            heartbeat_ms: from_sql_int(self.heartbeat_ms, id, "heartbeat_ms")?,
+            version: from_sql_int(self.version, id, "version")?,
+            created_at: Timestamp::from_micros(self.created_at),
+            run_at: Timestamp::from_micros(self.run_at),
+            started_at: self.started_at.map(Timestamp::from_micros),
+            finished_at: self.finished_at.map(Timestamp::from_micros),
+            lease_expires_at: self.lease_expires_at.map(Timestamp::from_micros),
+            last_error,
+            history: serde_json::from_str::<Vec<AttemptRecord>>(&self.history)
+                .map_err(|e| corrupt(id, format_args!("history: {e}")))?,
+            name: self.name,
+            queue: self.queue,
+            args: self.args,
+            unique_key: self.unique_key,
+            worker_id: self.worker_id,
+        })
+    }
+}
+
+/// A claimable job found by [`CLAIM_CANDIDATES`].
+struct Candidate {
+    id: String,
+    priority: i64,
+    run_at: i64,
+    heartbeat_ms: i64,
+}
+
+/// The columns [`CLAIM_ONE`] returns.
+struct ClaimedRow {
+    name: String,
+    queue: String,
+    args: String,
+    attempt: i64,
+    retry: String,
+    timeout_ms: Option<i64>,
+    heartbeat_ms: i64,
+    version: i64,
+}
+
+fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<()> {
+    let mut stmt = tx.prepare_cached(JOB_INSERT)?;
+    for job in &p.jobs {
+        let run_at = job.run_at.unwrap_or(p.now);
+        let status = if run_at > p.now {
+            JobStatus::Scheduled
+        } else {
+            JobStatus::Available
+        };
+        let max_retries = match job.retry.max_retries {
+            MaxRetries::Count(n) => Some(i64::from(n)),
+            MaxRetries::Infinite => None,
+        };
+        let inserted = stmt.execute(params![
+            job.id.to_string(),
+            job.name,
+            job.queue,
+            job.args,
+            status.as_str(),
+            job.priority,
+            max_retries,
+            job.retry.to_json(),
+            job.timeout_ms.map(to_sql_int),
+            to_sql_int(job.heartbeat_ms),
+            job.version,
+            job.unique_key,
+            p.now.as_micros(),
+            run_at.as_micros(),
+        ]);
+        match inserted {
+            Err(rusqlite::Error::SqliteFailure(f, _))
+                if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                return Err(
+                    Error::Storage(format!("a job with id {} already exists", job.id)).into(),
+                );
+            }
+            other => other?,
+        };
+    }
+    Ok(())
+}
+
+fn claim_jobs(tx: &Transaction<'_>, p: &JobClaimParams) -> DbResult<Vec<ClaimedJob>> {
+    let names = serde_json::to_string(&p.names)?;
+    let queues: BTreeSet<&str> = p.queues.iter().map(String::as_str).collect();
+    let now = p.now.as_micros();
+    // One index walk per queue, each stopping after `limit` rows; then the best `limit`
+    // overall. (A single `queue IN (...)` query would sort every ready job of the queues.)
+    let mut candidates = Vec::new();
+    let mut select = tx.prepare_cached(CLAIM_CANDIDATES)?;
+    for queue in queues {
+        let rows = select.query_map(params![queue, now, names, p.limit], |r| {
+            Ok(Candidate {
+                id: r.get(0)?,
+                priority: r.get(1)?,
+                run_at: r.get(2)?,
+                heartbeat_ms: r.get(3)?,
+            })
+        })?;
+        for row in rows {
+            candidates.push(row?);
+        }
+    }
+    candidates.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then(a.run_at.cmp(&b.run_at))
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    candidates.truncate(usize::try_from(p.limit).unwrap_or(usize::MAX));
+
+    let mut update = tx.prepare_cached(CLAIM_ONE)?;
+    let mut claimed = Vec::with_capacity(candidates.len());
+    for c in candidates {
+        let id = c.id.as_str();
+        let lease = LeaseToken::new();
+        let heartbeat_ms: u64 = from_sql_int(c.heartbeat_ms, id, "heartbeat_ms")?;
+        let expires = p.now.plus(lease_duration(heartbeat_ms));
+        let row = update
+            .query_row(
+                params![id, now, p.worker_id, lease.to_string(), expires.as_micros()],
+                |r| {
+                    Ok(ClaimedRow {
+                        name: r.get(0)?,
+                        queue: r.get(1)?,
+                        args: r.get(2)?,
+                        attempt: r.get(3)?,
+                        retry: r.get(4)?,
+                        timeout_ms: r.get(5)?,
+                        heartbeat_ms: r.get(6)?,
+                        version: r.get(7)?,
+                    })
+                },
+            )
+            .optional()?;
+        // Under the write lock the candidate is still pending, so a row always comes back.
+        let Some(row) = row else { continue };
+        claimed.push(ClaimedJob {
+            id: parse_id(id)?,
+            attempt: from_sql_int(row.attempt, id, "attempt")?,
+            retry: RetryPolicy::from_json(&row.retry)
+                .map_err(|e| corrupt(id, format_args!("retry: {e}")))?,
+            timeout_ms: row
+                .timeout_ms
+                .map(|v| from_sql_int(v, id, "timeout_ms"))
+                .transpose()?,
+            heartbeat_ms: from_sql_int(row.heartbeat_ms, id, "heartbeat_ms")?,
+            version: from_sql_int(row.version, id, "version")?,
+            name: row.name,
+            queue: row.queue,
+            args: row.args,
+            started_at: p.now,
+            lease,
+        });
+    }
+    Ok(claimed)
+}
+
+fn heartbeat_jobs(tx: &Transaction<'_>, p: &JobHeartbeatParams) -> DbResult<Vec<JobId>> {
+    let mut check = tx.prepare_cached(LEASE_HEARTBEAT_MS)?;
+    let mut extend = tx.prepare_cached(LEASE_EXTEND)?;
+    let mut extended = Vec::new();
+    for (id, lease) in &p.leases {
+        let id_text = id.to_string();
+        let heartbeat_ms: Option<i64> = check
+            .query_row(params![id_text, lease.to_string()], |r| r.get(0))
+            .optional()?;
+        let Some(heartbeat_ms) = heartbeat_ms else {
+            continue;
+        };
+        let heartbeat_ms: u64 = from_sql_int(heartbeat_ms, &id_text, "heartbeat_ms")?;
+        let expires = p.now.plus(lease_duration(heartbeat_ms));
+        extend.execute(params![id_text, expires.as_micros()])?;
+        extended.push(*id);
+    }
+    Ok(extended)
+}
+
+fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bool>> {
+    let mut stmt = tx.prepare_cached(JOB_FINISH)?;
+    let now = p.now.as_micros();
+    let mut accepted = Vec::with_capacity(p.finishes.len());
+    for f in &p.finishes {
+        let (status, run_at, finished_at, error, outcome) = match &f.outcome {
+            FinishOutcome::Completed => (
+                JobStatus::Completed,
+                None,
+                Some(now),
+                None,
+                AttemptOutcome::Completed,
+            ),
+            FinishOutcome::Retry { retry_at, error } => (
+                JobStatus::Retryable,
+                Some(retry_at.as_micros()),
+                None,
+                Some(serde_json::to_string(error)?),
+                AttemptOutcome::Failed,
+            ),
+            FinishOutcome::Failed { error } => (
+                JobStatus::Failed,
+                None,
+                Some(now),
+                Some(serde_json::to_string(error)?),
+                AttemptOutcome::Failed,
+            ),
+        };
+        let changed = stmt.execute(params![
+            f.id.to_string(),
+            f.lease.to_string(),
+            status.as_str(),
+            run_at,
+            finished_at,
+            error,
+            now,
+            outcome_name(outcome),
+        ])?;
+        accepted.push(changed == 1);
+    }
+    Ok(accepted)
+}
+
+/// The stored name of an attempt outcome (as serde writes it in `history`).
+const fn outcome_name(outcome: AttemptOutcome) -> &'static str {
+    match outcome {
+        AttemptOutcome::Completed => "completed",
+        AttemptOutcome::Failed => "failed",
+        AttemptOutcome::LeaseExpired => "lease_expired",
+        AttemptOutcome::Released => "released",
+    }
+}
+
+fn release_jobs(tx: &Transaction<'_>, p: &JobReleaseParams) -> DbResult<u64> {
+    let mut stmt = tx.prepare_cached(JOB_RELEASE)?;
+    let mut released = 0;
+    for (id, lease) in &p.leases {
+        let changed = stmt.execute(params![
+            id.to_string(),
+            lease.to_string(),
+            p.now.as_micros()
+        ])?;
+        released += changed as u64;
+    }
+    Ok(released)
+}
+
+fn reclaim_jobs(tx: &Transaction<'_>, p: &JobReclaimParams) -> DbResult<u64> {
+    let mut stmt = tx.prepare_cached(JOB_RECLAIM)?;
+    Ok(stmt.execute([p.now.as_micros()])? as u64)
+}
+
+fn get_job(tx: &Transaction<'_>, id: JobId) -> DbResult<Option<JobRecord>> {
+    let mut stmt = tx.prepare_cached(JOB_GET)?;
+    let raw = stmt
+        .query_row([id.to_string()], RawJob::from_row)
+        .optional()?;
+    Ok(raw.map(RawJob::into_record).transpose()?)
+}
+
+fn list_jobs(tx: &Transaction<'_>, p: &JobListParams) -> DbResult<Vec<JobRecord>> {
+    let (sql, statuses) = if p.statuses.is_empty() {
+        (JOB_LIST, None)
+    } else {
+        let names: Vec<&str> = p.statuses.iter().map(|s| s.as_str()).collect();
+        (JOB_LIST_BY_STATUS, Some(serde_json::to_string(&names)?))
+    };
+    let mut stmt = tx.prepare_cached(sql)?;
+    // JOB_LIST leaves ?1 unused; both statements take the same five parameters.
+    let cursor = p.cursor.map(|c| c.to_string());
+    let rows = stmt.query_map(
+        params![statuses, p.name, p.queue, cursor, p.limit],
+        RawJob::from_row,
+    )?;
+    let mut jobs = Vec::new();
+    for raw in rows {
+        jobs.push(raw?.into_record()?);
+    }
+    Ok(jobs)
+}
+
+fn count_jobs(tx: &Transaction<'_>) -> DbResult<Vec<QueueCount>> {
+    let mut stmt = tx.prepare_cached(JOB_COUNTS)?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    let mut counts = Vec::new();
+    for row in rows {
+        let (queue, status, count) = row?;
+        counts.push(QueueCount {
+            status: status.parse::<JobStatus>().map_err(|e| {
+                Error::Storage(format!(
+                    "corrupt status in hauler_jobs (queue {queue:?}): {e}"
+                ))
+            })?,
+            count: u64::try_from(count).unwrap_or(0),
+            queue,
+        });
+    }
+    counts.sort_by(|a, b| a.queue.cmp(&b.queue).then(a.status.cmp(&b.status)));
+    Ok(counts)
+}
+
+fn next_run_at(tx: &Transaction<'_>, p: &JobNextRunAtParams) -> DbResult<Option<Timestamp>> {
+    if p.names.is_empty() {
+        return Ok(None);
+    }
+    let names = serde_json::to_string(&p.names)?;
+    let queues: BTreeSet<&str> = p.queues.iter().map(String::as_str).collect();
+    let mut stmt = tx.prepare_cached(NEXT_RUN_AT)?;
+    let mut earliest: Option<i64> = None;
+    for queue in queues {
+        let run_at: Option<i64> = stmt
+            .query_row(params![queue, names], |r| r.get(0))
+            .optional()?;
+        earliest = match (earliest, run_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(earliest.map(Timestamp::from_micros))
+}
+
+#[async_trait]
+impl Storage for SqliteStorage {
+    async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<()> {
+        if params.jobs.is_empty() {
+            return self.ensure_open();
+        }
+        self.run(move |db| db.write("job_insert_many", |tx| insert_jobs(tx, &params)))
+            .await
+    }
+
+    async fn job_claim(&self, params: JobClaimParams) -> Result<Vec<ClaimedJob>> {
+        if params.limit == 0 || params.queues.is_empty() || params.names.is_empty() {
+            self.ensure_open()?;
+            return Ok(Vec::new());
+        }
+        self.run(move |db| db.write("job_claim", |tx| claim_jobs(tx, &params)))
+            .await
+    }
+
+    async fn job_heartbeat(&self, params: JobHeartbeatParams) -> Result<Vec<JobId>> {
+        if params.leases.is_empty() {
+            self.ensure_open()?;
+            return Ok(Vec::new());
+        }
+        self.run(move |db| db.write("job_heartbeat", |tx| heartbeat_jobs(tx, &params)))
+            .await
+    }
+
+    async fn job_finish_many(&self, params: JobFinishManyParams) -> Result<Vec<bool>> {
+        if params.finishes.is_empty() {
+            self.ensure_open()?;
+            return Ok(Vec::new());
+        }
+        self.run(move |db| db.write("job_finish_many", |tx| finish_jobs(tx, &params)))
+            .await
+    }
+
+    async fn job_release(&self, params: JobReleaseParams) -> Result<u64> {
+        if params.leases.is_empty() {
+            self.ensure_open()?;
+            return Ok(0);
+        }
+        self.run(move |db| db.write("job_release", |tx| release_jobs(tx, &params)))
+            .await
+    }
+
+    async fn job_reclaim_expired(&self, params: JobReclaimParams) -> Result<u64> {
+        self.run(move |db| db.write("job_reclaim_expired", |tx| reclaim_jobs(tx, &params)))
+            .await
+    }
+
+    async fn job_get(&self, id: JobId) -> Result<Option<JobRecord>> {
+        self.run(move |db| db.read("job_get", |tx| get_job(tx, id)))
+            .await
+    }
+
+    async fn job_list(&self, params: JobListParams) -> Result<Vec<JobRecord>> {
+        self.run(move |db| db.read("job_list", |tx| list_jobs(tx, &params)))
+            .await
+    }
+
+    async fn job_counts(&self) -> Result<Vec<QueueCount>> {
+        self.run(move |db| db.read("job_counts", count_jobs)).await
+    }
+
+    async fn job_next_run_at(&self, params: JobNextRunAtParams) -> Result<Option<Timestamp>> {
+        self.run(move |db| db.read("job_next_run_at", |tx| next_run_at(tx, &params)))
+            .await
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(self.poll_interval)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || inner.close())
+            .await
+            .map_err(|e| Error::Storage(format!("sqlite task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan of `sql`, one detail line per step.
+    fn plan(conn: &Connection, sql: &str) -> String {
+        let explain = ["EXPLAIN QUERY PLAN ", sql].concat();
+        let mut stmt = conn.prepare(&explain).unwrap();
+        let count = stmt.parameter_count();
+        let nulls = vec![rusqlite::types::Null; count];
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(nulls), |r| r.get::<_, String>(3))
+            .unwrap();
+        rows.map(|r| r.unwrap()).collect::<Vec<_>>().join("\n")
+    }
+
+    #[test]
+    fn hot_queries_use_their_indexes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.db");
+        let mut conn = open_connection(&path, &SqliteOptions::default()).unwrap();
+        migrate(&mut conn, &path).unwrap();
+
+        let claim = plan(&conn, CLAIM_CANDIDATES);
+        assert!(
+            claim.contains("USING INDEX hauler_jobs_claim (queue=?)"),
+            "{claim}"
+        );
+        assert!(
+            !claim.contains("TEMP B-TREE"),
+            "claim must walk the index in order: {claim}"
+        );
+
+        let next = plan(&conn, NEXT_RUN_AT);
+        assert!(
+            next.contains("USING INDEX hauler_jobs_pending_run_at (queue=?)"),
+            "{next}"
+        );
+        assert!(!next.contains("TEMP B-TREE"), "{next}");
+
+        let reclaim = plan(&conn, JOB_RECLAIM);
+        assert!(
+            reclaim.contains("USING INDEX hauler_jobs_lease (lease_expires_at<?)"),
+            "{reclaim}"
+        );
+
+        for one in [
+            CLAIM_ONE,
+            JOB_FINISH,
+            JOB_RELEASE,
+            LEASE_HEARTBEAT_MS,
+            LEASE_EXTEND,
+            JOB_GET,
+        ] {
+            let p = plan(&conn, one);
+            assert!(
+                p.contains("sqlite_autoindex_hauler_jobs_1 (id=?)"),
+                "{one}\n{p}"
+            );
+        }
+
+        let list = plan(&conn, JOB_LIST);
+        assert!(
+            list.contains("sqlite_autoindex_hauler_jobs_1 (id<?)"),
+            "{list}"
+        );
+        assert!(!list.contains("TEMP B-TREE"), "{list}");
+        let by_status = plan(&conn, JOB_LIST_BY_STATUS);
+        assert!(
+            by_status.contains("hauler_jobs_status (status=? AND id<?)"),
+            "{by_status}"
+        );
+
+        let counts = plan(&conn, JOB_COUNTS);
+        assert!(
+            counts.contains("COVERING INDEX hauler_jobs_queue_status"),
+            "{counts}"
+        );
+        assert!(!counts.contains("TEMP B-TREE"), "{counts}");
+    }
+
+    #[test]
+    fn migrations_run_once_and_record_the_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut conn = open_connection(&path, &SqliteOptions::default()).unwrap();
+        assert_eq!(schema_version(&conn, &path).unwrap(), 0);
+        migrate(&mut conn, &path).unwrap();
+        assert_eq!(schema_version(&conn, &path).unwrap(), SCHEMA_VERSION);
+        migrate(&mut conn, &path).unwrap();
+        assert_eq!(schema_version(&conn, &path).unwrap(), SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn stored_outcome_names_match_serde() {
+        for outcome in [
+            AttemptOutcome::Completed,
+            AttemptOutcome::Failed,
+            AttemptOutcome::LeaseExpired,
+            AttemptOutcome::Released,
+        ] {
+            let json = serde_json::to_string(&outcome).unwrap();
+            assert_eq!(json, format!("\"{}\"", outcome_name(outcome)));
+        }
+    }
+}

@@ -1,0 +1,592 @@
+//! The worker pool: claims jobs, hands them to an [`Executor`], keeps their leases alive,
+//! enforces timeouts, and records outcomes in batches.
+//!
+//! One dispatcher task per queue claims up to its free worker count in one storage call,
+//! then waits for whichever comes first: a worker slot freeing, a job queued in this process
+//! ([`Queue::wake`]), the next scheduled run time, the storage's poll interval (jobs queued
+//! by other processes), or stop. A completer task writes finished attempts many per
+//! transaction; a heartbeat task renews leases; a reclaim task takes back jobs whose
+//! worker died.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::config::{PoolConfig, QueueConfig};
+use crate::error::{Error, Result};
+use crate::model::{ClaimedJob, ErrorInfo, JobId, LeaseToken};
+use crate::queue::Queue;
+use crate::storage::{
+    FinishOutcome, JobClaimParams, JobFinish, JobFinishManyParams, JobHeartbeatParams,
+    JobNextRunAtParams, JobReclaimParams, JobReleaseParams,
+};
+
+/// How a job's attempt ended, as its executor reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// It returned normally.
+    Success,
+    /// It raised.
+    Failure {
+        /// What went wrong.
+        error: ErrorInfo,
+        /// Retrying cannot help (for example its arguments do not decode): fail at once.
+        permanent: bool,
+    },
+}
+
+/// The one-shot channel an executor reports a job's outcome on.
+#[derive(Debug)]
+pub struct Completion(oneshot::Sender<Outcome>);
+
+impl Completion {
+    /// Report the outcome. Reporting after the engine gave up on the job (timeout, lost
+    /// lease, shutdown) is harmless: the report is ignored.
+    pub fn send(self, outcome: Outcome) {
+        let _ = self.0.send(outcome);
+    }
+}
+
+/// Runs jobs. The Python bindings implement it; tests implement it with closures.
+pub trait Executor: Send + Sync + 'static {
+    /// Start running `job` and call [`Completion::send`] when it ends. Must not block:
+    /// hand the work to a thread or task. Dropping `done` without sending counts as a
+    /// failed attempt.
+    fn execute(&self, job: ClaimedJob, done: Completion);
+
+    /// The engine stopped waiting for `job_id` (timeout, lost lease or shutdown): stop it
+    /// if possible (an async job can be cancelled). Its later outcome is ignored.
+    fn abandon(&self, job_id: JobId) {
+        let _ = job_id;
+    }
+}
+
+/// A running job's lease, as the heartbeat task sees it.
+#[derive(Debug)]
+struct LeaseEntry {
+    token: LeaseToken,
+    heartbeat: Duration,
+    next_beat: Instant,
+    /// Still executing (not yet handed to the completer).
+    executing: bool,
+    /// A heartbeat found the lease taken over: stop renewing it.
+    lost: bool,
+}
+
+/// A finished attempt on its way to storage, or a flush marker.
+enum FinishMsg {
+    Finish(JobFinish),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Per-queue dispatcher state.
+#[derive(Debug)]
+struct Slots {
+    config: QueueConfig,
+    busy: AtomicUsize,
+    freed: Notify,
+}
+
+struct Shared {
+    queue: Arc<Queue>,
+    config: PoolConfig,
+    executor: Arc<dyn Executor>,
+    leases: Mutex<HashMap<JobId, LeaseEntry>>,
+    leases_changed: Notify,
+    executing: AtomicUsize,
+    idle: Notify,
+    finish_tx: mpsc::UnboundedSender<FinishMsg>,
+    stopping: watch::Sender<bool>,
+}
+
+impl Shared {
+    fn leases(&self) -> MutexGuard<'_, HashMap<JobId, LeaseEntry>> {
+        // The map holds plain data; a panic elsewhere cannot leave it inconsistent.
+        self.leases.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        self.config.poll_interval.or_else(|| self.queue.storage().poll_interval())
+    }
+}
+
+/// A running worker pool. Dropping it does not stop it; call [`WorkerPool::stop`].
+pub struct WorkerPool {
+    shared: Arc<Shared>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    stopped: watch::Sender<bool>,
+    stop_started: AtomicBool,
+}
+
+impl std::fmt::Debug for WorkerPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("worker_id", &self.shared.config.worker_id)
+            .field("executing", &self.in_flight())
+            .finish()
+    }
+}
+
+const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(50);
+const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+fn next_backoff(d: Duration) -> Duration {
+    (d * 2).min(ERROR_BACKOFF_MAX)
+}
+
+impl WorkerPool {
+    /// Validate `config` and start the pool's tasks on the current tokio runtime.
+    pub fn start(queue: Arc<Queue>, config: PoolConfig, executor: Arc<dyn Executor>) -> Result<Self> {
+        config.validate()?;
+        let (finish_tx, finish_rx) = mpsc::unbounded_channel();
+        let (stopping, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            queue,
+            config,
+            executor,
+            leases: Mutex::new(HashMap::new()),
+            leases_changed: Notify::new(),
+            executing: AtomicUsize::new(0),
+            idle: Notify::new(),
+            finish_tx,
+            stopping,
+        });
+        let mut tasks = Vec::new();
+        for qc in &shared.config.queues {
+            let slots = Arc::new(Slots {
+                config: qc.clone(),
+                busy: AtomicUsize::new(0),
+                freed: Notify::new(),
+            });
+            tasks.push(tokio::spawn(dispatch_loop(shared.clone(), slots)));
+        }
+        tasks.push(tokio::spawn(complete_loop(shared.clone(), finish_rx)));
+        tasks.push(tokio::spawn(heartbeat_loop(shared.clone())));
+        tasks.push(tokio::spawn(reclaim_loop(shared.clone())));
+        let (stopped, _) = watch::channel(false);
+        Ok(WorkerPool { shared, tasks: Mutex::new(tasks), stopped, stop_started: AtomicBool::new(false) })
+    }
+
+    /// The id recorded on every job this pool claims.
+    pub fn worker_id(&self) -> &str {
+        &self.shared.config.worker_id
+    }
+
+    /// How many jobs are executing now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.executing.load(Ordering::SeqCst)
+    }
+
+    /// Whether the pool is still running (not yet fully stopped).
+    pub fn is_running(&self) -> bool {
+        !*self.stopped.borrow()
+    }
+
+    /// Stop: claim nothing more, let executing jobs finish for up to `timeout`, then hand
+    /// the rest back to the storage (available at once for another worker, attempt not
+    /// counted), record every outcome, and end the pool's tasks. A second call waits for
+    /// the first to finish.
+    pub async fn stop(&self, timeout: Duration) -> Result<()> {
+        if self.stop_started.swap(true, Ordering::SeqCst) {
+            self.join().await;
+            return Ok(());
+        }
+        let shared = &self.shared;
+        shared.stopping.send_replace(true);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let idle = shared.idle.notified();
+            if shared.executing.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                break;
+            }
+        }
+        let leftover: Vec<(JobId, LeaseToken)> = shared
+            .leases()
+            .iter()
+            .filter(|(_, e)| e.executing && !e.lost)
+            .map(|(id, e)| (*id, e.token))
+            .collect();
+        let mut result = Ok(());
+        if !leftover.is_empty() {
+            for (id, _) in &leftover {
+                shared.executor.abandon(*id);
+            }
+            let now = shared.queue.clock().now();
+            let released = shared
+                .queue
+                .storage()
+                .job_release(JobReleaseParams { leases: leftover.clone(), now })
+                .await;
+            match released {
+                Ok(n) => log::info!(
+                    "worker {}: released {n} unfinished job(s) at shutdown",
+                    shared.config.worker_id
+                ),
+                Err(e) => {
+                    log::error!("worker {}: could not release jobs: {e}", shared.config.worker_id);
+                    result = Err(e);
+                }
+            }
+            let mut leases = shared.leases();
+            for (id, _) in &leftover {
+                leases.remove(id);
+            }
+            drop(leases);
+            shared.queue.wake();
+        }
+        // Write every recorded outcome before the tasks end.
+        let (ack_tx, ack_rx) = oneshot::channel();
+        if shared.finish_tx.send(FinishMsg::Flush(ack_tx)).is_ok() {
+            let _ = ack_rx.await;
+        }
+        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
+        for t in tasks {
+            t.abort();
+        }
+        self.stopped.send_replace(true);
+        result
+    }
+
+    /// Wait until the pool has stopped.
+    pub async fn join(&self) {
+        let mut rx = self.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
+    let mut stop_rx = shared.stopping.subscribe();
+    let mut wake_rx = shared.queue.subscribe();
+    let mut error_backoff = ERROR_BACKOFF_MIN;
+    let queues = vec![slots.config.name.clone()];
+    let names = slots.config.names.clone();
+    loop {
+        if *stop_rx.borrow_and_update() {
+            return;
+        }
+        let free = slots.config.concurrency.saturating_sub(slots.busy.load(Ordering::SeqCst));
+        let mut wait_for: Option<Duration> = None;
+        if free > 0 {
+            wake_rx.borrow_and_update();
+            let now = shared.queue.clock().now();
+            let claimed = shared
+                .queue
+                .storage()
+                .job_claim(JobClaimParams {
+                    queues: queues.clone(),
+                    names: names.clone(),
+                    limit: u32::try_from(free).unwrap_or(u32::MAX),
+                    worker_id: shared.config.worker_id.clone(),
+                    now,
+                })
+                .await;
+            let claimed = match claimed {
+                Ok(c) => {
+                    error_backoff = ERROR_BACKOFF_MIN;
+                    c
+                }
+                Err(Error::StorageClosed) => {
+                    log::error!("worker {}: storage closed; dispatcher stops", shared.config.worker_id);
+                    return;
+                }
+                Err(e) => {
+                    log::error!(
+                        "worker {}: claiming from queue {:?} failed (retrying in {:?}): {e}",
+                        shared.config.worker_id,
+                        slots.config.name,
+                        error_backoff
+                    );
+                    tokio::select! {
+                        _ = stop_rx.changed() => {}
+                        _ = tokio::time::sleep(error_backoff) => {}
+                    }
+                    error_backoff = next_backoff(error_backoff);
+                    continue;
+                }
+            };
+            let got = claimed.len();
+            for job in claimed {
+                start_job(&shared, &slots, job);
+            }
+            if got == free {
+                continue; // full now, or more may be waiting: loop to re-check
+            }
+            // Fewer than asked: sleep until the next scheduled job or the poll interval.
+            let next = shared
+                .queue
+                .storage()
+                .job_next_run_at(JobNextRunAtParams { queues: queues.clone(), names: names.clone() })
+                .await;
+            let now = shared.queue.clock().now();
+            let until_next = match next {
+                Ok(Some(t)) => Some(now.until(t).max(Duration::from_millis(1))),
+                Ok(None) => None,
+                Err(_) => Some(error_backoff),
+            };
+            wait_for = match (until_next, shared.poll_interval()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        let full = free == 0 || slots.busy.load(Ordering::SeqCst) >= slots.config.concurrency;
+        tokio::select! {
+            _ = stop_rx.changed() => {}
+            _ = slots.freed.notified() => {}
+            _ = wake_rx.changed(), if !full => {}
+            _ = sleep_or_forever(wait_for), if !full => {}
+        }
+    }
+}
+
+async fn sleep_or_forever(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn start_job(shared: &Arc<Shared>, slots: &Arc<Slots>, job: ClaimedJob) {
+    slots.busy.fetch_add(1, Ordering::SeqCst);
+    shared.executing.fetch_add(1, Ordering::SeqCst);
+    let heartbeat = Duration::from_millis(job.heartbeat_ms.max(1));
+    shared.leases().insert(
+        job.id,
+        LeaseEntry {
+            token: job.lease,
+            heartbeat,
+            next_beat: Instant::now() + heartbeat,
+            executing: true,
+            lost: false,
+        },
+    );
+    shared.leases_changed.notify_one();
+    tokio::spawn(run_job(shared.clone(), slots.clone(), job));
+}
+
+async fn run_job(shared: Arc<Shared>, slots: Arc<Slots>, job: ClaimedJob) {
+    let (tx, rx) = oneshot::channel();
+    let id = job.id;
+    let lease = job.lease;
+    let attempt = job.attempt;
+    let retry = job.retry;
+    let timeout = job.timeout_ms.map(Duration::from_millis);
+    shared.executor.execute(job, Completion(tx));
+    let outcome = match timeout {
+        None => rx.await,
+        Some(limit) => match tokio::time::timeout(limit, rx).await {
+            Ok(r) => r,
+            Err(_) => {
+                shared.executor.abandon(id);
+                Ok(Outcome::Failure {
+                    error: ErrorInfo::engine(
+                        "Timeout",
+                        format!("attempt exceeded the job's timeout of {:.3}s", limit.as_secs_f64()),
+                    ),
+                    permanent: false,
+                })
+            }
+        },
+    };
+    let outcome = outcome.unwrap_or_else(|_| Outcome::Failure {
+        error: ErrorInfo::engine("WorkerError", "the executor dropped the job without an outcome"),
+        permanent: false,
+    });
+    // Free the slot first so the dispatcher can claim while the outcome is written.
+    let still_ours = {
+        let mut leases = shared.leases();
+        match leases.get_mut(&id) {
+            Some(e) if e.token == lease => {
+                e.executing = false;
+                true
+            }
+            _ => false, // released at shutdown: the storage already has it back
+        }
+    };
+    slots.busy.fetch_sub(1, Ordering::SeqCst);
+    slots.freed.notify_one();
+    if shared.executing.fetch_sub(1, Ordering::SeqCst) == 1 {
+        shared.idle.notify_waiters();
+    }
+    if !still_ours {
+        return;
+    }
+    let now = shared.queue.clock().now();
+    let outcome = match outcome {
+        Outcome::Success => FinishOutcome::Completed,
+        Outcome::Failure { error, permanent: true } => FinishOutcome::Failed { error },
+        Outcome::Failure { error, permanent: false } => match retry.next_delay(attempt, rand::random()) {
+            Some(delay) => FinishOutcome::Retry { retry_at: now.plus(delay), error },
+            None => FinishOutcome::Failed { error },
+        },
+    };
+    let _ = shared.finish_tx.send(FinishMsg::Finish(JobFinish { id, lease, outcome }));
+}
+
+async fn complete_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<FinishMsg>) {
+    let max = shared.config.finish_batch;
+    let mut buf = Vec::with_capacity(max);
+    while rx.recv_many(&mut buf, max).await > 0 {
+        let mut batch = Vec::with_capacity(buf.len());
+        let mut acks = Vec::new();
+        for msg in buf.drain(..) {
+            match msg {
+                FinishMsg::Finish(f) => batch.push(f),
+                FinishMsg::Flush(ack) => acks.push(ack),
+            }
+        }
+        if !batch.is_empty() {
+            write_finishes(&shared, batch).await;
+        }
+        for ack in acks {
+            let _ = ack.send(());
+        }
+    }
+}
+
+/// Record a batch of finished attempts, retrying while the storage fails: the jobs keep
+/// their leases (the heartbeat task still renews them) until the write lands, so a
+/// temporary storage outage neither loses an outcome nor lets another worker take over.
+async fn write_finishes(shared: &Shared, batch: Vec<JobFinish>) {
+    let mut backoff = ERROR_BACKOFF_MIN;
+    loop {
+        let now = shared.queue.clock().now();
+        let res = shared
+            .queue
+            .storage()
+            .job_finish_many(JobFinishManyParams { finishes: batch.clone(), now })
+            .await;
+        match res {
+            Ok(accepted) => {
+                let mut leases = shared.leases();
+                for (f, ok) in batch.iter().zip(accepted) {
+                    if leases.get(&f.id).is_some_and(|e| e.token == f.lease) {
+                        leases.remove(&f.id);
+                    }
+                    if !ok {
+                        log::warn!(
+                            "worker {}: outcome of job {} refused: its lease was taken over",
+                            shared.config.worker_id,
+                            f.id
+                        );
+                    }
+                }
+                drop(leases);
+                if batch.iter().any(|f| !matches!(f.outcome, FinishOutcome::Completed)) {
+                    shared.queue.wake(); // a retry with no delay is runnable now
+                }
+                return;
+            }
+            Err(Error::StorageClosed) => {
+                log::error!(
+                    "worker {}: storage closed; {} outcome(s) not recorded (their leases will expire)",
+                    shared.config.worker_id,
+                    batch.len()
+                );
+                return;
+            }
+            Err(e) => {
+                log::error!(
+                    "worker {}: recording {} outcome(s) failed (retrying in {backoff:?}): {e}",
+                    shared.config.worker_id,
+                    batch.len()
+                );
+                tokio::time::sleep(backoff).await;
+                backoff = next_backoff(backoff);
+            }
+        }
+    }
+}
+
+async fn heartbeat_loop(shared: Arc<Shared>) {
+    loop {
+        let next = shared.leases().values().filter(|e| !e.lost).map(|e| e.next_beat).min();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = shared.leases_changed.notified() => continue,
+                }
+            }
+            None => {
+                shared.leases_changed.notified().await;
+                continue;
+            }
+        }
+        let now_i = Instant::now();
+        let due: Vec<(JobId, LeaseToken)> = {
+            let mut leases = shared.leases();
+            leases
+                .iter_mut()
+                .filter(|(_, e)| !e.lost && e.next_beat <= now_i)
+                .map(|(id, e)| {
+                    e.next_beat = now_i + e.heartbeat;
+                    (*id, e.token)
+                })
+                .collect()
+        };
+        if due.is_empty() {
+            continue;
+        }
+        let now = shared.queue.clock().now();
+        match shared
+            .queue
+            .storage()
+            .job_heartbeat(JobHeartbeatParams { leases: due.clone(), now })
+            .await
+        {
+            Ok(kept) => {
+                if kept.len() < due.len() {
+                    let kept: std::collections::HashSet<JobId> = kept.into_iter().collect();
+                    let mut leases = shared.leases();
+                    for (id, token) in due.iter().filter(|(id, _)| !kept.contains(id)) {
+                        log::warn!(
+                            "worker {}: lost the lease of job {id}; another worker may run it",
+                            shared.config.worker_id
+                        );
+                        if let Some(e) = leases.get_mut(id).filter(|e| e.token == *token) {
+                            e.lost = true;
+                            if e.executing {
+                                shared.executor.abandon(*id);
+                            }
+                        }
+                    }
+                    // Entries stay until the job ends (run_job and the completer remove
+                    // them); its outcome will be refused by the storage's fence.
+                    drop(leases);
+                }
+            }
+            Err(e) => {
+                log::error!("worker {}: heartbeat failed: {e}", shared.config.worker_id);
+            }
+        }
+    }
+}
+
+async fn reclaim_loop(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(shared.config.reclaim_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let now = shared.queue.clock().now();
+        match shared.queue.storage().job_reclaim_expired(JobReclaimParams { now }).await {
+            Ok(0) => {}
+            Ok(n) => {
+                log::warn!(
+                    "worker {}: reclaimed {n} job(s) whose worker stopped heartbeating",
+                    shared.config.worker_id
+                );
+                shared.queue.wake();
+            }
+            Err(Error::StorageClosed) => return,
+            Err(e) => log::error!("worker {}: reclaim failed: {e}", shared.config.worker_id),
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! The worker pool against real storages, with a Rust executor (no Python).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hauler_core::config::{PoolConfig, QueueConfig};
+use hauler_core::model::{AttemptOutcome, ClaimedJob, ErrorInfo, JobId, JobStatus, NewJob, Timestamp};
+use hauler_core::queue::Queue;
+use hauler_core::retry::{Backoff, BackoffKind, MaxRetries, RetryPolicy};
+use hauler_core::storage::conformance::new_job;
+use hauler_core::storage::{MemoryStorage, SqliteOptions, SqliteStorage, Storage};
+use hauler_core::worker::{Completion, Executor, Outcome, WorkerPool};
+
+type Handler = Arc<dyn Fn(ClaimedJob) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
+
+/// Runs each job as a tokio task calling `handler`.
+struct FnExecutor {
+    handler: Handler,
+    abandoned: Mutex<Vec<JobId>>,
+}
+
+impl FnExecutor {
+    fn new<F, Fut>(f: F) -> Arc<Self>
+    where
+        F: Fn(ClaimedJob) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Outcome> + Send + 'static,
+    {
+        Arc::new(FnExecutor {
+            handler: Arc::new(move |j| Box::pin(f(j))),
+            abandoned: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+impl Executor for FnExecutor {
+    fn execute(&self, job: ClaimedJob, done: Completion) {
+        let fut = (self.handler)(job);
+        tokio::spawn(async move { done.send(fut.await) });
+    }
+    fn abandon(&self, job_id: JobId) {
+        self.abandoned.lock().unwrap().push(job_id);
+    }
+}
+
+fn fail(msg: &str) -> Outcome {
+    Outcome::Failure { error: ErrorInfo::engine("TestError", msg), permanent: false }
+}
+
+fn pool_config(concurrency: usize, names: &[&str]) -> PoolConfig {
+    let mut c = PoolConfig::new(
+        "test-worker",
+        vec![QueueConfig {
+            name: "default".into(),
+            concurrency,
+            names: names.iter().map(|s| s.to_string()).collect(),
+        }],
+    );
+    c.reclaim_interval = Duration::from_millis(50);
+    c
+}
+
+fn job(name: &str) -> NewJob {
+    new_job(name, "default")
+}
+
+fn fast_retry(retries: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_retries: MaxRetries::Count(retries),
+        backoff: Backoff::new(BackoffKind::Fixed(0.01)),
+    }
+}
+
+async fn wait_final(storage: &Arc<dyn Storage>, ids: &[JobId], limit: Duration) {
+    let start = Instant::now();
+    loop {
+        let mut all = true;
+        for id in ids {
+            let rec = storage.job_get(*id).await.unwrap().unwrap();
+            if !rec.status.is_final() {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            return;
+        }
+        assert!(start.elapsed() < limit, "jobs not finished within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn storages() -> Vec<(&'static str, Arc<dyn Storage>, Option<tempfile::TempDir>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStorage::open(dir.path().join("jobs.db"), SqliteOptions::default()).unwrap();
+    vec![
+        ("memory", Arc::new(MemoryStorage::new()) as Arc<dyn Storage>, None),
+        ("sqlite", Arc::new(sqlite) as Arc<dyn Storage>, Some(dir)),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_jobs_and_records_completion() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let exec = FnExecutor::new(move |_| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async { Outcome::Success }
+        });
+        let pool = WorkerPool::start(queue.clone(), pool_config(4, &["a"]), exec).unwrap();
+        let ids = queue.push_many((0..200).map(|_| job("a")).collect()).await.unwrap();
+        wait_final(&storage, &ids, Duration::from_secs(10)).await;
+        assert_eq!(ran.load(Ordering::SeqCst), 200, "{kind}");
+        let rec = storage.job_get(ids[0]).await.unwrap().unwrap();
+        assert_eq!(rec.status, JobStatus::Completed, "{kind}");
+        assert_eq!(rec.history.len(), 1, "{kind}");
+        assert_eq!(rec.history[0].outcome, AttemptOutcome::Completed);
+        assert_eq!(rec.history[0].worker_id, "test-worker");
+        pool.stop(Duration::from_secs(1)).await.unwrap();
+        assert!(!pool.is_running());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_follow_backoff_then_fail() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let t = times.clone();
+        let exec = FnExecutor::new(move |_| {
+            t.lock().unwrap().push(Instant::now());
+            async { fail("boom") }
+        });
+        let pool = WorkerPool::start(queue.clone(), pool_config(2, &["a"]), exec).unwrap();
+        let mut j = job("a");
+        j.retry = RetryPolicy {
+            max_retries: MaxRetries::Count(2),
+            backoff: Backoff::new(BackoffKind::Linear(0.1)),
+        };
+        let ids = queue.push_many(vec![j]).await.unwrap();
+        wait_final(&storage, &ids, Duration::from_secs(10)).await;
+        let rec = storage.job_get(ids[0]).await.unwrap().unwrap();
+        assert_eq!(rec.status, JobStatus::Failed, "{kind}");
+        assert_eq!(rec.attempt, 3, "{kind}: first attempt + 2 retries");
+        assert_eq!(rec.history.len(), 3);
+        assert!(rec.history.iter().all(|a| a.outcome == AttemptOutcome::Failed));
+        assert_eq!(rec.last_error.as_ref().unwrap().message, "boom");
+        let times = times.lock().unwrap().clone();
+        let gap1 = times[1] - times[0];
+        let gap2 = times[2] - times[1];
+        assert!(gap1 >= Duration::from_millis(95), "{kind}: linear retry 1 after 0.1s, was {gap1:?}");
+        assert!(gap2 >= Duration::from_millis(195), "{kind}: linear retry 2 after 0.2s, was {gap2:?}");
+        pool.stop(Duration::from_secs(1)).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permanent_failure_skips_retries() {
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let queue = Arc::new(Queue::new(storage.clone()));
+    let exec = FnExecutor::new(|_| async {
+        Outcome::Failure { error: ErrorInfo::engine("Bad", "cannot decode"), permanent: true }
+    });
+    let pool = WorkerPool::start(queue.clone(), pool_config(1, &["a"]), exec).unwrap();
+    let ids = queue.push_many(vec![job("a")]).await.unwrap();
+    wait_final(&storage, &ids, Duration::from_secs(5)).await;
+    let rec = storage.job_get(ids[0]).await.unwrap().unwrap();
+    assert_eq!((rec.status, rec.attempt), (JobStatus::Failed, 1));
+    pool.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_is_respected_and_names_filtered() {
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let queue = Arc::new(Queue::new(storage.clone()));
+    let now = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (n, p) = (now.clone(), peak.clone());
+    let exec = FnExecutor::new(move |_| {
+        let (n, p) = (n.clone(), p.clone());
+        async move {
+            let cur = n.fetch_add(1, Ordering::SeqCst) + 1;
+            p.fetch_max(cur, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            n.fetch_sub(1, Ordering::SeqCst);
+            Outcome::Success
+        }
+    });
+    let pool = WorkerPool::start(queue.clone(), pool_config(3, &["a"]), exec).unwrap();
+    let ids = queue.push_many((0..60).map(|_| job("a")).collect()).await.unwrap();
+    let other = queue.push_many(vec![job("unregistered")]).await.unwrap();
+    wait_final(&storage, &ids, Duration::from_secs(10)).await;
+    assert_eq!(peak.load(Ordering::SeqCst), 3, "at most the worker count at once, and it is used");
+    let rec = storage.job_get(other[0]).await.unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Available, "a name the pool did not register is never claimed");
+    pool.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_job_starts_on_time_not_before() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        let started = Arc::new(Mutex::new(HashMap::new()));
+        let s = started.clone();
+        let exec = FnExecutor::new(move |j: ClaimedJob| {
+            s.lock().unwrap().insert(j.id, Timestamp::now());
+            async { Outcome::Success }
+        });
+        let mut cfg = pool_config(2, &["a"]);
+        cfg.poll_interval = Some(Duration::from_secs(30)); // prove the wake-up is not a poll
+        let pool = WorkerPool::start(queue.clone(), cfg, exec).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await; // the pool is idle, waiting
+        let at = Timestamp::now().plus(Duration::from_millis(300));
+        let mut j = job("a");
+        j.run_at = Some(at);
+        let ids = queue.push_many(vec![j]).await.unwrap();
+        assert_eq!(storage.job_get(ids[0]).await.unwrap().unwrap().status, JobStatus::Scheduled);
+        wait_final(&storage, &ids, Duration::from_secs(5)).await;
+        let start = started.lock().unwrap()[&ids[0]];
+        let late = start.as_micros() - at.as_micros();
+        assert!(late >= 0, "{kind}: ran {late}us early");
+        assert!(late < 50_000, "{kind}: ran {late}us late (target: within 10 ms on an idle machine)");
+        pool.stop(Duration::from_secs(1)).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_fails_the_attempt_and_abandons_it() {
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let queue = Arc::new(Queue::new(storage.clone()));
+    let exec = FnExecutor::new(|_| async {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        Outcome::Success
+    });
+    let pool = WorkerPool::start(queue.clone(), pool_config(1, &["a"]), exec.clone()).unwrap();
+    let mut j = job("a");
+    j.timeout_ms = Some(100);
+    j.retry = fast_retry(0);
+    let ids = queue.push_many(vec![j]).await.unwrap();
+    wait_final(&storage, &ids, Duration::from_secs(3)).await;
+    let rec = storage.job_get(ids[0]).await.unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Failed);
+    assert_eq!(rec.last_error.unwrap().kind, "Timeout");
+    assert_eq!(*exec.abandoned.lock().unwrap(), vec![ids[0]]);
+    pool.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_drains_then_releases_the_rest() {
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let queue = Arc::new(Queue::new(storage.clone()));
+    let exec = FnExecutor::new(|j: ClaimedJob| async move {
+        let ms = if j.name == "slow" { 10_000 } else { 50 };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Outcome::Success
+    });
+    let pool = WorkerPool::start(queue.clone(), pool_config(2, &["slow", "quick"]), exec).unwrap();
+    let ids = queue.push_many(vec![job("slow"), job("quick")]).await.unwrap();
+    let t0 = Instant::now();
+    while pool.in_flight() < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(3));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    pool.stop(Duration::from_millis(300)).await.unwrap();
+    let slow = storage.job_get(ids[0]).await.unwrap().unwrap();
+    let quick = storage.job_get(ids[1]).await.unwrap().unwrap();
+    assert_eq!(quick.status, JobStatus::Completed, "finished within the stop timeout");
+    assert_eq!(slow.status, JobStatus::Available, "released for another worker at once");
+    assert_eq!(slow.attempt, 0, "a release does not count the attempt");
+    assert_eq!(slow.history.last().unwrap().outcome, AttemptOutcome::Released);
+    assert!(!pool.is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_worker_jobs_are_reclaimed_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&path, SqliteOptions::default()).unwrap());
+    let queue = Arc::new(Queue::new(storage.clone()));
+    // A "dead" worker: claims the job and never reports or heartbeats.
+    let mut j = job("a");
+    j.heartbeat_ms = 50;
+    let ids = queue.push_many(vec![j]).await.unwrap();
+    let claimed = storage
+        .job_claim(hauler_core::storage::JobClaimParams {
+            queues: vec!["default".into()],
+            names: vec!["a".into()],
+            limit: 1,
+            worker_id: "dead".into(),
+            now: Timestamp::now(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let exec = FnExecutor::new(|_| async { Outcome::Success });
+    let other = Arc::new(Queue::new(Arc::new(SqliteStorage::open(&path, SqliteOptions::default()).unwrap())));
+    let pool = WorkerPool::start(other, pool_config(1, &["a"]), exec).unwrap();
+    wait_final(&storage, &ids, Duration::from_secs(5)).await;
+    let rec = storage.job_get(ids[0]).await.unwrap().unwrap();
+    assert_eq!(rec.status, JobStatus::Completed);
+    let outcomes: Vec<_> = rec.history.iter().map(|a| (a.worker_id.as_str(), a.outcome)).collect();
+    assert_eq!(outcomes, vec![("dead", AttemptOutcome::LeaseExpired), ("test-worker", AttemptOutcome::Completed)]);
+    pool.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_a_long_job_leased() {
+    let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
+    let queue = Arc::new(Queue::new(storage.clone()));
+    let runs = Arc::new(AtomicUsize::new(0));
+    let r = runs.clone();
+    let exec = FnExecutor::new(move |_| {
+        r.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_millis(600)).await; // 4 leases long
+            Outcome::Success
+        }
+    });
+    let pool = WorkerPool::start(queue.clone(), pool_config(1, &["a"]), exec).unwrap();
+    let mut j = job("a");
+    j.heartbeat_ms = 50;
+    let ids = queue.push_many(vec![j]).await.unwrap();
+    wait_final(&storage, &ids, Duration::from_secs(5)).await;
+    let rec = storage.job_get(ids[0]).await.unwrap().unwrap();
+    assert_eq!((rec.status, rec.attempt, runs.load(Ordering::SeqCst)), (JobStatus::Completed, 1, 1));
+    pool.stop(Duration::from_secs(1)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_config_is_refused() {
+    let queue = Arc::new(Queue::new(Arc::new(MemoryStorage::new())));
+    let exec = FnExecutor::new(|_| async { Outcome::Success });
+    let err = WorkerPool::start(queue, pool_config(0, &["a"]), exec).unwrap_err();
+    assert!(err.to_string().contains("at least 1"), "{err}");
+}
