@@ -61,7 +61,10 @@ impl PoolConfig {
                 problems.push(format!("queue {:?} is configured twice", q.name));
             }
             if q.concurrency == 0 {
-                problems.push(format!("queue {:?}: worker count must be at least 1", q.name));
+                problems.push(format!(
+                    "queue {:?}: worker count must be at least 1",
+                    q.name
+                ));
             }
             if q.names.is_empty() {
                 problems.push(format!("queue {:?}: no job registered on it", q.name));
@@ -93,13 +96,27 @@ mod tests {
         let mut c = PoolConfig::new(
             "",
             vec![
-                QueueConfig { name: "a".into(), concurrency: 0, names: vec![] },
-                QueueConfig { name: "a".into(), concurrency: 1, names: vec!["x".into()] },
+                QueueConfig {
+                    name: "a".into(),
+                    concurrency: 0,
+                    names: vec![],
+                },
+                QueueConfig {
+                    name: "a".into(),
+                    concurrency: 1,
+                    names: vec!["x".into()],
+                },
             ],
         );
         c.reclaim_interval = Duration::ZERO;
         let msg = c.validate().unwrap_err().to_string();
-        for part in ["worker_id", "configured twice", "at least 1", "no job registered", "reclaim"] {
+        for part in [
+            "worker_id",
+            "configured twice",
+            "at least 1",
+            "no job registered",
+            "reclaim",
+        ] {
             assert!(msg.contains(part), "{part} missing from {msg}");
         }
     }

@@ -116,12 +116,18 @@ impl JobStatus {
 
     /// Waiting to run: a claim may pick it once its run time has come.
     pub const fn is_pending(self) -> bool {
-        matches!(self, JobStatus::Scheduled | JobStatus::Available | JobStatus::Retryable)
+        matches!(
+            self,
+            JobStatus::Scheduled | JobStatus::Available | JobStatus::Retryable
+        )
     }
 
     /// Finished for good.
     pub const fn is_final(self) -> bool {
-        matches!(self, JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled)
+        matches!(
+            self,
+            JobStatus::Completed | JobStatus::Failed | JobStatus::Cancelled
+        )
     }
 }
 
@@ -162,7 +168,11 @@ pub struct ErrorInfo {
 impl ErrorInfo {
     /// An engine-made error with no traceback.
     pub fn engine(kind: &str, message: impl Into<String>) -> Self {
-        ErrorInfo { kind: kind.to_owned(), message: message.into(), traceback: None }
+        ErrorInfo {
+            kind: kind.to_owned(),
+            message: message.into(),
+            traceback: None,
+        }
     }
 }
 

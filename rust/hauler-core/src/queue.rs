@@ -27,7 +27,11 @@ impl Queue {
     /// Wrap `storage` with an injected clock (tests).
     pub fn with_clock(storage: Arc<dyn Storage>, clock: SharedClock) -> Self {
         let (wake, _) = watch::channel(0);
-        Queue { storage, clock, wake }
+        Queue {
+            storage,
+            clock,
+            wake,
+        }
     }
 
     /// The storage.
@@ -45,7 +49,9 @@ impl Queue {
     pub async fn push_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
         let ids = jobs.iter().map(|j| j.id).collect();
         let now = self.clock.now();
-        self.storage.job_insert_many(JobInsertManyParams { jobs, now }).await?;
+        self.storage
+            .job_insert_many(JobInsertManyParams { jobs, now })
+            .await?;
         self.wake();
         Ok(ids)
     }

@@ -68,7 +68,11 @@ pub struct Backoff {
 impl Backoff {
     /// A backoff of `kind` with the default cap and no jitter.
     pub fn new(kind: BackoffKind) -> Self {
-        Backoff { kind, max_delay: DEFAULT_MAX_DELAY_SECS, jitter: 0.0 }
+        Backoff {
+            kind,
+            max_delay: DEFAULT_MAX_DELAY_SECS,
+            jitter: 0.0,
+        }
     }
 
     /// Check the numbers, naming each problem.
@@ -86,10 +90,16 @@ impl Backoff {
             problems.push(format!("Backoff.exponential base must be >= 1, got {v}"));
         }
         if !self.max_delay.is_finite() || self.max_delay < 0.0 {
-            problems.push(format!("max_delay must be a finite number >= 0, got {}", self.max_delay));
+            problems.push(format!(
+                "max_delay must be a finite number >= 0, got {}",
+                self.max_delay
+            ));
         }
         if !(0.0..=1.0).contains(&self.jitter) {
-            problems.push(format!("jitter must be between 0 and 1, got {}", self.jitter));
+            problems.push(format!(
+                "jitter must be between 0 and 1, got {}",
+                self.jitter
+            ));
         }
         if problems.is_empty() {
             Ok(())
@@ -173,9 +183,15 @@ mod tests {
         let fixed = Backoff::new(BackoffKind::Fixed(7.0));
         assert_eq!([secs(fixed, 1), secs(fixed, 5)], [7.0, 7.0]);
         let linear = Backoff::new(BackoffKind::Linear(3.0));
-        assert_eq!([secs(linear, 1), secs(linear, 2), secs(linear, 4)], [3.0, 6.0, 12.0]);
+        assert_eq!(
+            [secs(linear, 1), secs(linear, 2), secs(linear, 4)],
+            [3.0, 6.0, 12.0]
+        );
         let exp = Backoff::new(BackoffKind::Exponential(2.0));
-        assert_eq!([secs(exp, 1), secs(exp, 2), secs(exp, 10)], [2.0, 4.0, 1024.0]);
+        assert_eq!(
+            [secs(exp, 1), secs(exp, 2), secs(exp, 10)],
+            [2.0, 4.0, 1024.0]
+        );
     }
 
     #[test]
@@ -183,7 +199,11 @@ mod tests {
         let mut b = Backoff::new(BackoffKind::Exponential(10.0));
         b.max_delay = 60.0;
         assert_eq!(secs(b, 5), 60.0);
-        assert_eq!(b.delay(1000, 0.0).as_secs_f64(), 60.0, "huge exponents are capped");
+        assert_eq!(
+            b.delay(1000, 0.0).as_secs_f64(),
+            60.0,
+            "huge exponents are capped"
+        );
         b.jitter = 0.5;
         assert_eq!(b.delay(5, 0.0).as_secs_f64(), 30.0);
         assert_eq!(b.delay(5, 1.0).as_secs_f64(), 90.0);
@@ -197,10 +217,19 @@ mod tests {
         };
         assert!(p.next_delay(1, 0.0).is_some());
         assert!(p.next_delay(2, 0.0).is_some());
-        assert!(p.next_delay(3, 0.0).is_none(), "3 attempts = first + 2 retries");
-        let none = RetryPolicy { max_retries: MaxRetries::Count(0), ..p };
+        assert!(
+            p.next_delay(3, 0.0).is_none(),
+            "3 attempts = first + 2 retries"
+        );
+        let none = RetryPolicy {
+            max_retries: MaxRetries::Count(0),
+            ..p
+        };
         assert!(none.next_delay(1, 0.0).is_none());
-        let inf = RetryPolicy { max_retries: MaxRetries::Infinite, ..p };
+        let inf = RetryPolicy {
+            max_retries: MaxRetries::Infinite,
+            ..p
+        };
         assert!(inf.next_delay(u32::MAX, 0.0).is_some());
     }
 
@@ -209,8 +238,13 @@ mod tests {
         let mut b = Backoff::new(BackoffKind::Fixed(-1.0));
         b.jitter = 2.0;
         let msg = b.validate().unwrap_err().to_string();
-        assert!(msg.contains("Backoff.fixed seconds") && msg.contains("jitter"), "{msg}");
-        assert!(Backoff::new(BackoffKind::Exponential(0.5)).validate().is_err());
+        assert!(
+            msg.contains("Backoff.fixed seconds") && msg.contains("jitter"),
+            "{msg}"
+        );
+        assert!(Backoff::new(BackoffKind::Exponential(0.5))
+            .validate()
+            .is_err());
     }
 
     #[test]

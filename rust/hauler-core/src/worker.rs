@@ -111,7 +111,9 @@ impl Shared {
     }
 
     fn poll_interval(&self) -> Option<Duration> {
-        self.config.poll_interval.or_else(|| self.queue.storage().poll_interval())
+        self.config
+            .poll_interval
+            .or_else(|| self.queue.storage().poll_interval())
     }
 }
 
@@ -141,7 +143,11 @@ fn next_backoff(d: Duration) -> Duration {
 
 impl WorkerPool {
     /// Validate `config` and start the pool's tasks on the current tokio runtime.
-    pub fn start(queue: Arc<Queue>, config: PoolConfig, executor: Arc<dyn Executor>) -> Result<Self> {
+    pub fn start(
+        queue: Arc<Queue>,
+        config: PoolConfig,
+        executor: Arc<dyn Executor>,
+    ) -> Result<Self> {
         config.validate()?;
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
         let (stopping, _) = watch::channel(false);
@@ -169,7 +175,12 @@ impl WorkerPool {
         tasks.push(tokio::spawn(heartbeat_loop(shared.clone())));
         tasks.push(tokio::spawn(reclaim_loop(shared.clone())));
         let (stopped, _) = watch::channel(false);
-        Ok(WorkerPool { shared, tasks: Mutex::new(tasks), stopped, stop_started: AtomicBool::new(false) })
+        Ok(WorkerPool {
+            shared,
+            tasks: Mutex::new(tasks),
+            stopped,
+            stop_started: AtomicBool::new(false),
+        })
     }
 
     /// The id recorded on every job this pool claims.
@@ -223,7 +234,10 @@ impl WorkerPool {
             let released = shared
                 .queue
                 .storage()
-                .job_release(JobReleaseParams { leases: leftover.clone(), now })
+                .job_release(JobReleaseParams {
+                    leases: leftover.clone(),
+                    now,
+                })
                 .await;
             match released {
                 Ok(n) => log::info!(
@@ -231,7 +245,10 @@ impl WorkerPool {
                     shared.config.worker_id
                 ),
                 Err(e) => {
-                    log::error!("worker {}: could not release jobs: {e}", shared.config.worker_id);
+                    log::error!(
+                        "worker {}: could not release jobs: {e}",
+                        shared.config.worker_id
+                    );
                     result = Err(e);
                 }
             }
@@ -272,7 +289,10 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
         if *stop_rx.borrow_and_update() {
             return;
         }
-        let free = slots.config.concurrency.saturating_sub(slots.busy.load(Ordering::SeqCst));
+        let free = slots
+            .config
+            .concurrency
+            .saturating_sub(slots.busy.load(Ordering::SeqCst));
         let mut wait_for: Option<Duration> = None;
         if free > 0 {
             wake_rx.borrow_and_update();
@@ -294,7 +314,10 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
                     c
                 }
                 Err(Error::StorageClosed) => {
-                    log::error!("worker {}: storage closed; dispatcher stops", shared.config.worker_id);
+                    log::error!(
+                        "worker {}: storage closed; dispatcher stops",
+                        shared.config.worker_id
+                    );
                     return;
                 }
                 Err(e) => {
@@ -323,7 +346,10 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
             let next = shared
                 .queue
                 .storage()
-                .job_next_run_at(JobNextRunAtParams { queues: queues.clone(), names: names.clone() })
+                .job_next_run_at(JobNextRunAtParams {
+                    queues: queues.clone(),
+                    names: names.clone(),
+                })
                 .await;
             let now = shared.queue.clock().now();
             let until_next = match next {
@@ -388,7 +414,10 @@ async fn run_job(shared: Arc<Shared>, slots: Arc<Slots>, job: ClaimedJob) {
                 Ok(Outcome::Failure {
                     error: ErrorInfo::engine(
                         "Timeout",
-                        format!("attempt exceeded the job's timeout of {:.3}s", limit.as_secs_f64()),
+                        format!(
+                            "attempt exceeded the job's timeout of {:.3}s",
+                            limit.as_secs_f64()
+                        ),
                     ),
                     permanent: false,
                 })
@@ -396,7 +425,10 @@ async fn run_job(shared: Arc<Shared>, slots: Arc<Slots>, job: ClaimedJob) {
         },
     };
     let outcome = outcome.unwrap_or_else(|_| Outcome::Failure {
-        error: ErrorInfo::engine("WorkerError", "the executor dropped the job without an outcome"),
+        error: ErrorInfo::engine(
+            "WorkerError",
+            "the executor dropped the job without an outcome",
+        ),
         permanent: false,
     });
     // Free the slot first so the dispatcher can claim while the outcome is written.
@@ -421,13 +453,24 @@ async fn run_job(shared: Arc<Shared>, slots: Arc<Slots>, job: ClaimedJob) {
     let now = shared.queue.clock().now();
     let outcome = match outcome {
         Outcome::Success => FinishOutcome::Completed,
-        Outcome::Failure { error, permanent: true } => FinishOutcome::Failed { error },
-        Outcome::Failure { error, permanent: false } => match retry.next_delay(attempt, rand::random()) {
-            Some(delay) => FinishOutcome::Retry { retry_at: now.plus(delay), error },
+        Outcome::Failure {
+            error,
+            permanent: true,
+        } => FinishOutcome::Failed { error },
+        Outcome::Failure {
+            error,
+            permanent: false,
+        } => match retry.next_delay(attempt, rand::random()) {
+            Some(delay) => FinishOutcome::Retry {
+                retry_at: now.plus(delay),
+                error,
+            },
             None => FinishOutcome::Failed { error },
         },
     };
-    let _ = shared.finish_tx.send(FinishMsg::Finish(JobFinish { id, lease, outcome }));
+    let _ = shared
+        .finish_tx
+        .send(FinishMsg::Finish(JobFinish { id, lease, outcome }));
 }
 
 async fn complete_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<FinishMsg>) {
@@ -461,7 +504,10 @@ async fn write_finishes(shared: &Shared, batch: Vec<JobFinish>) {
         let res = shared
             .queue
             .storage()
-            .job_finish_many(JobFinishManyParams { finishes: batch.clone(), now })
+            .job_finish_many(JobFinishManyParams {
+                finishes: batch.clone(),
+                now,
+            })
             .await;
         match res {
             Ok(accepted) => {
@@ -479,7 +525,10 @@ async fn write_finishes(shared: &Shared, batch: Vec<JobFinish>) {
                     }
                 }
                 drop(leases);
-                if batch.iter().any(|f| !matches!(f.outcome, FinishOutcome::Completed)) {
+                if batch
+                    .iter()
+                    .any(|f| !matches!(f.outcome, FinishOutcome::Completed))
+                {
                     shared.queue.wake(); // a retry with no delay is runnable now
                 }
                 return;
@@ -507,7 +556,12 @@ async fn write_finishes(shared: &Shared, batch: Vec<JobFinish>) {
 
 async fn heartbeat_loop(shared: Arc<Shared>) {
     loop {
-        let next = shared.leases().values().filter(|e| !e.lost).map(|e| e.next_beat).min();
+        let next = shared
+            .leases()
+            .values()
+            .filter(|e| !e.lost)
+            .map(|e| e.next_beat)
+            .min();
         match next {
             Some(at) => {
                 tokio::select! {
@@ -539,7 +593,10 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
         match shared
             .queue
             .storage()
-            .job_heartbeat(JobHeartbeatParams { leases: due.clone(), now })
+            .job_heartbeat(JobHeartbeatParams {
+                leases: due.clone(),
+                now,
+            })
             .await
         {
             Ok(kept) => {
@@ -576,7 +633,12 @@ async fn reclaim_loop(shared: Arc<Shared>) {
     loop {
         interval.tick().await;
         let now = shared.queue.clock().now();
-        match shared.queue.storage().job_reclaim_expired(JobReclaimParams { now }).await {
+        match shared
+            .queue
+            .storage()
+            .job_reclaim_expired(JobReclaimParams { now })
+            .await
+        {
             Ok(0) => {}
             Ok(n) => {
                 log::warn!(

@@ -8,14 +8,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hauler_core::config::{PoolConfig, QueueConfig};
-use hauler_core::model::{AttemptOutcome, ClaimedJob, ErrorInfo, JobId, JobStatus, NewJob, Timestamp};
+use hauler_core::model::{
+    AttemptOutcome, ClaimedJob, ErrorInfo, JobId, JobStatus, NewJob, Timestamp,
+};
 use hauler_core::queue::Queue;
 use hauler_core::retry::{Backoff, BackoffKind, MaxRetries, RetryPolicy};
 use hauler_core::storage::conformance::new_job;
 use hauler_core::storage::{MemoryStorage, SqliteOptions, SqliteStorage, Storage};
 use hauler_core::worker::{Completion, Executor, Outcome, WorkerPool};
 
-type Handler = Arc<dyn Fn(ClaimedJob) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
+type Handler =
+    Arc<dyn Fn(ClaimedJob) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
 
 /// Runs each job as a tokio task calling `handler`.
 struct FnExecutor {
@@ -47,7 +50,10 @@ impl Executor for FnExecutor {
 }
 
 fn fail(msg: &str) -> Outcome {
-    Outcome::Failure { error: ErrorInfo::engine("TestError", msg), permanent: false }
+    Outcome::Failure {
+        error: ErrorInfo::engine("TestError", msg),
+        permanent: false,
+    }
 }
 
 fn pool_config(concurrency: usize, names: &[&str]) -> PoolConfig {
@@ -88,7 +94,10 @@ async fn wait_final(storage: &Arc<dyn Storage>, ids: &[JobId], limit: Duration) 
         if all {
             return;
         }
-        assert!(start.elapsed() < limit, "jobs not finished within {limit:?}");
+        assert!(
+            start.elapsed() < limit,
+            "jobs not finished within {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -97,7 +106,11 @@ fn storages() -> Vec<(&'static str, Arc<dyn Storage>, Option<tempfile::TempDir>)
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqliteStorage::open(dir.path().join("jobs.db"), SqliteOptions::default()).unwrap();
     vec![
-        ("memory", Arc::new(MemoryStorage::new()) as Arc<dyn Storage>, None),
+        (
+            "memory",
+            Arc::new(MemoryStorage::new()) as Arc<dyn Storage>,
+            None,
+        ),
         ("sqlite", Arc::new(sqlite) as Arc<dyn Storage>, Some(dir)),
     ]
 }
@@ -113,7 +126,10 @@ async fn runs_jobs_and_records_completion() {
             async { Outcome::Success }
         });
         let pool = WorkerPool::start(queue.clone(), pool_config(4, &["a"]), exec).unwrap();
-        let ids = queue.push_many((0..200).map(|_| job("a")).collect()).await.unwrap();
+        let ids = queue
+            .push_many((0..200).map(|_| job("a")).collect())
+            .await
+            .unwrap();
         wait_final(&storage, &ids, Duration::from_secs(10)).await;
         assert_eq!(ran.load(Ordering::SeqCst), 200, "{kind}");
         let rec = storage.job_get(ids[0]).await.unwrap().unwrap();
@@ -148,13 +164,22 @@ async fn retries_follow_backoff_then_fail() {
         assert_eq!(rec.status, JobStatus::Failed, "{kind}");
         assert_eq!(rec.attempt, 3, "{kind}: first attempt + 2 retries");
         assert_eq!(rec.history.len(), 3);
-        assert!(rec.history.iter().all(|a| a.outcome == AttemptOutcome::Failed));
+        assert!(rec
+            .history
+            .iter()
+            .all(|a| a.outcome == AttemptOutcome::Failed));
         assert_eq!(rec.last_error.as_ref().unwrap().message, "boom");
         let times = times.lock().unwrap().clone();
         let gap1 = times[1] - times[0];
         let gap2 = times[2] - times[1];
-        assert!(gap1 >= Duration::from_millis(95), "{kind}: linear retry 1 after 0.1s, was {gap1:?}");
-        assert!(gap2 >= Duration::from_millis(195), "{kind}: linear retry 2 after 0.2s, was {gap2:?}");
+        assert!(
+            gap1 >= Duration::from_millis(95),
+            "{kind}: linear retry 1 after 0.1s, was {gap1:?}"
+        );
+        assert!(
+            gap2 >= Duration::from_millis(195),
+            "{kind}: linear retry 2 after 0.2s, was {gap2:?}"
+        );
         pool.stop(Duration::from_secs(1)).await.unwrap();
     }
 }
@@ -164,7 +189,10 @@ async fn permanent_failure_skips_retries() {
     let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
     let queue = Arc::new(Queue::new(storage.clone()));
     let exec = FnExecutor::new(|_| async {
-        Outcome::Failure { error: ErrorInfo::engine("Bad", "cannot decode"), permanent: true }
+        Outcome::Failure {
+            error: ErrorInfo::engine("Bad", "cannot decode"),
+            permanent: true,
+        }
     });
     let pool = WorkerPool::start(queue.clone(), pool_config(1, &["a"]), exec).unwrap();
     let ids = queue.push_many(vec![job("a")]).await.unwrap();
@@ -192,12 +220,23 @@ async fn concurrency_is_respected_and_names_filtered() {
         }
     });
     let pool = WorkerPool::start(queue.clone(), pool_config(3, &["a"]), exec).unwrap();
-    let ids = queue.push_many((0..60).map(|_| job("a")).collect()).await.unwrap();
+    let ids = queue
+        .push_many((0..60).map(|_| job("a")).collect())
+        .await
+        .unwrap();
     let other = queue.push_many(vec![job("unregistered")]).await.unwrap();
     wait_final(&storage, &ids, Duration::from_secs(10)).await;
-    assert_eq!(peak.load(Ordering::SeqCst), 3, "at most the worker count at once, and it is used");
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        3,
+        "at most the worker count at once, and it is used"
+    );
     let rec = storage.job_get(other[0]).await.unwrap().unwrap();
-    assert_eq!(rec.status, JobStatus::Available, "a name the pool did not register is never claimed");
+    assert_eq!(
+        rec.status,
+        JobStatus::Available,
+        "a name the pool did not register is never claimed"
+    );
     pool.stop(Duration::from_secs(1)).await.unwrap();
 }
 
@@ -219,12 +258,18 @@ async fn scheduled_job_starts_on_time_not_before() {
         let mut j = job("a");
         j.run_at = Some(at);
         let ids = queue.push_many(vec![j]).await.unwrap();
-        assert_eq!(storage.job_get(ids[0]).await.unwrap().unwrap().status, JobStatus::Scheduled);
+        assert_eq!(
+            storage.job_get(ids[0]).await.unwrap().unwrap().status,
+            JobStatus::Scheduled
+        );
         wait_final(&storage, &ids, Duration::from_secs(5)).await;
         let start = started.lock().unwrap()[&ids[0]];
         let late = start.as_micros() - at.as_micros();
         assert!(late >= 0, "{kind}: ran {late}us early");
-        assert!(late < 50_000, "{kind}: ran {late}us late (target: within 10 ms on an idle machine)");
+        assert!(
+            late < 50_000,
+            "{kind}: ran {late}us late (target: within 10 ms on an idle machine)"
+        );
         pool.stop(Duration::from_secs(1)).await.unwrap();
     }
 }
@@ -260,7 +305,10 @@ async fn stop_drains_then_releases_the_rest() {
         Outcome::Success
     });
     let pool = WorkerPool::start(queue.clone(), pool_config(2, &["slow", "quick"]), exec).unwrap();
-    let ids = queue.push_many(vec![job("slow"), job("quick")]).await.unwrap();
+    let ids = queue
+        .push_many(vec![job("slow"), job("quick")])
+        .await
+        .unwrap();
     let t0 = Instant::now();
     while pool.in_flight() < 2 {
         assert!(t0.elapsed() < Duration::from_secs(3));
@@ -269,10 +317,21 @@ async fn stop_drains_then_releases_the_rest() {
     pool.stop(Duration::from_millis(300)).await.unwrap();
     let slow = storage.job_get(ids[0]).await.unwrap().unwrap();
     let quick = storage.job_get(ids[1]).await.unwrap().unwrap();
-    assert_eq!(quick.status, JobStatus::Completed, "finished within the stop timeout");
-    assert_eq!(slow.status, JobStatus::Available, "released for another worker at once");
+    assert_eq!(
+        quick.status,
+        JobStatus::Completed,
+        "finished within the stop timeout"
+    );
+    assert_eq!(
+        slow.status,
+        JobStatus::Available,
+        "released for another worker at once"
+    );
     assert_eq!(slow.attempt, 0, "a release does not count the attempt");
-    assert_eq!(slow.history.last().unwrap().outcome, AttemptOutcome::Released);
+    assert_eq!(
+        slow.history.last().unwrap().outcome,
+        AttemptOutcome::Released
+    );
     assert!(!pool.is_running());
 }
 
@@ -280,7 +339,8 @@ async fn stop_drains_then_releases_the_rest() {
 async fn dead_worker_jobs_are_reclaimed_by_another() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("jobs.db");
-    let storage: Arc<dyn Storage> = Arc::new(SqliteStorage::open(&path, SqliteOptions::default()).unwrap());
+    let storage: Arc<dyn Storage> =
+        Arc::new(SqliteStorage::open(&path, SqliteOptions::default()).unwrap());
     let queue = Arc::new(Queue::new(storage.clone()));
     // A "dead" worker: claims the job and never reports or heartbeats.
     let mut j = job("a");
@@ -298,13 +358,25 @@ async fn dead_worker_jobs_are_reclaimed_by_another() {
         .unwrap();
     assert_eq!(claimed.len(), 1);
     let exec = FnExecutor::new(|_| async { Outcome::Success });
-    let other = Arc::new(Queue::new(Arc::new(SqliteStorage::open(&path, SqliteOptions::default()).unwrap())));
+    let other = Arc::new(Queue::new(Arc::new(
+        SqliteStorage::open(&path, SqliteOptions::default()).unwrap(),
+    )));
     let pool = WorkerPool::start(other, pool_config(1, &["a"]), exec).unwrap();
     wait_final(&storage, &ids, Duration::from_secs(5)).await;
     let rec = storage.job_get(ids[0]).await.unwrap().unwrap();
     assert_eq!(rec.status, JobStatus::Completed);
-    let outcomes: Vec<_> = rec.history.iter().map(|a| (a.worker_id.as_str(), a.outcome)).collect();
-    assert_eq!(outcomes, vec![("dead", AttemptOutcome::LeaseExpired), ("test-worker", AttemptOutcome::Completed)]);
+    let outcomes: Vec<_> = rec
+        .history
+        .iter()
+        .map(|a| (a.worker_id.as_str(), a.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![
+            ("dead", AttemptOutcome::LeaseExpired),
+            ("test-worker", AttemptOutcome::Completed)
+        ]
+    );
     pool.stop(Duration::from_secs(1)).await.unwrap();
 }
 
@@ -327,7 +399,10 @@ async fn heartbeats_keep_a_long_job_leased() {
     let ids = queue.push_many(vec![j]).await.unwrap();
     wait_final(&storage, &ids, Duration::from_secs(5)).await;
     let rec = storage.job_get(ids[0]).await.unwrap().unwrap();
-    assert_eq!((rec.status, rec.attempt, runs.load(Ordering::SeqCst)), (JobStatus::Completed, 1, 1));
+    assert_eq!(
+        (rec.status, rec.attempt, runs.load(Ordering::SeqCst)),
+        (JobStatus::Completed, 1, 1)
+    );
     pool.stop(Duration::from_secs(1)).await.unwrap();
 }
 
