@@ -1,0 +1,49 @@
+"""hauler: background jobs for Python with a Rust engine.
+
+Define jobs as typed classes, queue them from anywhere, run them on worker pools that
+retry with backoff and survive crashes. SQLite is the embedded default storage.
+
+Example:
+    >>> from hauler import Job, WorkerConfig, create_server
+
+"""
+
+from hauler.errors import (
+    ConfigError,
+    HaulerError,
+    JobNotFoundError,
+    SerializationError,
+    StorageClosedError,
+    StorageError,
+    UnknownJobError,
+    WorkerStoppedError,
+)
+from hauler.handle import QueueHandle, create_server
+from hauler.info import AttemptInfo, ErrorInfo, JobInfo, JobPage, JobStatus
+from hauler.job import DEFAULT_QUEUE, Job
+from hauler.retry import Backoff, MaxRetries
+from hauler.worker import Worker, WorkerConfig
+
+__all__ = [
+    "DEFAULT_QUEUE",
+    "AttemptInfo",
+    "Backoff",
+    "ConfigError",
+    "ErrorInfo",
+    "HaulerError",
+    "Job",
+    "JobInfo",
+    "JobNotFoundError",
+    "JobPage",
+    "JobStatus",
+    "MaxRetries",
+    "QueueHandle",
+    "SerializationError",
+    "StorageClosedError",
+    "StorageError",
+    "UnknownJobError",
+    "Worker",
+    "WorkerConfig",
+    "WorkerStoppedError",
+    "create_server",
+]

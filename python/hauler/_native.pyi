@@ -1,0 +1,162 @@
+"""Type stubs for ``hauler._native``, the Rust engine (private: use the ``hauler`` package).
+
+Conventions at this boundary: timestamps are integers of microseconds since the Unix
+epoch (UTC); job ids are hyphenated UUID strings; job arguments are JSON-compatible
+Python values (dict/list/str/int/float/bool/None) which Rust serializes with serde_json.
+Errors are raised as the classes in ``hauler.errors``.
+"""
+
+import builtins
+from collections.abc import Callable, Sequence
+from typing import Any, TypedDict
+
+class ErrorDict(TypedDict):
+    """An error carried as data."""
+
+    kind: str
+    message: str
+    traceback: str | None
+
+class AttemptDict(TypedDict):
+    """One finished attempt."""
+
+    attempt: int
+    worker_id: str
+    started_at: int
+    finished_at: int
+    outcome: str
+    error: ErrorDict | None
+
+class JobDict(TypedDict):
+    """A stored job as the engine returns it."""
+
+    id: str
+    name: str
+    queue: str
+    args: dict[str, Any]
+    status: str
+    attempt: int
+    max_retries: int | None
+    priority: int
+    timeout_ms: int | None
+    heartbeat_ms: int
+    version: int
+    created_at: int
+    run_at: int
+    started_at: int | None
+    finished_at: int | None
+    worker_id: str | None
+    lease_expires_at: int | None
+    last_error: ErrorDict | None
+    history: list[AttemptDict]
+
+# A job to store: (name, queue, args, priority, retry, timeout_ms, heartbeat_ms,
+# run_at_us or None for now, version). ``retry`` is
+# {"max_retries": int | None, "backoff": kind, "seconds": float, "max_delay": float,
+#  "jitter": float} where kind is "fixed", "linear" or "exponential" ("seconds" is the
+# base for exponential).
+NewJobTuple = tuple[str, str, dict[str, Any], int, dict[str, Any], int | None, int, int | None, int]
+
+def validate_retry(retry: dict[str, Any]) -> None:
+    """Raise ``ConfigError`` naming every problem in a retry policy dict."""
+
+def backoff_delay(retry: dict[str, Any], retry_number: int, unit: float) -> float:
+    """Return the delay in seconds before retry ``retry_number`` (1-based), jitter draw ``unit``."""
+
+def now_us() -> int:
+    """Return the engine's clock: microseconds since the epoch."""
+
+class Storage:
+    """A handle to a storage; share one between producers and workers in a process."""
+
+    @staticmethod
+    def memory() -> Storage:
+        """Open an in-process storage with no persistence."""
+
+    @staticmethod
+    def sqlite(
+        path: str,
+        *,
+        synchronous: str = "normal",
+        busy_timeout_ms: int = 5000,
+        poll_interval_ms: int = 100,
+    ) -> Storage:
+        """Open (creating if needed) the SQLite database at ``path``."""
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+
+    @property
+    def kind(self) -> str:
+        """``"memory"`` or ``"sqlite"``."""
+
+    def push_many(self, jobs: Sequence[NewJobTuple]) -> list[str]:
+        """Store jobs in one transaction; return their ids once durable."""
+
+    def get(self, job_id: str) -> JobDict | None:
+        """One job, or ``None``."""
+
+    def list(
+        self,
+        statuses: Sequence[str],
+        name: str | None,
+        queue: str | None,
+        cursor: str | None,
+        limit: int,
+    ) -> builtins.list[JobDict]:
+        """Jobs, newest first, older than ``cursor``."""
+
+    def counts(self) -> builtins.list[tuple[str, str, int]]:
+        """(queue, status, count) triples."""
+
+    def close(self) -> None:
+        """Close the storage; later calls raise ``StorageClosedError``."""
+
+# Outcome of a sync run, or passed to an async run's done callback:
+#   None                                  -> success
+#   (kind, message, traceback, permanent) -> failure; permanent=True skips retries
+Outcome = tuple[str, str, str | None, bool] | None
+
+class Worker:
+    """A running worker pool (one per ``WorkerConfig.start``)."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        queues: dict[str, int],
+        names: dict[str, str],
+        run_sync: Callable[[str, dict[str, Any], str, int], Outcome],
+        submit_async: Callable[[str, dict[str, Any], str, int, Callable[[Outcome], None]], Any]
+        | None,
+        async_names: Sequence[str],
+        *,
+        worker_id: str,
+        poll_interval_ms: int | None = None,
+        reclaim_interval_ms: int = 1000,
+    ) -> None:
+        """Start claiming and running jobs.
+
+        ``queues`` maps queue name to worker count; ``names`` maps each registered job
+        NAME to its queue. ``run_sync(name, args, job_id, attempt)`` runs a sync job on a
+        worker thread and returns its outcome. ``submit_async(name, args, job_id, attempt,
+        done)`` schedules an async job on the pool's event loop without blocking, calls
+        ``done(outcome)`` when it ends, and returns an object with a ``cancel()`` method.
+        """
+
+    @property
+    def worker_id(self) -> str:
+        """Return the pool's id, recorded on the jobs it claims."""
+
+    @property
+    def running(self) -> bool:
+        """Whether the pool is still running."""
+
+    def stop(self, timeout: float) -> None:
+        """Stop claiming, wait up to ``timeout`` seconds for running jobs, release the rest."""
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until the pool has stopped; ``False`` if ``timeout`` passed first."""
+
+    def in_flight(self) -> int:
+        """How many jobs this pool is running now."""

@@ -1,0 +1,143 @@
+"""Glue the native worker calls into: decode a job, run it, report the outcome as data.
+
+The Rust pool calls :meth:`JobRunner.run_sync` on its worker threads (holding the GIL only
+while Python runs) and :meth:`JobRunner.submit_async` from one submitter thread; async jobs
+run on the :class:`EventLoopThread` the pool owns. Exceptions never cross back into Rust:
+they become ``(type, message, traceback, permanent)`` tuples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+import traceback
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any
+
+from hauler.job import Job
+
+Outcome = tuple[str, str, str | None, bool] | None
+
+
+def _type_name(exc: BaseException) -> str:
+    cls = type(exc)
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
+
+
+def _failure(exc: BaseException, *, permanent: bool) -> Outcome:
+    tb = "".join(traceback.format_exception(exc))
+    return (_type_name(exc), str(exc), tb, permanent)
+
+
+class EventLoopThread:
+    """An asyncio event loop running on its own daemon thread, for a pool's async jobs."""
+
+    def __init__(self, name: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancel what still runs on the loop and stop it."""
+        if self.loop.is_closed():
+            return
+
+        async def _cancel_all() -> None:
+            me = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not me]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        if self._thread.is_alive():
+            fut = asyncio.run_coroutine_threadsafe(_cancel_all(), self.loop)
+            try:
+                fut.result(timeout)
+            except (concurrent.futures.TimeoutError, RuntimeError):
+                pass
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class JobRunner:
+    """Runs registered jobs for one worker pool, with the pool's shared state."""
+
+    def __init__(self, registry: Mapping[str, type[Job[Any]]], state: Any) -> None:
+        self._registry = dict(registry)
+        self._state = state
+        self.loop: EventLoopThread | None = None
+
+    def _build(self, name: str, args: dict[str, Any]) -> Job[Any] | Outcome:
+        cls = self._registry.get(name)
+        if cls is None:
+            return (
+                "UnknownJobError",
+                f"no job class is registered under NAME {name!r}",
+                None,
+                True,
+            )
+        try:
+            return cls._decode(args)
+        except Exception as exc:  # a payload that does not decode will never decode
+            return _failure(exc, permanent=True)
+
+    def run_sync(self, name: str, args: dict[str, Any], job_id: str, attempt: int) -> Outcome:
+        """Run a sync job to its end on the calling (worker) thread."""
+        job = self._build(name, args)
+        if not isinstance(job, Job):
+            return job
+        try:
+            job.run(self._state)
+        except BaseException as exc:
+            return _failure(exc, permanent=False)
+        return None
+
+    async def _run_async(self, job: Job[Any]) -> Outcome:
+        try:
+            result = job.run(self._state)
+            if asyncio.iscoroutine(result):
+                await result
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            return _failure(exc, permanent=False)
+        return None
+
+    def submit_async(
+        self,
+        name: str,
+        args: dict[str, Any],
+        job_id: str,
+        attempt: int,
+        done: Callable[[Outcome], None],
+    ) -> concurrent.futures.Future[Outcome] | None:
+        """Schedule an async job on the pool's loop; ``done`` gets its outcome."""
+        job = self._build(name, args)
+        if not isinstance(job, Job):
+            done(job)
+            return None
+        if self.loop is None:  # pragma: no cover - the pool always creates one
+            done(("WorkerError", "no event loop for async jobs", None, False))
+            return None
+        coro: Coroutine[Any, Any, Outcome] = self._run_async(job)
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop.loop)
+
+        def _report(f: concurrent.futures.Future[Outcome]) -> None:
+            if f.cancelled():
+                done(("CancelledError", "the attempt was cancelled", None, False))
+            elif (exc := f.exception()) is not None:
+                done(_failure(exc, permanent=False))
+            else:
+                done(f.result())
+
+        fut.add_done_callback(_report)
+        return fut

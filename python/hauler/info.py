@@ -1,0 +1,231 @@
+"""Read-only views of stored jobs: :class:`JobInfo` and friends.
+
+Times are timezone-aware ``datetime`` objects in UTC, converted from the engine's
+microseconds since the Unix epoch.
+
+Example:
+    >>> from hauler.info import JobStatus
+    >>> JobStatus("completed") is JobStatus.COMPLETED
+    True
+
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final
+from uuid import UUID
+
+from hauler.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hauler._native import AttemptDict, ErrorDict, JobDict
+
+__all__ = ["AttemptInfo", "ErrorInfo", "JobInfo", "JobPage", "JobStatus"]
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+
+
+def _us_to_dt(us: int) -> datetime:
+    """Convert microseconds since the Unix epoch to an aware UTC datetime, exactly."""
+    return _EPOCH + timedelta(microseconds=us)
+
+
+def _opt_dt(us: int | None) -> datetime | None:
+    return None if us is None else _us_to_dt(us)
+
+
+def _dt_to_us(dt: datetime) -> int:
+    """Convert an aware datetime to microseconds since the Unix epoch, exactly.
+
+    Raises:
+        ConfigError: ``dt`` is naive (has no timezone), so it names no single instant.
+
+    """
+    if dt.utcoffset() is None:
+        raise ConfigError(
+            f"naive datetime {dt.isoformat()!r}: pass a timezone-aware datetime "
+            "(for example datetime.now(timezone.utc))"
+        )
+    return (dt - _EPOCH) // _MICROSECOND
+
+
+class JobStatus(enum.StrEnum):
+    """Where a job is in its life.
+
+    A job is pending while ``scheduled``, ``available`` or ``retryable``; ``running``
+    while a worker holds it; and final once ``completed``, ``failed`` or ``cancelled``.
+
+    Example:
+        >>> JobStatus.RETRYABLE == "retryable"
+        True
+
+    """
+
+    SCHEDULED = "scheduled"
+    """Stored with a run time in the future."""
+    AVAILABLE = "available"
+    """Ready to be claimed by a worker."""
+    RUNNING = "running"
+    """Claimed by a worker that is running it."""
+    RETRYABLE = "retryable"
+    """An attempt failed; waiting for its retry time."""
+    COMPLETED = "completed"
+    """Finished successfully."""
+    FAILED = "failed"
+    """Failed for good: retries exhausted, or a permanent error."""
+    CANCELLED = "cancelled"
+    """Cancelled before it finished."""
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    """An error raised by an attempt (or reported by the engine), carried as data.
+
+    Example:
+        >>> ErrorInfo.from_native({"kind": "ValueError", "message": "bad", "traceback": None})
+        ErrorInfo(type='ValueError', message='bad', traceback=None)
+
+    """
+
+    type: str
+    """The exception's qualified type name (``ValueError``), or an engine reason such as
+    ``Timeout`` or ``LeaseExpired``."""
+    message: str
+    """The error message."""
+    traceback: str | None
+    """The formatted traceback, when there is one."""
+
+    @classmethod
+    def from_native(cls, d: ErrorDict) -> ErrorInfo:
+        """Build from the engine's error dict."""
+        return cls(type=d["kind"], message=d["message"], traceback=d["traceback"])
+
+
+def _opt_error(d: ErrorDict | None) -> ErrorInfo | None:
+    return None if d is None else ErrorInfo.from_native(d)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptInfo:
+    """One finished attempt of a job."""
+
+    attempt: int
+    """The attempt's number, 1 for the first."""
+    worker_id: str
+    """The worker that ran it."""
+    started_at: datetime
+    """When it started (aware, UTC)."""
+    finished_at: datetime
+    """When it ended, or was found abandoned (aware, UTC)."""
+    outcome: str
+    """How it ended: ``"completed"``, ``"failed"``, ``"lease_expired"`` (the worker died
+    or stalled) or ``"released"`` (handed back at shutdown, not counted)."""
+    error: ErrorInfo | None
+    """The error of a failed or abandoned attempt."""
+
+    @classmethod
+    def from_native(cls, d: AttemptDict) -> AttemptInfo:
+        """Build from the engine's attempt dict."""
+        return cls(
+            attempt=d["attempt"],
+            worker_id=d["worker_id"],
+            started_at=_us_to_dt(d["started_at"]),
+            finished_at=_us_to_dt(d["finished_at"]),
+            outcome=d["outcome"],
+            error=_opt_error(d["error"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobInfo:
+    """A stored job: its arguments, its state and its history."""
+
+    id: UUID
+    """The job's id."""
+    name: str
+    """The job class's ``NAME``."""
+    queue: str
+    """The queue it runs on."""
+    args: dict[str, Any]
+    """The stored fields, as JSON-compatible values."""
+    status: JobStatus
+    """Where it is in its life."""
+    attempt: int
+    """Attempts started so far."""
+    max_retries: int | None
+    """Retries allowed after the first attempt; ``None`` for infinite."""
+    priority: int
+    """Higher runs first within a queue."""
+    created_at: datetime
+    """When it was stored (aware, UTC)."""
+    run_at: datetime
+    """When it may next run, or last became runnable (aware, UTC)."""
+    started_at: datetime | None
+    """When the current or last attempt started (aware, UTC)."""
+    finished_at: datetime | None
+    """When it reached a final status (aware, UTC)."""
+    last_error: ErrorInfo | None
+    """The most recent error."""
+    history: list[AttemptInfo]
+    """Every finished attempt, oldest first."""
+    worker_id: str | None
+    """The worker running it, while it runs."""
+    lease_expires_at: datetime | None
+    """When the running worker's lease ends unless renewed (aware, UTC)."""
+    timeout: float | None
+    """The time limit of one attempt in seconds, or ``None``."""
+    version: int
+    """The ``VERSION`` of the class that stored it."""
+
+    @classmethod
+    def from_native(cls, d: JobDict) -> JobInfo:
+        """Build from the engine's job dict."""
+        timeout_ms = d["timeout_ms"]
+        return cls(
+            id=UUID(d["id"]),
+            name=d["name"],
+            queue=d["queue"],
+            args=d["args"],
+            status=JobStatus(d["status"]),
+            attempt=d["attempt"],
+            max_retries=d["max_retries"],
+            priority=d["priority"],
+            created_at=_us_to_dt(d["created_at"]),
+            run_at=_us_to_dt(d["run_at"]),
+            started_at=_opt_dt(d["started_at"]),
+            finished_at=_opt_dt(d["finished_at"]),
+            last_error=_opt_error(d["last_error"]),
+            history=[AttemptInfo.from_native(a) for a in d["history"]],
+            worker_id=d["worker_id"],
+            lease_expires_at=_opt_dt(d["lease_expires_at"]),
+            timeout=None if timeout_ms is None else timeout_ms / 1000,
+            version=d["version"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class JobPage:
+    """One page of a job listing, newest first; iterate it, or pass ``next_cursor`` on.
+
+    Example:
+        >>> page = JobPage(jobs=[], next_cursor=None)
+        >>> len(page), list(page), page.next_cursor
+        (0, [], None)
+
+    """
+
+    jobs: list[JobInfo]
+    """The jobs on this page."""
+    next_cursor: str | None
+    """The cursor of the next (older) page, or ``None`` on the last page."""
+
+    def __iter__(self) -> Iterator[JobInfo]:
+        return iter(self.jobs)
+
+    def __len__(self) -> int:
+        return len(self.jobs)

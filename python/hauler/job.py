@@ -1,0 +1,283 @@
+"""The :class:`Job` base class: a job is a typed dataclass with a ``run`` method.
+
+Example:
+    >>> from hauler.job import Job
+    >>> class SendEmail(Job[None]):
+    ...     NAME = "send_email"
+    ...     to: str
+    ...     subject: str = "hello"
+    ...
+    ...     def run(self, state: None) -> None:
+    ...         print(f"mail to {self.to}: {self.subject}")
+    >>> SendEmail("ada@example.com")
+    SendEmail(to='ada@example.com', subject='hello')
+
+"""
+
+import dataclasses
+import inspect
+import math
+import re
+from collections.abc import Awaitable, Mapping
+from typing import (
+    Any,
+    ClassVar,
+    Final,
+    Generic,
+    Self,
+    TypeVar,
+    cast,
+    dataclass_transform,
+    get_origin,
+)
+
+from hauler._codec import DataclassCodec, codec_for
+from hauler.errors import ConfigError
+from hauler.retry import Backoff, MaxRetries, _native_retry
+
+__all__ = ["DEFAULT_QUEUE", "Job", "JobSpec"]
+
+DEFAULT_QUEUE: Final = "default"
+"""The queue a job runs on unless its class sets ``QUEUE``."""
+
+StateT = TypeVar("StateT")
+
+_I32: Final = 2**31
+_U32_MAX: Final = 2**32 - 1
+# A class attribute named like a constant is configuration, never a field.
+_CONSTANT: Final = re.compile(r"[A-Z][A-Z0-9_]*")
+_CLASSVAR_TEXT: Final = re.compile(r"(typing\.)?ClassVar\b")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class JobSpec:
+    """Everything the engine needs to know about a job class, validated.
+
+    Built by :meth:`Job._spec` on first use and cached on the class.
+    """
+
+    cls: "type[Job[Any]]"
+    """The job class."""
+    name: str
+    """``NAME``: the job's unique name, stored with each job."""
+    queue: str
+    """``QUEUE``."""
+    priority: int
+    """``PRIORITY``: higher runs first within a queue."""
+    retry: dict[str, Any]
+    """``MAX_RETRIES`` and ``BACKOFF`` in the shape ``hauler._native`` takes."""
+    timeout_ms: int | None
+    """``TIMEOUT`` in milliseconds, or ``None`` for no limit."""
+    heartbeat_ms: int
+    """``HEARTBEAT_INTERVAL`` in milliseconds."""
+    version: int
+    """``VERSION``."""
+    is_async: bool
+    """Whether ``run`` is a coroutine function (``async def``)."""
+    codec: "DataclassCodec[Job[Any]]"
+    """Encodes and decodes the fields."""
+
+
+def _is_int(value: object) -> bool:
+    return type(value) is int
+
+
+def _is_constant(attr: str, annotation: object) -> bool:
+    """Whether ``attr`` is named like a constant but not yet annotated as a ClassVar."""
+    if _CONSTANT.fullmatch(attr) is None:
+        return False
+    if isinstance(annotation, str):
+        return _CLASSVAR_TEXT.match(annotation) is None
+    return annotation is not ClassVar and get_origin(annotation) is not ClassVar
+
+
+@dataclass_transform(field_specifiers=(dataclasses.field, dataclasses.Field))
+class Job(Generic[StateT]):
+    """Base class of every job: subclass it, set ``NAME``, declare fields, write ``run``.
+
+    Each subclass becomes a dataclass over its annotated attributes (its fields): it can
+    be built with positional or keyword arguments, fields may have defaults, and instances
+    compare by value and have a readable ``repr``. Attributes named in UPPER_CASE are
+    class constants, never fields (leave them unannotated, as type checkers would take an
+    annotated one for a field). The fields are stored as JSON, so they must hold values
+    hauler can encode (see :mod:`hauler._codec`): ``str``, ``int``, ``float``, ``bool``,
+    ``None``, lists, tuples, dicts with ``str`` keys, aware ``datetime``, ``date``,
+    ``UUID``, ``Decimal``, ``Enum`` and dataclasses of those.
+
+    ``StateT`` is the type of the application state that the worker passes to ``run``
+    (a database pool, an HTTP client...).
+
+    The class constants are checked the first time the class is used (queued, or given to
+    a worker), not when it is defined, so an intermediate base class without ``NAME`` is
+    fine.
+
+    Example:
+        >>> from dataclasses import dataclass
+        >>> from hauler.retry import Backoff, MaxRetries
+        >>> @dataclass
+        ... class AppState:
+        ...     sent: list[str]
+        >>> class SendEmail(Job[AppState]):
+        ...     NAME = "send_email"
+        ...     MAX_RETRIES = MaxRetries.count(3)
+        ...     BACKOFF = Backoff.exponential(2, max_delay=600)
+        ...     TIMEOUT = 30.0
+        ...     to: str
+        ...
+        ...     def run(self, state: AppState) -> None:
+        ...         state.sent.append(self.to)
+        >>> state = AppState(sent=[])
+        >>> SendEmail(to="ada@example.com").run(state)
+        >>> state.sent
+        ['ada@example.com']
+
+    """
+
+    NAME: ClassVar[str]
+    """The job's unique name (required). It is stored with each job and tells a worker
+    which class runs it, so keep it stable when renaming or moving the class."""
+    QUEUE: ClassVar[str] = DEFAULT_QUEUE
+    """The queue the job runs on."""
+    MAX_RETRIES: ClassVar[MaxRetries] = MaxRetries.count(5)
+    """How many times a failed job is retried after its first attempt."""
+    BACKOFF: ClassVar[Backoff] = Backoff.exponential(2)
+    """How long to wait before each retry."""
+    TIMEOUT: ClassVar[float | None] = None
+    """The time limit of one attempt in seconds, or ``None`` for no limit."""
+    PRIORITY: ClassVar[int] = 0
+    """Higher runs first within a queue."""
+    HEARTBEAT_INTERVAL: ClassVar[int] = 5000
+    """How often, in milliseconds, a running job tells the storage it is alive. A job whose
+    worker stops heartbeating for three intervals is taken back and retried."""
+    VERSION: ClassVar[int] = 1
+    """The version of the job's fields, stored with each job; bump it when they change."""
+
+    _hauler_spec: ClassVar[JobSpec | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        own = inspect.get_annotations(cls)
+        if any(_is_constant(attr, annotation) for attr, annotation in own.items()):
+            cls.__annotations__ = {
+                attr: ClassVar[annotation] if _is_constant(attr, annotation) else annotation
+                for attr, annotation in own.items()
+            }
+        cls._hauler_spec = None  # each class computes its own spec
+        dataclasses.dataclass(cls)
+
+    def run(self, state: StateT) -> Awaitable[None] | None:
+        """Do the job's work; write it as ``def run`` or ``async def run``.
+
+        Raising an exception fails the attempt; the job is retried per ``MAX_RETRIES`` and
+        ``BACKOFF``.
+
+        Args:
+            state: The application state the worker was given.
+
+        Raises:
+            NotImplementedError: The subclass did not define ``run``.
+
+        """
+        raise NotImplementedError(f"{type(self).__name__} must define run(self, state)")
+
+    @classmethod
+    def _spec(cls) -> JobSpec:
+        """Return the class's validated :class:`JobSpec`, computed once and cached.
+
+        Raises:
+            ConfigError: A class constant, ``run`` or a field type is invalid; the message
+                names the class and every bad attribute.
+
+        """
+        spec = cls._hauler_spec
+        if spec is None:
+            spec = cls._hauler_spec = _build_spec(cls)
+        return spec
+
+    def _encode(self) -> dict[str, Any]:
+        """Encode the fields to a JSON-compatible dict.
+
+        Raises:
+            SerializationError: A field holds a value that cannot be stored.
+
+        """
+        return type(self)._spec().codec.encode(self)
+
+    @classmethod
+    def _decode(cls, args: Mapping[str, Any]) -> Self:
+        """Rebuild a job from the dict :meth:`_encode` made.
+
+        Raises:
+            SerializationError: A field is missing or unknown, or a value does not fit.
+
+        """
+        return cast(Self, cls._spec().codec.decode(args))
+
+
+def _build_spec(cls: type[Job[Any]]) -> JobSpec:
+    """Validate ``cls``'s constants, ``run`` and field types; report every problem at once."""
+    label = cls.__name__
+    problems: list[str] = []
+
+    def problem(attr: str, expected: str) -> None:
+        problems.append(f"{label}.{attr} must be {expected}, got {getattr(cls, attr, None)!r}")
+
+    name = cls.__dict__.get("NAME")
+    if name is None:
+        inherited = getattr(cls, "NAME", None)
+        problems.append(
+            f"{label}.NAME is missing: set NAME = '...' to a unique job name"
+            if inherited is None
+            else f"{label}.NAME is missing: every job class needs its own NAME "
+            f"(it would inherit {inherited!r})"
+        )
+    elif not isinstance(name, str) or not name:
+        problem("NAME", "a non-empty str")
+        name = None
+    queue = cls.QUEUE
+    if not isinstance(queue, str) or not queue:
+        problem("QUEUE", "a non-empty str")
+    if not isinstance(cls.MAX_RETRIES, MaxRetries):
+        problem("MAX_RETRIES", "a MaxRetries, such as MaxRetries.count(3)")
+    if not isinstance(cls.BACKOFF, Backoff):
+        problem("BACKOFF", "a Backoff, such as Backoff.exponential(2)")
+    timeout = cls.TIMEOUT
+    timeout_ms = None
+    if timeout is not None:
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or timeout <= 0
+        ):
+            problem("TIMEOUT", "None or a positive number of seconds")
+        else:
+            timeout_ms = max(1, round(timeout * 1000))
+    if not _is_int(cls.PRIORITY) or not -_I32 <= cls.PRIORITY < _I32:
+        problem("PRIORITY", f"an int from {-_I32} to {_I32 - 1}")
+    if not _is_int(cls.HEARTBEAT_INTERVAL) or cls.HEARTBEAT_INTERVAL <= 0:
+        problem("HEARTBEAT_INTERVAL", "a positive int (milliseconds)")
+    if not _is_int(cls.VERSION) or not 1 <= cls.VERSION <= _U32_MAX:
+        problem("VERSION", f"an int from 1 to {_U32_MAX}")
+    run = getattr(cls, "run", None)
+    if run is Job.run or not callable(run):
+        problems.append(f"{label} must define run(self, state)")
+    codec = None
+    try:
+        codec = codec_for(cls)
+    except ConfigError as e:
+        problems.append(str(e))
+    if problems or name is None or codec is None:
+        raise ConfigError("; ".join(problems))
+    return JobSpec(
+        cls=cls,
+        name=name,
+        queue=queue,
+        priority=cls.PRIORITY,
+        retry=_native_retry(cls.MAX_RETRIES, cls.BACKOFF),
+        timeout_ms=timeout_ms,
+        heartbeat_ms=cls.HEARTBEAT_INTERVAL,
+        version=cls.VERSION,
+        is_async=inspect.iscoroutinefunction(run),
+        codec=codec,
+    )

@@ -1,0 +1,265 @@
+"""The worker side: ``WorkerConfig`` describes a pool, ``start()`` runs it."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import threading
+import uuid
+import weakref
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from hauler import _native
+from hauler._runtime import EventLoopThread, JobRunner
+from hauler.errors import ConfigError, UnknownJobError
+from hauler.handle import QueueHandle
+from hauler.job import Job
+from hauler.storage import Storage
+
+StateT = TypeVar("StateT")
+
+DEFAULT_WORKER_COUNT = 4
+"""Workers per registered queue unless ``set_worker_count`` says otherwise."""
+
+_running: weakref.WeakSet[Worker] = weakref.WeakSet()
+_running_lock = threading.Lock()
+
+
+def _positive_seconds(name: str, value: float | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"{name} must be a positive number of seconds, got {value!r}")
+    return max(1, round(value * 1000))
+
+
+class WorkerConfig(Generic[StateT]):
+    """Describes a worker pool: which jobs it runs, on how many workers, with what state.
+
+    ``state_factory()`` is called once when the pool starts; its result is passed to every
+    job the pool runs.
+
+    Example:
+        >>> config = WorkerConfig(lambda: AppState("my app")).register(SendEmail)  # doctest: +SKIP
+        >>> worker = config.set_worker_count("default", 16).start()  # doctest: +SKIP
+
+    """
+
+    def __init__(
+        self,
+        state_factory: Callable[[], StateT] | None = None,
+        *,
+        storage: Storage | str | None = None,
+        poll_interval: float | None = None,
+        reclaim_interval: float = 1.0,
+        worker_id: str | None = None,
+    ) -> None:
+        if state_factory is not None and not callable(state_factory):
+            raise ConfigError(f"state_factory must be callable, got {type(state_factory).__name__}")
+        self._state_factory = state_factory
+        self._storage = storage
+        self._poll_interval_ms = _positive_seconds("poll_interval", poll_interval)
+        self._reclaim_interval_ms = _positive_seconds("reclaim_interval", reclaim_interval) or 1000
+        if worker_id is not None and (not isinstance(worker_id, str) or not worker_id):
+            raise ConfigError(f"worker_id must be a non-empty str, got {worker_id!r}")
+        self._worker_id = worker_id
+        self._jobs: dict[str, type[Job[Any]]] = {}
+        self._counts: dict[str, int] = {}
+
+    def register(self, job_cls: type[Job[StateT]]) -> WorkerConfig[StateT]:
+        """Run jobs of ``job_cls`` in this pool. Its NAME must be unique in the pool.
+
+        Raises:
+            ConfigError: not a Job subclass, an invalid class constant, or another class is
+                already registered under the same NAME.
+
+        """
+        if not (isinstance(job_cls, type) and issubclass(job_cls, Job)):
+            raise ConfigError(f"register() takes a Job subclass, got {job_cls!r}")
+        spec = job_cls._spec()
+        other = self._jobs.get(spec.name)
+        if other is not None and other is not job_cls:
+            raise ConfigError(
+                f"job NAME {spec.name!r} is already registered by "
+                f"{other.__module__}.{other.__qualname__}; each NAME must be unique"
+            )
+        self._jobs[spec.name] = job_cls
+        return self
+
+    def set_worker_count(self, queue: str, count: int) -> WorkerConfig[StateT]:
+        """Run up to ``count`` jobs of ``queue`` at once (default 4 per registered queue)."""
+        if not isinstance(queue, str) or not queue:
+            raise ConfigError(f"queue must be a non-empty str, got {queue!r}")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ConfigError(
+                f"worker count for queue {queue!r} must be an int >= 1, got {count!r}"
+            )
+        self._counts[queue] = count
+        return self
+
+    def job_class(self, name: str) -> type[Job[Any]]:
+        """Return the class registered under ``name``.
+
+        Raises:
+            UnknownJobError: nothing is registered under that name.
+
+        """
+        try:
+            return self._jobs[name]
+        except KeyError:
+            known = ", ".join(sorted(self._jobs)) or "none"
+            raise UnknownJobError(
+                f"no job registered under NAME {name!r} (registered: {known})"
+            ) from None
+
+    def start(self, queue_handle: QueueHandle | None = None) -> Worker:
+        """Start the pool and return it running.
+
+        The storage is the queue handle's if one is given, else the ``storage=`` given to the
+        config, else ``$HAULER_STORAGE``, else ``SqliteStorage("hauler.db")``.
+
+        Raises:
+            ConfigError: no job registered, or a worker count set for a queue no registered
+                job uses.
+
+        """
+        if not self._jobs:
+            raise ConfigError("no job registered: call register(JobClass) before start()")
+        queues: dict[str, int] = {}
+        names: dict[str, str] = {}
+        async_names: list[str] = []
+        for name, cls in self._jobs.items():
+            spec = cls._spec()
+            names[name] = spec.queue
+            queues[spec.queue] = self._counts.get(spec.queue, DEFAULT_WORKER_COUNT)
+            if spec.is_async:
+                async_names.append(name)
+        unused = sorted(set(self._counts) - set(queues))
+        if unused:
+            raise ConfigError(
+                f"worker count set for queue(s) {unused} but no registered job runs there"
+            )
+        if queue_handle is not None:
+            if self._storage is not None and queue_handle.storage is not self._storage:
+                raise ConfigError(
+                    "give the storage either to WorkerConfig or via the queue handle, not both"
+                )
+            storage_arg: Storage | str | None = queue_handle.storage
+        else:
+            storage_arg = self._storage
+        state = self._state_factory() if self._state_factory is not None else None
+        worker_id = (
+            self._worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        )
+        return Worker._start(self, storage_arg, queues, names, async_names, state, worker_id)
+
+
+class Worker(QueueHandle):
+    """A running worker pool. It is also a :class:`QueueHandle` on the same storage.
+
+    Use it as a context manager to stop (drain) it on exit:
+
+    Example:
+        >>> with WorkerConfig().register(SendEmail).start() as worker:  # doctest: +SKIP
+        ...     worker.queue(SendEmail(to="a@b.c", subject="hi"))
+
+    """
+
+    _native_worker: _native.Worker
+    _loop: EventLoopThread | None
+    _runner: JobRunner
+
+    @classmethod
+    def _start(
+        cls,
+        config: WorkerConfig[Any],
+        storage: Storage | str | None,
+        queues: dict[str, int],
+        names: dict[str, str],
+        async_names: list[str],
+        state: Any,
+        worker_id: str,
+    ) -> Worker:
+        self = cls(storage)
+        runner = JobRunner(config._jobs, state)
+        self._loop = EventLoopThread(f"hauler-async-{worker_id}") if async_names else None
+        runner.loop = self._loop
+        self._runner = runner
+        try:
+            self._native_worker = _native.Worker(
+                self.storage._native,
+                queues,
+                names,
+                runner.run_sync,
+                runner.submit_async if async_names else None,
+                async_names,
+                worker_id=worker_id,
+                poll_interval_ms=config._poll_interval_ms,
+                reclaim_interval_ms=config._reclaim_interval_ms,
+            )
+        except BaseException:
+            if self._loop is not None:
+                self._loop.stop()
+            raise
+        with _running_lock:
+            _running.add(self)
+        return self
+
+    @property
+    def worker_id(self) -> str:
+        """Return the pool's id (host:pid:random), recorded on every job it claims."""
+        return self._native_worker.worker_id
+
+    @property
+    def running(self) -> bool:
+        """Whether the pool is still running."""
+        return self._native_worker.running
+
+    @property
+    def in_flight(self) -> int:
+        """How many jobs the pool is running right now."""
+        return self._native_worker.in_flight()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Drain: claim nothing more, let running jobs finish for up to ``timeout`` seconds.
+
+        Jobs still running after that are handed back to the storage at once (available to
+        another worker, the attempt not counted). A sync job's thread cannot be interrupted:
+        it runs on in the background and its result is ignored. Idempotent.
+        """
+        try:
+            self._native_worker.stop(timeout)
+        finally:
+            if self._loop is not None:
+                self._loop.stop()
+            with _running_lock:
+                _running.discard(self)
+
+    def join(self, timeout: float | None = None) -> bool:
+        """Block until the pool stops (Ctrl-C raises KeyboardInterrupt); False on timeout."""
+        return self._native_worker.join(timeout)
+
+    def __enter__(self) -> Worker:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@atexit.register
+def _stop_running_workers() -> None:
+    with _running_lock:
+        workers = list(_running)
+    for w in workers:
+        try:
+            w.stop(timeout=5.0)
+        except Exception:  # pragma: no cover - best effort at interpreter exit
+            pass

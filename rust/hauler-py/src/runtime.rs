@@ -1,0 +1,66 @@
+//! The process's one tokio runtime, and the one helper every blocking call goes through.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use tokio::runtime::Runtime;
+
+use crate::errors::to_pyerr;
+
+/// (pid that built it, runtime). A forked child sees another pid and builds its own
+/// runtime instead of using the parent's, whose threads did not survive the fork.
+static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
+
+/// The runtime for this process, built on first use.
+pub(crate) fn runtime() -> PyResult<Arc<Runtime>> {
+    let pid = std::process::id();
+    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((owner, rt)) = slot.as_ref() {
+        if *owner == pid {
+            return Ok(rt.clone());
+        }
+        // Inherited across fork: its threads are gone, so it must never be dropped here.
+        if let Some((_, old)) = slot.take() {
+            std::mem::forget(old);
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("hauler-rt")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "cannot start the hauler runtime: {e}"
+            ))
+        })?;
+    let rt = Arc::new(rt);
+    *slot = Some((pid, rt.clone()));
+    Ok(rt)
+}
+
+/// Run `fut` to completion on the runtime with the GIL released, mapping engine errors to
+/// hauler exceptions. Every 100 ms it takes the GIL back to let Ctrl-C raise
+/// `KeyboardInterrupt` (the future is then dropped).
+pub(crate) fn wait<T, F>(py: Python<'_>, fut: F) -> PyResult<T>
+where
+    T: Send,
+    F: Future<Output = hauler_core::Result<T>> + Send,
+{
+    let rt = runtime()?;
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let polled = py.detach(|| {
+            // The timer must be built inside the runtime's context, hence the async block.
+            rt.block_on(async {
+                tokio::time::timeout(Duration::from_millis(100), fut.as_mut()).await
+            })
+        });
+        match polled {
+            Ok(result) => return result.map_err(to_pyerr),
+            Err(_elapsed) => py.check_signals()?,
+        }
+    }
+}

@@ -1,0 +1,273 @@
+//! `_native.Storage`: one storage handle, shared by the producers and workers of a process.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hauler_core::model::{JobId, JobStatus, NewJob, Timestamp};
+use hauler_core::queue::Queue;
+use hauler_core::storage::{
+    JobListParams, MemoryStorage, SqliteOptions, SqliteStorage, Synchronous,
+};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use crate::convert::{record_to_py, retry_from_py};
+use crate::errors::{hauler_err, to_pyerr};
+use crate::json::to_json;
+use crate::runtime::{runtime, wait};
+
+/// A storage handle (see `_native.pyi`).
+#[pyclass(name = "Storage", module = "hauler._native", frozen)]
+pub(crate) struct PyStorage {
+    pub(crate) queue: Arc<Queue>,
+    kind: &'static str,
+    closed: AtomicBool,
+}
+
+fn parse_id(s: &str) -> PyResult<JobId> {
+    JobId::from_str(s).map_err(to_pyerr)
+}
+
+fn millis(name: &str, ms: i64) -> PyResult<Duration> {
+    u64::try_from(ms)
+        .ok()
+        .filter(|&m| m > 0)
+        .map(Duration::from_millis)
+        .ok_or_else(|| {
+            hauler_err(
+                "ConfigError",
+                format!("{name} must be a positive number of milliseconds, got {ms}"),
+            )
+        })
+}
+
+/// One job tuple of `push_many` → a `NewJob` (arguments serialized here, with the GIL).
+fn new_job(t: &Bound<'_, PyAny>) -> PyResult<NewJob> {
+    let t = t
+        .cast::<PyTuple>()
+        .map_err(|_| hauler_err("ConfigError", "each job must be a tuple"))?;
+    if t.len() != 9 {
+        return Err(hauler_err(
+            "ConfigError",
+            format!("a job tuple has 9 items, got {}", t.len()),
+        ));
+    }
+    let name: String = t.get_item(0)?.extract()?;
+    let args = t.get_item(2)?;
+    let args_json = to_json(&args).map_err(|e| {
+        hauler_err(
+            "SerializationError",
+            format!("job {name:?}: arguments cannot be serialized: {e}"),
+        )
+    })?;
+    let retry = t.get_item(4)?;
+    let retry = retry
+        .cast::<PyDict>()
+        .map_err(|_| hauler_err("ConfigError", "retry policy must be a dict"))?;
+    let heartbeat_ms: i64 = t.get_item(6)?.extract()?;
+    let heartbeat_ms = millis("HEARTBEAT_INTERVAL", heartbeat_ms)?.as_millis() as u64;
+    let timeout_ms: Option<i64> = t.get_item(5)?.extract()?;
+    let timeout_ms = timeout_ms
+        .map(|ms| millis("TIMEOUT", ms).map(|d| d.as_millis() as u64))
+        .transpose()?;
+    let version: i64 = t.get_item(8)?.extract()?;
+    let version = u32::try_from(version)
+        .ok()
+        .filter(|&v| v > 0)
+        .ok_or_else(|| {
+            hauler_err(
+                "ConfigError",
+                format!("VERSION must be a positive int, got {version}"),
+            )
+        })?;
+    let priority: i64 = t.get_item(3)?.extract()?;
+    let priority = i32::try_from(priority).map_err(|_| {
+        hauler_err(
+            "ConfigError",
+            format!("PRIORITY must fit in 32 bits, got {priority}"),
+        )
+    })?;
+    Ok(NewJob {
+        id: JobId::new(),
+        name,
+        queue: t.get_item(1)?.extract()?,
+        args: args_json,
+        priority,
+        retry: retry_from_py(retry)?,
+        timeout_ms,
+        heartbeat_ms,
+        run_at: t
+            .get_item(7)?
+            .extract::<Option<i64>>()?
+            .map(Timestamp::from_micros),
+        version,
+        unique_key: None,
+    })
+}
+
+impl PyStorage {
+    fn new(storage: Arc<dyn hauler_core::storage::Storage>, kind: &'static str) -> Self {
+        PyStorage {
+            queue: Arc::new(Queue::new(storage)),
+            kind,
+            closed: AtomicBool::new(false),
+        }
+    }
+}
+
+#[pymethods]
+impl PyStorage {
+    /// An in-process storage with no persistence.
+    #[staticmethod]
+    fn memory() -> Self {
+        PyStorage::new(Arc::new(MemoryStorage::new()), "memory")
+    }
+
+    /// Open (creating if needed) the SQLite database at `path`.
+    #[staticmethod]
+    #[pyo3(signature = (path, *, synchronous = "normal", busy_timeout_ms = 5000, poll_interval_ms = 100))]
+    fn sqlite(
+        py: Python<'_>,
+        path: String,
+        synchronous: &str,
+        busy_timeout_ms: i64,
+        poll_interval_ms: i64,
+    ) -> PyResult<Self> {
+        let opts = SqliteOptions {
+            synchronous: Synchronous::from_str(synchronous).map_err(to_pyerr)?,
+            busy_timeout: millis("busy_timeout", busy_timeout_ms)?,
+            poll_interval: millis("poll_interval", poll_interval_ms)?,
+        };
+        let storage = py
+            .detach(|| SqliteStorage::open(&path, opts))
+            .map_err(to_pyerr)?;
+        Ok(PyStorage::new(Arc::new(storage), "sqlite"))
+    }
+
+    /// `"memory"` or `"sqlite"`.
+    #[getter]
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+
+    /// Whether `close()` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Store jobs in one transaction; return their ids once durable.
+    fn push_many(&self, py: Python<'_>, jobs: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        let mut new = Vec::new();
+        for item in jobs.try_iter()? {
+            new.push(new_job(&item?)?);
+        }
+        let queue = self.queue.clone();
+        let ids = wait(py, async move { queue.push_many(new).await })?;
+        Ok(ids.iter().map(JobId::to_string).collect())
+    }
+
+    /// One job, or None.
+    fn get<'py>(&self, py: Python<'py>, job_id: &str) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let id = parse_id(job_id)?;
+        let storage = self.queue.storage().clone();
+        let rec = wait(py, async move { storage.job_get(id).await })?;
+        rec.map(|r| record_to_py(py, &r)).transpose()
+    }
+
+    /// Jobs, newest first, older than `cursor`.
+    #[pyo3(signature = (statuses, name, queue, cursor, limit))]
+    fn list<'py>(
+        &self,
+        py: Python<'py>,
+        statuses: Vec<String>,
+        name: Option<String>,
+        queue: Option<String>,
+        cursor: Option<&str>,
+        limit: i64,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let statuses = statuses
+            .iter()
+            .map(|s| JobStatus::from_str(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(to_pyerr)?;
+        let limit = u32::try_from(limit)
+            .ok()
+            .filter(|&l| l > 0)
+            .ok_or_else(|| {
+                hauler_err(
+                    "ConfigError",
+                    format!("limit must be a positive int, got {limit}"),
+                )
+            })?;
+        let cursor = cursor.map(parse_id).transpose()?;
+        let storage = self.queue.storage().clone();
+        let params = JobListParams {
+            statuses,
+            name,
+            queue,
+            cursor,
+            limit,
+        };
+        let recs = wait(py, async move { storage.job_list(params).await })?;
+        let out = PyList::empty(py);
+        for r in &recs {
+            out.append(record_to_py(py, r)?)?;
+        }
+        Ok(out)
+    }
+
+    /// (queue, status, count) triples.
+    fn counts(&self, py: Python<'_>) -> PyResult<Vec<(String, String, u64)>> {
+        let storage = self.queue.storage().clone();
+        let counts = wait(py, async move { storage.job_counts().await })?;
+        Ok(counts
+            .into_iter()
+            .map(|c| (c.queue, c.status.as_str().to_owned(), c.count))
+            .collect())
+    }
+
+    /// Close the storage; later calls raise StorageClosedError.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let storage = self.queue.storage().clone();
+        wait(py, async move { storage.close().await })?;
+        self.closed.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<hauler._native.Storage {}>", self.kind)
+    }
+}
+
+/// The engine's clock, in microseconds since the epoch.
+#[pyfunction]
+pub(crate) fn now_us() -> i64 {
+    Timestamp::now().as_micros()
+}
+
+/// Raise ConfigError naming every problem in a retry policy dict.
+#[pyfunction]
+pub(crate) fn validate_retry(retry: &Bound<'_, PyDict>) -> PyResult<()> {
+    retry_from_py(retry).map(|_| ())
+}
+
+/// The delay in seconds before retry `retry_number` with jitter draw `unit`.
+#[pyfunction]
+pub(crate) fn backoff_delay(
+    retry: &Bound<'_, PyDict>,
+    retry_number: u32,
+    unit: f64,
+) -> PyResult<f64> {
+    Ok(retry_from_py(retry)?
+        .backoff
+        .delay(retry_number, unit)
+        .as_secs_f64())
+}
+
+/// Make sure the runtime can start (called at import so a failure is reported early).
+pub(crate) fn warm_up() -> PyResult<()> {
+    runtime().map(|_| ())
+}

@@ -1,0 +1,454 @@
+//! `_native.Worker`: a worker pool whose executor runs Python jobs.
+//!
+//! Sync jobs run on the pool's own OS threads (as many as its total worker count), each
+//! holding the GIL only while Python runs. Async jobs are handed to the pool's asyncio loop
+//! by one submitter thread; the loop reports back through a callback. No tokio thread ever
+//! takes the GIL.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender};
+use hauler_core::config::{PoolConfig, QueueConfig};
+use hauler_core::model::{ClaimedJob, ErrorInfo, JobId};
+use hauler_core::worker::{Completion, Executor, Outcome, WorkerPool};
+use pyo3::prelude::*;
+
+use crate::errors::hauler_err;
+use crate::json::from_json;
+use crate::runtime::{runtime, wait};
+use crate::storage::PyStorage;
+
+type Handles = Arc<Mutex<HashMap<JobId, Py<PyAny>>>>;
+
+enum AsyncMsg {
+    Run(ClaimedJob, Completion),
+    Abandon(JobId),
+}
+
+struct PyExecutor {
+    sync_tx: Mutex<Option<Sender<(ClaimedJob, Completion)>>>,
+    async_tx: Mutex<Option<Sender<AsyncMsg>>>,
+    async_names: HashSet<String>,
+}
+
+fn stopped_outcome() -> Outcome {
+    Outcome::Failure {
+        error: ErrorInfo::engine("WorkerStopped", "the worker stopped before running the job"),
+        permanent: false,
+    }
+}
+
+impl Executor for PyExecutor {
+    fn execute(&self, job: ClaimedJob, done: Completion) {
+        if self.async_names.contains(&job.name) {
+            let tx = self
+                .async_tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            match tx {
+                Some(tx) => {
+                    if let Err(e) = tx.send(AsyncMsg::Run(job, done)) {
+                        if let AsyncMsg::Run(_, done) = e.into_inner() {
+                            done.send(stopped_outcome());
+                        }
+                    }
+                }
+                None => done.send(stopped_outcome()),
+            }
+        } else {
+            let tx = self
+                .sync_tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone();
+            match tx {
+                Some(tx) => {
+                    if let Err(e) = tx.send((job, done)) {
+                        e.into_inner().1.send(stopped_outcome());
+                    }
+                }
+                None => done.send(stopped_outcome()),
+            }
+        }
+    }
+
+    fn abandon(&self, job_id: JobId) {
+        if let Some(tx) = self
+            .async_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send(AsyncMsg::Abandon(job_id));
+        }
+    }
+}
+
+impl PyExecutor {
+    /// Drop the channels: threads finish their current job and exit.
+    fn shutdown(&self) {
+        self.sync_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        self.async_tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+    }
+}
+
+/// `None` → success; `(kind, message, traceback, permanent)` → failure.
+fn parse_outcome(obj: &Bound<'_, PyAny>) -> Outcome {
+    if obj.is_none() {
+        return Outcome::Success;
+    }
+    match obj.extract::<(String, String, Option<String>, bool)>() {
+        Ok((kind, message, traceback, permanent)) => Outcome::Failure {
+            error: ErrorInfo {
+                kind,
+                message,
+                traceback,
+            },
+            permanent,
+        },
+        Err(e) => Outcome::Failure {
+            error: ErrorInfo::engine("WorkerError", format!("malformed job outcome: {e}")),
+            permanent: false,
+        },
+    }
+}
+
+fn py_failure(py: Python<'_>, e: &PyErr, permanent: bool) -> Outcome {
+    let kind = e
+        .get_type(py)
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    let traceback = e.traceback(py).and_then(|tb| tb.format().ok());
+    Outcome::Failure {
+        error: ErrorInfo {
+            kind,
+            message: e.value(py).to_string(),
+            traceback,
+        },
+        permanent,
+    }
+}
+
+fn panic_outcome() -> Outcome {
+    Outcome::Failure {
+        error: ErrorInfo::engine(
+            "WorkerError",
+            "internal error (panic) while running the job",
+        ),
+        permanent: false,
+    }
+}
+
+fn run_sync_job(py: Python<'_>, run_sync: &Py<PyAny>, job: &ClaimedJob) -> Outcome {
+    let args = match from_json(py, &job.args) {
+        Ok(a) => a,
+        Err(e) => return py_failure(py, &e, true),
+    };
+    match run_sync.call1(
+        py,
+        (job.name.as_str(), args, job.id.to_string(), job.attempt),
+    ) {
+        Ok(r) => parse_outcome(r.bind(py)),
+        Err(e) => py_failure(py, &e, false),
+    }
+}
+
+fn sync_thread(rx: Receiver<(ClaimedJob, Completion)>, run_sync: Py<PyAny>) {
+    while let Ok((job, done)) = rx.recv() {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            Python::attach(|py| run_sync_job(py, &run_sync, &job))
+        }))
+        .unwrap_or_else(|_| panic_outcome());
+        done.send(outcome);
+    }
+}
+
+/// Called by the asyncio loop when an async job ends.
+#[pyclass(frozen)]
+struct DoneCallback {
+    done: Mutex<Option<Completion>>,
+    job_id: JobId,
+    handles: Handles,
+}
+
+#[pymethods]
+impl DoneCallback {
+    fn __call__(&self, outcome: &Bound<'_, PyAny>) {
+        let outcome = parse_outcome(outcome);
+        if let Some(done) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            done.send(outcome);
+        }
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.job_id);
+    }
+}
+
+fn submit_async_job(
+    py: Python<'_>,
+    submit: &Py<PyAny>,
+    handles: &Handles,
+    job: ClaimedJob,
+    done: Completion,
+) {
+    let args = match from_json(py, &job.args) {
+        Ok(a) => a,
+        Err(e) => return done.send(py_failure(py, &e, true)),
+    };
+    let cb = DoneCallback {
+        done: Mutex::new(Some(done)),
+        job_id: job.id,
+        handles: handles.clone(),
+    };
+    let cb = match Py::new(py, cb) {
+        Ok(cb) => cb,
+        Err(e) => return tracing_error(py, &e),
+    };
+    match submit.call1(
+        py,
+        (
+            job.name.as_str(),
+            args,
+            job.id.to_string(),
+            job.attempt,
+            cb.clone_ref(py),
+        ),
+    ) {
+        Ok(handle) => {
+            handles
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(job.id, handle);
+        }
+        Err(e) => {
+            let outcome = py_failure(py, &e, false);
+            if let Some(done) = cb
+                .get()
+                .done
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+            {
+                done.send(outcome);
+            }
+        }
+    }
+}
+
+fn tracing_error(py: Python<'_>, e: &PyErr) {
+    e.clone_ref(py).print(py);
+}
+
+fn async_thread(rx: Receiver<AsyncMsg>, submit: Py<PyAny>) {
+    let handles: Handles = Arc::new(Mutex::new(HashMap::new()));
+    while let Ok(first) = rx.recv() {
+        let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
+            Python::attach(|py| {
+                // Take every message already waiting under this one GIL hold.
+                let mut msg = Some(first);
+                while let Some(m) = msg.take().or_else(|| rx.try_recv().ok()) {
+                    match m {
+                        AsyncMsg::Run(job, done) => {
+                            submit_async_job(py, &submit, &handles, job, done)
+                        }
+                        AsyncMsg::Abandon(id) => {
+                            let handle = handles
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .remove(&id);
+                            if let Some(h) = handle {
+                                if let Err(e) = h.call_method0(py, "cancel") {
+                                    tracing_error(py, &e);
+                                }
+                            }
+                        }
+                    }
+                }
+            })
+        }));
+    }
+}
+
+/// A running worker pool (see `_native.pyi`).
+#[pyclass(name = "Worker", module = "hauler._native", frozen)]
+pub(crate) struct PyWorker {
+    pool: Arc<WorkerPool>,
+    executor: Arc<PyExecutor>,
+}
+
+fn spawn_thread(name: String, f: impl FnOnce() + Send + 'static) -> PyResult<()> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(f)
+        .map(|_| ())
+        .map_err(|e| hauler_err("ConfigError", format!("cannot start a worker thread: {e}")))
+}
+
+#[pymethods]
+impl PyWorker {
+    #[new]
+    #[pyo3(signature = (storage, queues, names, run_sync, submit_async, async_names, *, worker_id, poll_interval_ms = None, reclaim_interval_ms = 1000))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        storage: &Bound<'_, PyStorage>,
+        queues: HashMap<String, i64>,
+        names: HashMap<String, String>,
+        run_sync: Py<PyAny>,
+        submit_async: Option<Py<PyAny>>,
+        async_names: Vec<String>,
+        worker_id: String,
+        poll_interval_ms: Option<i64>,
+        reclaim_interval_ms: i64,
+    ) -> PyResult<Self> {
+        let mut queue_configs = Vec::new();
+        let mut sync_threads = 0usize;
+        let async_names: HashSet<String> = async_names.into_iter().collect();
+        let mut queue_list: Vec<_> = queues.into_iter().collect();
+        queue_list.sort();
+        for (queue, count) in queue_list {
+            let concurrency = usize::try_from(count).map_err(|_| {
+                hauler_err(
+                    "ConfigError",
+                    format!("queue {queue:?}: worker count must be at least 1, got {count}"),
+                )
+            })?;
+            let mut qnames: Vec<String> = names
+                .iter()
+                .filter(|(_, q)| **q == queue)
+                .map(|(n, _)| n.clone())
+                .collect();
+            qnames.sort();
+            if qnames.iter().any(|n| !async_names.contains(n)) {
+                sync_threads += concurrency;
+            }
+            queue_configs.push(QueueConfig {
+                name: queue,
+                concurrency,
+                names: qnames,
+            });
+        }
+        let ms = |name: &str, v: i64| {
+            u64::try_from(v)
+                .ok()
+                .filter(|&v| v > 0)
+                .map(Duration::from_millis)
+                .ok_or_else(|| {
+                    hauler_err(
+                        "ConfigError",
+                        format!("{name} must be positive, got {v} ms"),
+                    )
+                })
+        };
+        let mut config = PoolConfig::new(worker_id, queue_configs);
+        config.poll_interval = poll_interval_ms
+            .map(|v| ms("poll_interval", v))
+            .transpose()?;
+        config.reclaim_interval = ms("reclaim_interval", reclaim_interval_ms)?;
+        config.validate().map_err(crate::errors::to_pyerr)?;
+        if !async_names.is_empty() && submit_async.is_none() {
+            return Err(hauler_err(
+                "ConfigError",
+                "async jobs registered but no asyncio loop given",
+            ));
+        }
+
+        let (sync_tx, sync_rx) = crossbeam_channel::unbounded();
+        let (async_tx, async_rx) = crossbeam_channel::unbounded();
+        for i in 0..sync_threads {
+            let rx = sync_rx.clone();
+            let f = run_sync.clone_ref(py);
+            spawn_thread(format!("hauler-sync-{i}"), move || sync_thread(rx, f))?;
+        }
+        if let Some(submit) = submit_async {
+            spawn_thread("hauler-async-submit".into(), move || {
+                async_thread(async_rx, submit)
+            })?;
+        }
+        let executor = Arc::new(PyExecutor {
+            sync_tx: Mutex::new(Some(sync_tx)),
+            async_tx: Mutex::new(Some(async_tx)),
+            async_names,
+        });
+        let rt = runtime()?;
+        let queue = storage.get().queue.clone();
+        let pool = {
+            let _guard = rt.enter();
+            WorkerPool::start(queue, config, executor.clone()).map_err(crate::errors::to_pyerr)?
+        };
+        Ok(PyWorker {
+            pool: Arc::new(pool),
+            executor,
+        })
+    }
+
+    /// This pool's id.
+    #[getter]
+    fn worker_id(&self) -> String {
+        self.pool.worker_id().to_owned()
+    }
+
+    /// Whether the pool is still running.
+    #[getter]
+    fn running(&self) -> bool {
+        self.pool.is_running()
+    }
+
+    /// How many jobs are executing now.
+    fn in_flight(&self) -> usize {
+        self.pool.in_flight()
+    }
+
+    /// Stop claiming, wait up to `timeout` seconds for running jobs, release the rest.
+    fn stop(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        if !timeout.is_finite() || timeout < 0.0 {
+            return Err(hauler_err(
+                "ConfigError",
+                format!("stop timeout must be >= 0 seconds, got {timeout}"),
+            ));
+        }
+        let pool = self.pool.clone();
+        let result = wait(py, async move {
+            pool.stop(Duration::from_secs_f64(timeout)).await
+        });
+        self.executor.shutdown();
+        result
+    }
+
+    /// Wait until the pool has stopped; False if `timeout` passed first.
+    #[pyo3(signature = (timeout = None))]
+    fn join(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let pool = self.pool.clone();
+        let limit = match timeout {
+            Some(t) if !t.is_finite() || t < 0.0 => {
+                return Err(hauler_err(
+                    "ConfigError",
+                    format!("join timeout must be >= 0 seconds, got {t}"),
+                ))
+            }
+            Some(t) => Some(Duration::from_secs_f64(t)),
+            None => None,
+        };
+        wait(py, async move {
+            Ok(match limit {
+                Some(d) => tokio::time::timeout(d, pool.join()).await.is_ok(),
+                None => {
+                    pool.join().await;
+                    true
+                }
+            })
+        })
+    }
+}

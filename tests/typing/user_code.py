@@ -1,0 +1,104 @@
+"""A small user program, checked by ``mypy --strict`` (see pyproject.toml), never run.
+
+Each ``# type: ignore[code]`` marks a line that must be an error: with
+``warn_unused_ignores`` (part of ``--strict``), mypy fails if that error goes undetected.
+"""
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import assert_type
+
+from hauler import DEFAULT_QUEUE, Backoff, Job, MaxRetries
+from hauler.storage import MemoryStorage, SqliteStorage, Storage, from_url, resolve_storage
+
+
+@dataclass
+class AppState:
+    smtp_host: str
+
+
+class SendEmail(Job[AppState]):
+    NAME = "send_email"
+    QUEUE = DEFAULT_QUEUE
+    MAX_RETRIES = MaxRetries.count(3)
+    BACKOFF = Backoff.exponential(2, max_delay=600, jitter=0.1)
+    TIMEOUT = 30.0
+    PRIORITY = 0
+    HEARTBEAT_INTERVAL = 5000
+    VERSION = 1
+
+    to: str
+    subject: str
+    cc: list[str] = field(default_factory=list)
+    send_at: datetime | None = None
+
+    def run(self, state: AppState) -> None:
+        print(f"sending {self.subject!r} to {self.to} via {state.smtp_host}")
+
+
+class Cleanup(Job[AppState]):
+    NAME = "cleanup"
+    MAX_RETRIES = MaxRetries.infinite()
+    BACKOFF = Backoff.fixed(10)
+    TIMEOUT = None
+
+    older_than_days: int = 30
+
+    async def run(self, state: AppState) -> None:
+        pass
+
+
+# Construction: positional, keyword, defaults.
+email = SendEmail("ada@example.com", "hello")
+email2 = SendEmail(to="ada@example.com", subject="hi", cc=["bob@example.com"])
+email3 = SendEmail("ada@example.com", "hi", send_at=datetime.now(UTC))
+cleanup = Cleanup()
+assert_type(email.to, str)
+assert_type(email.cc, list[str])
+assert_type(email.send_at, datetime | None)
+assert_type(cleanup.older_than_days, int)
+assert_type(SendEmail.NAME, str)
+assert_type(SendEmail.MAX_RETRIES, MaxRetries)
+assert_type(SendEmail.MAX_RETRIES.count_value, int | None)
+assert_type(SendEmail.BACKOFF.delay(3), float)
+assert_type(dataclasses.replace(email, subject="re: hello"), SendEmail)
+
+# Mistakes mypy must catch.
+SendEmail(to=42, subject="hello")  # type: ignore[arg-type]
+SendEmail("ada@example.com")  # type: ignore[call-arg]
+SendEmail("ada@example.com", "hello", bcc=[])  # type: ignore[call-arg]
+SendEmail("ada@example.com", "hello", cc="bob@example.com")  # type: ignore[arg-type]
+Cleanup(older_than_days="30")  # type: ignore[arg-type]
+email.run(state="localhost")  # type: ignore[arg-type]
+MaxRetries.count("3")  # type: ignore[arg-type]
+Backoff.fixed(1, 2.0)  # type: ignore[call-arg]
+
+
+class WrongState(Job[AppState]):
+    NAME = "wrong_state"
+
+    def run(self, state: int) -> None:  # type: ignore[override]
+        pass
+
+
+class BadConstant(Job[AppState]):
+    NAME = "bad_constant"
+    MAX_RETRIES = 3  # type: ignore[assignment]
+
+    def run(self, state: AppState) -> None:
+        pass
+
+
+# Storages.
+storages: list[Storage] = [
+    MemoryStorage(),
+    SqliteStorage("jobs.db", synchronous="full", busy_timeout=2.0),
+    from_url("sqlite:///jobs.db"),
+    resolve_storage(None),
+]
+SqliteStorage("jobs.db", synchronous="off")  # type: ignore[arg-type]
+SqliteStorage("jobs.db", "full")  # type: ignore[call-arg]
+with SqliteStorage() as sqlite:
+    assert_type(sqlite, SqliteStorage)
+    assert_type(sqlite.url, str)
