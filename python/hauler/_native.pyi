@@ -8,8 +8,15 @@ Errors are raised as the classes in ``hauler.errors``.
 
 import builtins
 from collections.abc import Callable, Sequence
-from typing import Any, TypedDict
+from typing import Any, TypedDict, final, type_check_only
 
+__all__ = ["Storage", "Worker", "backoff_delay", "now_us", "validate_retry"]
+
+# The dict shapes and tuple aliases below exist only for type checking: the runtime passes
+# plain dicts and tuples. The aliases are private (stubtest skips private names that do not
+# exist at runtime); the TypedDicts are marked ``@type_check_only``.
+
+@type_check_only
 class ErrorDict(TypedDict):
     """An error carried as data."""
 
@@ -17,6 +24,7 @@ class ErrorDict(TypedDict):
     message: str
     traceback: str | None
 
+@type_check_only
 class AttemptDict(TypedDict):
     """One finished attempt."""
 
@@ -27,6 +35,7 @@ class AttemptDict(TypedDict):
     outcome: str
     error: ErrorDict | None
 
+@type_check_only
 class JobDict(TypedDict):
     """A stored job as the engine returns it."""
 
@@ -55,7 +64,9 @@ class JobDict(TypedDict):
 # {"max_retries": int | None, "backoff": kind, "seconds": float, "max_delay": float,
 #  "jitter": float} where kind is "fixed", "linear" or "exponential" ("seconds" is the
 # base for exponential).
-NewJobTuple = tuple[str, str, dict[str, Any], int, dict[str, Any], int | None, int, int | None, int]
+_NewJobTuple = tuple[
+    str, str, dict[str, Any], int, dict[str, Any], int | None, int, int | None, int
+]
 
 def validate_retry(retry: dict[str, Any]) -> None:
     """Raise ``ConfigError`` naming every problem in a retry policy dict."""
@@ -66,6 +77,7 @@ def backoff_delay(retry: dict[str, Any], retry_number: int, unit: float) -> floa
 def now_us() -> int:
     """Return the engine's clock: microseconds since the epoch."""
 
+@final
 class Storage:
     """A handle to a storage; share one between producers and workers in a process."""
 
@@ -91,7 +103,7 @@ class Storage:
     def kind(self) -> str:
         """``"memory"`` or ``"sqlite"``."""
 
-    def push_many(self, jobs: Sequence[NewJobTuple]) -> list[str]:
+    def push_many(self, jobs: Sequence[_NewJobTuple]) -> list[str]:
         """Store jobs in one transaction; return their ids once durable."""
 
     def get(self, job_id: str) -> JobDict | None:
@@ -116,25 +128,26 @@ class Storage:
 # Outcome of a sync run, or passed to an async run's done callback:
 #   None                                  -> success
 #   (kind, message, traceback, permanent) -> failure; permanent=True skips retries
-Outcome = tuple[str, str, str | None, bool] | None
+_Outcome = tuple[str, str, str | None, bool] | None
 
+@final
 class Worker:
     """A running worker pool (one per ``WorkerConfig.start``)."""
 
-    def __init__(
-        self,
+    def __new__(
+        cls,
         storage: Storage,
         queues: dict[str, int],
         names: dict[str, str],
-        run_sync: Callable[[str, dict[str, Any], str, int], Outcome],
-        submit_async: Callable[[str, dict[str, Any], str, int, Callable[[Outcome], None]], Any]
+        run_sync: Callable[[str, dict[str, Any], str, int], _Outcome],
+        submit_async: Callable[[str, dict[str, Any], str, int, Callable[[_Outcome], None]], Any]
         | None,
         async_names: Sequence[str],
         *,
         worker_id: str,
         poll_interval_ms: int | None = None,
         reclaim_interval_ms: int = 1000,
-    ) -> None:
+    ) -> Worker:
         """Start claiming and running jobs.
 
         ``queues`` maps queue name to worker count; ``names`` maps each registered job

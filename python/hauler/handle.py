@@ -19,7 +19,7 @@ from hauler.storage import Storage, resolve_storage
 _FINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
-def _job_tuple(job: Job[Any], run_at_us: int | None) -> _native.NewJobTuple:
+def _job_tuple(job: Job[Any], run_at_us: int | None) -> _native._NewJobTuple:
     if not isinstance(job, Job):
         raise ConfigError(f"expected a hauler Job instance, got {type(job).__name__}")
     spec = type(job)._spec()
