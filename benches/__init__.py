@@ -1,0 +1,1 @@
+"""Benchmarks: pytest-benchmark micro benchmarks and head-to-head scripts."""
