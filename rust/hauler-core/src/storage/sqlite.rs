@@ -28,6 +28,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use rusqlite::config::DbConfig;
 use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transaction,
     TransactionBehavior, MAIN_DB,
@@ -429,6 +430,11 @@ fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
     // After a burst the WAL is cut back to 64 MiB once checkpointed, instead of keeping
     // its largest size for good.
     conn.execute_batch("PRAGMA journal_size_limit = 67108864")
+        .map_err(err)?;
+    // Plan statements without looking at bound values: SQLite (3.48+) otherwise reads a
+    // bound LIMIT at prepare time and expires the statement whenever the value changes, so
+    // the claim query (LIMIT = the free worker count) was re-prepared on most claims.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map_err(err)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
@@ -1150,6 +1156,22 @@ mod tests {
             "{counts}"
         );
         assert!(!counts.contains("TEMP B-TREE"), "{counts}");
+    }
+
+    #[test]
+    fn claim_query_is_not_reprepared_when_its_limit_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qpsg.db");
+        let mut conn = open_connection(&path, &SqliteOptions::default()).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        let mut stmt = conn.prepare_cached(CLAIM_CANDIDATES).unwrap();
+        for limit in [1_i64, 4, 2, 3, 1] {
+            let mut rows = stmt
+                .query(params!["default", 0_i64, "[\"noop\"]", limit])
+                .unwrap();
+            while rows.next().unwrap().is_some() {}
+        }
+        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 
     #[test]
