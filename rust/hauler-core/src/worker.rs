@@ -21,6 +21,7 @@ use crate::config::{PoolConfig, QueueConfig};
 use crate::error::{Error, Result};
 use crate::model::{ClaimedJob, ErrorInfo, JobId, LeaseToken};
 use crate::queue::Queue;
+use crate::retry::RetryPolicy;
 use crate::storage::{
     FinishOutcome, JobClaimParams, JobFinish, JobFinishManyParams, JobHeartbeatParams,
     JobNextRunAtParams, JobReclaimParams, JobReleaseParams,
@@ -219,12 +220,21 @@ impl WorkerPool {
                 break;
             }
         }
-        let leftover: Vec<(JobId, LeaseToken)> = shared
-            .leases()
-            .iter()
-            .filter(|(_, e)| e.executing && !e.lost)
-            .map(|(id, e)| (*id, e.token))
-            .collect();
+        // Take the unfinished jobs out of the lease map before abandoning them: an abandoned
+        // job may still report an outcome (a cancelled async task does), and `run_job`
+        // records outcomes only of jobs still in the map, so the release below wins.
+        let leftover: Vec<(JobId, LeaseToken)> = {
+            let mut leases = shared.leases();
+            let leftover: Vec<(JobId, LeaseToken)> = leases
+                .iter()
+                .filter(|(_, e)| e.executing && !e.lost)
+                .map(|(id, e)| (*id, e.token))
+                .collect();
+            for (id, _) in &leftover {
+                leases.remove(id);
+            }
+            leftover
+        };
         let mut result = Ok(());
         if !leftover.is_empty() {
             for (id, _) in &leftover {
@@ -252,11 +262,6 @@ impl WorkerPool {
                     result = Err(e);
                 }
             }
-            let mut leases = shared.leases();
-            for (id, _) in &leftover {
-                leases.remove(id);
-            }
-            drop(leases);
             shared.queue.wake();
         }
         // Write every recorded outcome before the tasks end.
@@ -444,12 +449,25 @@ async fn run_job(shared: Arc<Shared>, slots: Arc<Slots>, job: ClaimedJob) {
     };
     slots.busy.fetch_sub(1, Ordering::SeqCst);
     slots.freed.notify_one();
+    if still_ours {
+        record_outcome(&shared, id, lease, attempt, retry, outcome);
+    }
+    // Count the job as done only once its outcome is queued: `stop` flushes the completer
+    // as soon as nothing executes, and an outcome queued after that flush would be lost.
     if shared.executing.fetch_sub(1, Ordering::SeqCst) == 1 {
         shared.idle.notify_waiters();
     }
-    if !still_ours {
-        return;
-    }
+}
+
+/// Turn an attempt's outcome into what the storage records, and queue it for the completer.
+fn record_outcome(
+    shared: &Shared,
+    id: JobId,
+    lease: LeaseToken,
+    attempt: u32,
+    retry: RetryPolicy,
+    outcome: Outcome,
+) {
     let now = shared.queue.clock().now();
     let outcome = match outcome {
         Outcome::Success => FinishOutcome::Completed,

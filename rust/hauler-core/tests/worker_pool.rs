@@ -335,6 +335,79 @@ async fn stop_drains_then_releases_the_rest() {
     assert!(!pool.is_running());
 }
 
+/// Holds each job until it is abandoned, then reports a failure, as a cancelled asyncio
+/// task does.
+#[derive(Default)]
+struct FailOnAbandon {
+    running: Mutex<HashMap<JobId, Completion>>,
+}
+
+impl Executor for FailOnAbandon {
+    fn execute(&self, job: ClaimedJob, done: Completion) {
+        self.running.lock().unwrap().insert(job.id, done);
+    }
+    fn abandon(&self, job_id: JobId) {
+        if let Some(done) = self.running.lock().unwrap().remove(&job_id) {
+            done.send(fail("cancelled"));
+        }
+    }
+}
+
+async fn wait_in_flight(pool: &WorkerPool, n: usize) {
+    let t0 = Instant::now();
+    while pool.in_flight() < n {
+        assert!(t0.elapsed() < Duration::from_secs(5), "never {n} in flight");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_releases_a_job_whose_abandonment_reports_a_failure() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        for round in 0..10 {
+            // A name per round, so each round's pool claims only its own job.
+            let name = format!("a{round}");
+            let exec = Arc::new(FailOnAbandon::default());
+            let pool = WorkerPool::start(queue.clone(), pool_config(1, &[&name]), exec).unwrap();
+            let ids = queue.push_many(vec![job(&name)]).await.unwrap();
+            wait_in_flight(&pool, 1).await;
+            pool.stop(Duration::from_millis(10)).await.unwrap();
+            let rec = storage.job_get(ids[0]).await.unwrap().unwrap();
+            let outcomes: Vec<_> = rec.history.iter().map(|a| a.outcome).collect();
+            assert_eq!(
+                (rec.status, rec.attempt, outcomes),
+                (JobStatus::Available, 0, vec![AttemptOutcome::Released]),
+                "{kind}, round {round}: the release must win over the late failure"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_records_a_job_that_finishes_while_draining() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        for round in 0..10 {
+            let name = format!("a{round}");
+            let exec = FnExecutor::new(|_| async {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                Outcome::Success
+            });
+            let pool = WorkerPool::start(queue.clone(), pool_config(1, &[&name]), exec).unwrap();
+            let ids = queue.push_many(vec![job(&name)]).await.unwrap();
+            wait_in_flight(&pool, 1).await;
+            pool.stop(Duration::from_secs(5)).await.unwrap();
+            let rec = storage.job_get(ids[0]).await.unwrap().unwrap();
+            assert_eq!(
+                (rec.status, rec.attempt),
+                (JobStatus::Completed, 1),
+                "{kind}, round {round}: stop returned before the outcome was written"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_worker_jobs_are_reclaimed_by_another() {
     let dir = tempfile::tempdir().unwrap();
