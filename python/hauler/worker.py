@@ -14,10 +14,10 @@ from typing import Any, Generic, TypeVar
 
 from hauler import _native
 from hauler._runtime import EventLoopThread, JobRunner
-from hauler.errors import ConfigError, UnknownJobError
+from hauler.errors import ConfigError, StorageClosedError, UnknownJobError
 from hauler.handle import QueueHandle
 from hauler.job import Job
-from hauler.storage import Storage
+from hauler.storage import Storage, resolve_storage
 
 StateT = TypeVar("StateT")
 
@@ -123,7 +123,8 @@ class WorkerConfig(Generic[StateT]):
 
         Raises:
             ConfigError: no job registered, or a worker count set for a queue no registered
-                job uses.
+                job uses, or a bad storage URL.
+            StorageClosedError: the storage was closed.
 
         """
         if not self._jobs:
@@ -150,11 +151,14 @@ class WorkerConfig(Generic[StateT]):
             storage_arg: Storage | str | None = queue_handle.storage
         else:
             storage_arg = self._storage
+        storage = resolve_storage(storage_arg)
+        if storage.closed:
+            raise StorageClosedError(f"cannot start a worker on a closed storage ({storage!r})")
         state = self._state_factory() if self._state_factory is not None else None
         worker_id = (
             self._worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         )
-        return Worker._start(self, storage_arg, queues, names, async_names, state, worker_id)
+        return Worker._start(self, storage, queues, names, async_names, state, worker_id)
 
 
 class Worker(QueueHandle):
@@ -176,7 +180,7 @@ class Worker(QueueHandle):
     def _start(
         cls,
         config: WorkerConfig[Any],
-        storage: Storage | str | None,
+        storage: Storage,
         queues: dict[str, int],
         names: dict[str, str],
         async_names: list[str],
