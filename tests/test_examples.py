@@ -1,0 +1,33 @@
+"""The examples run as documented: each in a fresh directory, in its own process."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def test_quickstart(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = done.stdout
+    assert "queued 10 jobs into hauler-quickstart.db" in out
+    results = re.findall(r"^[0-9a-f-]{36}  (\w+)\s+attempts=(\d+)  (\S+)", out, re.MULTILINE)
+    assert len(results) == 10, out
+    assert {status for status, _, _ in results} == {"completed"}
+    attempts = {to: int(n) for _, n, to in results}
+    assert attempts.pop("flaky@example.com") == 2  # failed once, retried
+    assert set(attempts.values()) == {1}
+    assert "later@example.com" in attempts  # the scheduled one
+    assert "counts: {'default': {'completed': 10}}" in out
+    assert (tmp_path / "hauler-quickstart.db").exists()
