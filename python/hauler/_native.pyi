@@ -10,7 +10,7 @@ import builtins
 from collections.abc import Callable, Sequence
 from typing import Any, TypedDict, final, type_check_only
 
-__all__ = ["Storage", "Worker", "backoff_delay", "now_us", "validate_retry"]
+__all__ = ["Storage", "Worker", "backoff_delay", "now_us", "validate_retry", "wait_sync_threads"]
 
 # The dict shapes and tuple aliases below exist only for type checking: the runtime passes
 # plain dicts and tuples. The aliases are private (stubtest skips private names that do not
@@ -73,6 +73,13 @@ def validate_retry(retry: dict[str, Any]) -> None:
 
 def backoff_delay(retry: dict[str, Any], retry_number: int, unit: float) -> float:
     """Return the delay in seconds before retry ``retry_number`` (1-based), jitter draw ``unit``."""
+
+def wait_sync_threads(timeout: float | None = None) -> bool:
+    """Wait until every pool's sync threads have left Python and exited; False on timeout.
+
+    Call it after stopping every pool: interpreter exit must not start while a sync thread
+    still runs a job (a released or timed-out one finishes first, its result ignored).
+    """
 
 def now_us() -> int:
     """Return the engine's clock: microseconds since the epoch."""

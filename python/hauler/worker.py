@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import socket
 import threading
@@ -24,6 +25,7 @@ StateT = TypeVar("StateT")
 DEFAULT_WORKER_COUNT = 4
 """Workers per registered queue unless ``set_worker_count`` says otherwise."""
 
+log = logging.getLogger("hauler.worker")
 _running: weakref.WeakSet[Worker] = weakref.WeakSet()
 _running_lock = threading.Lock()
 
@@ -267,3 +269,10 @@ def _stop_running_workers() -> None:
             w.stop(timeout=5.0)
         except Exception:  # pragma: no cover - best effort at interpreter exit
             pass
+    # A sync job still in Python when the interpreter finalizes would abort the process
+    # (its thread cannot take the GIL back), so exit waits for those jobs to return, as
+    # for non-daemon threads. Their leases were released by stop(): their results are
+    # ignored and another worker runs them.
+    if not _native.wait_sync_threads(timeout=1.0):
+        log.warning("waiting for running sync jobs to return before exiting")
+        _native.wait_sync_threads()

@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -164,6 +164,42 @@ fn run_sync_job(py: Python<'_>, run_sync: &Py<PyAny>, job: &ClaimedJob) -> Outco
     }
 }
 
+/// The number of live sync threads in the process, and a way to wait for it to reach zero.
+struct LiveThreads {
+    count: Mutex<usize>,
+    zero: Condvar,
+}
+
+/// Every pool's sync threads, counted so interpreter exit can wait for them to leave Python.
+static LIVE: LiveThreads = LiveThreads {
+    count: Mutex::new(0),
+    zero: Condvar::new(),
+};
+
+impl LiveThreads {
+    fn started(&self) {
+        *self.count.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    fn exited(&self) {
+        let mut n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        *n -= 1;
+        if *n == 0 {
+            self.zero.notify_all();
+        }
+    }
+
+    /// Wait until no thread is left; false if `limit` passed first.
+    fn wait(&self, limit: Duration) -> bool {
+        let n = self.count.lock().unwrap_or_else(|p| p.into_inner());
+        let (_n, t) = self
+            .zero
+            .wait_timeout_while(n, limit, |n| *n > 0)
+            .unwrap_or_else(|p| p.into_inner());
+        !t.timed_out()
+    }
+}
+
 fn sync_thread(rx: Receiver<(ClaimedJob, Completion)>, run_sync: Py<PyAny>) {
     while let Ok((job, done)) = rx.recv() {
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -172,6 +208,10 @@ fn sync_thread(rx: Receiver<(ClaimedJob, Completion)>, run_sync: Py<PyAny>) {
         .unwrap_or_else(|_| panic_outcome());
         done.send(outcome);
     }
+    // Never attach again from here: the interpreter may be finalizing once this thread is
+    // counted out. Dropping `run_sync` without the GIL defers its decref to PyO3's pool.
+    drop(run_sync);
+    LIVE.exited();
 }
 
 /// Called by the asyncio loop when an async job ends.
@@ -370,7 +410,11 @@ impl PyWorker {
         for i in 0..sync_threads {
             let rx = sync_rx.clone();
             let f = run_sync.clone_ref(py);
-            spawn_thread(format!("hauler-sync-{i}"), move || sync_thread(rx, f))?;
+            LIVE.started();
+            if let Err(e) = spawn_thread(format!("hauler-sync-{i}"), move || sync_thread(rx, f)) {
+                LIVE.exited();
+                return Err(e);
+            }
         }
         if let Some(submit) = submit_async {
             spawn_thread("hauler-async-submit".into(), move || {
@@ -450,5 +494,41 @@ impl PyWorker {
                 }
             })
         })
+    }
+}
+
+/// Wait until the sync threads of every pool in the process have returned from Python and
+/// exited (so call it after stopping them all); False if `timeout` passed first. Threads still running a job that was released or
+/// timed out finish it first (its result is ignored).
+#[pyfunction]
+#[pyo3(signature = (timeout = None))]
+pub(crate) fn wait_sync_threads(py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+    let limit = match timeout {
+        Some(t) if !t.is_finite() || t < 0.0 => {
+            return Err(hauler_err(
+                "ConfigError",
+                format!("wait_sync_threads timeout must be >= 0 seconds, got {t}"),
+            ))
+        }
+        Some(t) => Some(Duration::from_secs_f64(t)),
+        None => None,
+    };
+    let deadline = limit.map(|d| std::time::Instant::now() + d);
+    // Wake up every 100 ms to let Ctrl-C through.
+    loop {
+        let step = Duration::from_millis(100);
+        let slice = match deadline {
+            Some(d) => d
+                .saturating_duration_since(std::time::Instant::now())
+                .min(step),
+            None => step,
+        };
+        if py.detach(|| LIVE.wait(slice)) {
+            return Ok(true);
+        }
+        if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            return Ok(false);
+        }
+        py.check_signals()?;
     }
 }
