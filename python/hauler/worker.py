@@ -8,7 +8,6 @@ import os
 import socket
 import threading
 import uuid
-import weakref
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -26,7 +25,9 @@ DEFAULT_WORKER_COUNT = 4
 """Workers per registered queue unless ``set_worker_count`` says otherwise."""
 
 log = logging.getLogger("hauler.worker")
-_running: weakref.WeakSet[Worker] = weakref.WeakSet()
+# Running pools, held strongly: a pool runs in the background whether or not the caller keeps
+# the Worker (`WorkerConfig(...).start(queue_handle)` is a complete statement), until stopped.
+_running: set[Worker] = set()
 _running_lock = threading.Lock()
 
 
