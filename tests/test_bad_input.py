@@ -199,9 +199,7 @@ def test_start_refuses_incomplete_configs(storage: Storage) -> None:
         WorkerConfig(storage=MemoryStorage()).register(Holder).start(handle)
 
 
-def test_stop_and_join_timeouts_must_not_be_negative(
-    storage: Storage, start_worker: StartWorker
-) -> None:
+def test_stop_and_join_timeouts_must_not_be_negative(start_worker: StartWorker) -> None:
     worker = start_worker(WorkerConfig().register(Holder))
     with pytest.raises(ConfigError, match="stop timeout must be >= 0"):
         worker.stop(timeout=-1)

@@ -92,7 +92,7 @@ class MyJob(Job[MyState]):
             state.seen.append((state.app_name, self.some_usize, self.other_usize))
 
 
-def test_background_jobs_readme_example(storage: Storage, start_worker: StartWorker) -> None:
+def test_background_jobs_readme_example(start_worker: StartWorker) -> None:
     state = MyState("My App")
     queue_handle = start_worker(
         WorkerConfig(lambda: state).register(MyJob).set_worker_count(DEFAULT_QUEUE, 16)
@@ -156,7 +156,7 @@ class AsyncJob(Job[Tracker]):
         state.record(("async", self.n, threading.current_thread() is threading.main_thread()))
 
 
-def test_sync_and_async_jobs_run_in_one_pool(storage: Storage, start_worker: StartWorker) -> None:
+def test_sync_and_async_jobs_run_in_one_pool(start_worker: StartWorker) -> None:
     state = Tracker()
     worker = start_worker(WorkerConfig(lambda: state).register(SyncJob).register(AsyncJob))
     ids = worker.queue_many([SyncJob(n) for n in range(5)] + [AsyncJob(n) for n in range(5)])
@@ -208,7 +208,7 @@ def always_failing(backoff: Backoff, retries: int, *, is_async: bool = False) ->
     ],
 )
 def test_retries_follow_backoff_then_fail(
-    storage: Storage, start_worker: StartWorker, backoff: Backoff, retries: int
+    start_worker: StartWorker, backoff: Backoff, retries: int
 ) -> None:
     cls = always_failing(backoff, retries)
     worker = start_worker(WorkerConfig().register(cls))
@@ -229,7 +229,7 @@ def test_retries_follow_backoff_then_fail(
         assert gap < delay + timedelta(seconds=5)
 
 
-def test_backoff_cap_applies(storage: Storage, start_worker: StartWorker) -> None:
+def test_backoff_cap_applies(start_worker: StartWorker) -> None:
     # Uncapped, the retries would wait 3 s and then 9 s.
     backoff = Backoff.exponential(3, max_delay=0.2)
     cls = always_failing(backoff, 2)
@@ -245,7 +245,7 @@ def test_backoff_cap_applies(storage: Storage, start_worker: StartWorker) -> Non
 
 @pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
 def test_error_recorded_in_last_error_and_history(
-    storage: Storage, start_worker: StartWorker, is_async: bool
+    start_worker: StartWorker, is_async: bool
 ) -> None:
     cls = always_failing(Backoff.fixed(0), 1, is_async=is_async)
     worker = start_worker(WorkerConfig().register(cls))
@@ -263,7 +263,7 @@ def test_error_recorded_in_last_error_and_history(
     assert [a.error for a in info.history] == [error, error]
 
 
-def test_max_retries_zero_means_one_attempt(storage: Storage, start_worker: StartWorker) -> None:
+def test_max_retries_zero_means_one_attempt(start_worker: StartWorker) -> None:
     cls = always_failing(Backoff.fixed(0), 0)
     worker = start_worker(WorkerConfig().register(cls))
     job_id = worker.queue(cls())
@@ -288,9 +288,7 @@ class Flaky(Job[Tracker]):
             raise ConnectionError(f"attempt {len(state.ran)} lost the connection")
 
 
-def test_job_that_fails_then_succeeds_completes(
-    storage: Storage, start_worker: StartWorker
-) -> None:
+def test_job_that_fails_then_succeeds_completes(start_worker: StartWorker) -> None:
     state = Tracker()
     worker = start_worker(WorkerConfig(lambda: state).register(Flaky))
     (info,) = worker.wait([worker.queue(Flaky())], timeout=WAIT)
@@ -317,9 +315,7 @@ class Stamp(Job[Tracker]):
 
 
 @pytest.mark.parametrize("how", ["at", "after"])
-def test_scheduled_job_runs_on_time_not_early(
-    storage: Storage, start_worker: StartWorker, how: str
-) -> None:
+def test_scheduled_job_runs_on_time_not_early(start_worker: StartWorker, how: str) -> None:
     state = Tracker()
     worker = start_worker(WorkerConfig(lambda: state).register(Stamp))
     delay = timedelta(milliseconds=600)
@@ -346,7 +342,7 @@ def test_scheduled_job_runs_on_time_not_early(
     assert ran_at >= earliest - EPSILON
 
 
-def test_schedule_in_the_past_runs_now(storage: Storage, start_worker: StartWorker) -> None:
+def test_schedule_in_the_past_runs_now(start_worker: StartWorker) -> None:
     state = Tracker()
     worker = start_worker(WorkerConfig(lambda: state).register(Stamp))
     job_id = worker.schedule(Stamp("past"), at=datetime.now(UTC) - timedelta(hours=1))
@@ -354,9 +350,7 @@ def test_schedule_in_the_past_runs_now(storage: Storage, start_worker: StartWork
     assert info.status is JobStatus.COMPLETED
 
 
-def test_scheduled_job_keeps_its_turn_among_queued_jobs(
-    storage: Storage, handle: QueueHandle
-) -> None:
+def test_job_for_later_is_stored_scheduled(handle: QueueHandle) -> None:
     """A job scheduled for later is not claimable now, so it is stored as scheduled."""
     later = handle.schedule(Stamp("later"), after=timedelta(hours=1))
     now = handle.queue(Stamp("now"))
@@ -391,7 +385,7 @@ class AsyncVisit(Job[AppState]):
             state.visits.append(state)
 
 
-def test_state_factory_called_once_and_shared(storage: Storage, start_worker: StartWorker) -> None:
+def test_state_factory_called_once_and_shared(start_worker: StartWorker) -> None:
     visits: list[AppState] = []
     made: list[AppState] = []
 
@@ -419,7 +413,7 @@ class NoState(Job[None]):
             raise AssertionError(f"expected no state, got {state!r}")
 
 
-def test_no_state_factory_passes_none(storage: Storage, start_worker: StartWorker) -> None:
+def test_no_state_factory_passes_none(start_worker: StartWorker) -> None:
     worker = start_worker(WorkerConfig().register(NoState))
     (info,) = worker.wait([worker.queue(NoState())], timeout=WAIT)
     assert info.status is JobStatus.COMPLETED
@@ -466,9 +460,7 @@ class ParallelJob(Job[QueuesState]):
             t.leave()
 
 
-def test_queues_have_their_own_worker_counts(
-    storage: Storage, start_worker: StartWorker, gate: Gates
-) -> None:
+def test_queues_have_their_own_worker_counts(start_worker: StartWorker, gate: Gates) -> None:
     state = QueuesState(
         serial=Tracker(gate=gate()),
         parallel=Tracker(barrier=threading.Barrier(3, timeout=WAIT)),
@@ -512,7 +504,7 @@ class Wide(Job[Tracker]):
             state.leave()
 
 
-def test_default_worker_count_is_four(storage: Storage, start_worker: StartWorker) -> None:
+def test_default_worker_count_is_four(start_worker: StartWorker) -> None:
     state = Tracker(barrier=threading.Barrier(4, timeout=WAIT))
     worker = start_worker(WorkerConfig(lambda: state).register(Wide))
     infos = worker.wait(worker.queue_many([Wide() for _ in range(8)]), timeout=WAIT)
@@ -534,9 +526,7 @@ class NotRegistered(Job[Tracker]):
         state.record("not_registered")
 
 
-def test_worker_never_claims_unregistered_names(
-    storage: Storage, start_worker: StartWorker
-) -> None:
+def test_worker_never_claims_unregistered_names(start_worker: StartWorker) -> None:
     state = Tracker()
     worker = start_worker(WorkerConfig(lambda: state).register(Registered))
     stranger = worker.queue(NotRegistered())
@@ -619,7 +609,7 @@ class SlowAsync(Job[Tracker]):
 
 @pytest.mark.parametrize("cls", [SlowSync, SlowAsync], ids=["sync", "async"])
 def test_timeout_is_a_failed_attempt(
-    storage: Storage, start_worker: StartWorker, gate: Gates, cls: type[Job[Tracker]]
+    start_worker: StartWorker, gate: Gates, cls: type[Job[Tracker]]
 ) -> None:
     state = Tracker(gate=gate())
     worker = start_worker(WorkerConfig(lambda: state).register(cls))
@@ -692,7 +682,7 @@ BLOCKING = pytest.mark.parametrize("cls", [Blocking, AsyncBlocking], ids=["sync"
 
 @BLOCKING
 def test_stop_drains_running_jobs(
-    storage: Storage, start_worker: StartWorker, gate: Gates, cls: type[Job[Tracker]]
+    start_worker: StartWorker, gate: Gates, cls: type[Job[Tracker]]
 ) -> None:
     state = Tracker(gate=gate())
     worker = start_worker(WorkerConfig(lambda: state).register(cls))
@@ -717,7 +707,7 @@ def test_stop_drains_running_jobs(
 
 @BLOCKING
 def test_stop_past_timeout_releases_jobs_to_another_worker(
-    storage: Storage, start_worker: StartWorker, gate: Gates, cls: type[Job[Tracker]]
+    start_worker: StartWorker, gate: Gates, cls: type[Job[Tracker]]
 ) -> None:
     stuck = Tracker(gate=gate())
     first = start_worker(WorkerConfig(lambda: stuck).register(cls))
@@ -745,7 +735,7 @@ def test_stop_past_timeout_releases_jobs_to_another_worker(
     assert stuck.ran == []
 
 
-def test_worker_is_a_context_manager(storage: Storage, start_worker: StartWorker) -> None:
+def test_worker_is_a_context_manager(start_worker: StartWorker) -> None:
     state = Tracker()
     with start_worker(WorkerConfig(lambda: state).register(Registered)) as worker:
         assert isinstance(worker, Worker)
@@ -761,7 +751,7 @@ def test_worker_is_a_context_manager(storage: Storage, start_worker: StartWorker
     assert not other.running
 
 
-def test_join_returns_when_stopped(storage: Storage, start_worker: StartWorker) -> None:
+def test_join_returns_when_stopped(start_worker: StartWorker) -> None:
     worker = start_worker(WorkerConfig().register(NoState))
     assert worker.join(timeout=0.05) is False
     joined: list[bool] = []
