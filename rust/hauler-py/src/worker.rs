@@ -201,16 +201,19 @@ impl LiveThreads {
 }
 
 fn sync_thread(rx: Receiver<(ClaimedJob, Completion)>, run_sync: Py<PyAny>) {
-    while let Ok((job, done)) = rx.recv() {
-        let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-            Python::attach(|py| run_sync_job(py, &run_sync, &job))
-        }))
-        .unwrap_or_else(|_| panic_outcome());
-        done.send(outcome);
-    }
-    // Never attach again from here: the interpreter may be finalizing once this thread is
-    // counted out. Dropping `run_sync` without the GIL defers its decref to PyO3's pool.
-    drop(run_sync);
+    // One thread state for the thread's whole life (not one per job): attaching costs a
+    // thread-state allocation, and `threading.local` values survive from job to job. The
+    // GIL is released while waiting for work.
+    Python::attach(|py| {
+        while let Ok((job, done)) = py.detach(|| rx.recv()) {
+            let outcome =
+                std::panic::catch_unwind(AssertUnwindSafe(|| run_sync_job(py, &run_sync, &job)))
+                    .unwrap_or_else(|_| panic_outcome());
+            done.send(outcome);
+        }
+        drop(run_sync);
+    });
+    // Counted out only once detached for good: from here on the interpreter may finalize.
     LIVE.exited();
 }
 
