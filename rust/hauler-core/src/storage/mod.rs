@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use tokio::sync::watch;
 
 use crate::error::Result;
 use crate::model::{
@@ -17,12 +18,14 @@ use crate::model::{
 };
 
 pub mod memory;
+pub mod postgres;
 pub mod sqlite;
 
 #[doc(hidden)]
 pub mod conformance;
 
 pub use memory::MemoryStorage;
+pub use postgres::{PostgresOptions, PostgresStorage};
 pub use sqlite::{SqliteOptions, SqliteStorage, Synchronous};
 
 /// A lease lasts this many heartbeat intervals: a job whose worker misses this many
@@ -148,7 +151,8 @@ pub struct JobNextRunAtParams {
     pub names: Vec<String>,
 }
 
-/// A place that keeps jobs. Implementations: [`MemoryStorage`], [`SqliteStorage`].
+/// A place that keeps jobs. Implementations: [`MemoryStorage`], [`SqliteStorage`],
+/// [`PostgresStorage`].
 ///
 /// All methods are safe to call concurrently, from one process or (for persistent
 /// storages) from many. Every method returns [`crate::Error::StorageClosed`] after
@@ -196,6 +200,14 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// How often workers should look for jobs queued by *other processes* (`None`: the
     /// storage cannot be shared between processes, so in-process wake-ups suffice).
     fn poll_interval(&self) -> Option<Duration>;
+
+    /// A signal that *another process* may have made jobs runnable (for PostgreSQL:
+    /// `LISTEN`/`NOTIFY`), so idle workers need not wait for the next poll. The value only
+    /// counts signals: wait for changes. `None` (the default): the storage cannot tell, and
+    /// workers rely on [`Storage::poll_interval`], which stays the fallback either way.
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        None
+    }
 
     /// Close the storage; later calls fail with `StorageClosed`. Idempotent.
     async fn close(&self) -> Result<()>;

@@ -1,0 +1,1568 @@
+//! The PostgreSQL storage: one set of queues shared by workers on many hosts.
+//!
+//! * **Connections.** A [deadpool] pool of tokio-postgres connections. The DSN (URL or
+//!   key-value form) is parsed by [`tokio_postgres::Config`], so its options pass through;
+//!   hauler adds `-c search_path=<schema>` to the startup options, so every statement is
+//!   static text naming unqualified tables, and `application_name=hauler` when the DSN sets
+//!   none. TLS is not supported yet: connections are made with `NoTls`, so a DSN that
+//!   requires TLS (`sslmode=require`) fails to connect.
+//! * **Schema.** hauler owns one schema (default `hauler`): `jobs`, `attempts` (the
+//!   history: one row per ended attempt) and `schema_migrations`. The migrations run in one
+//!   transaction under a transaction-level advisory lock, so processes starting at once
+//!   apply each exactly once; a schema written by a newer hauler is refused. [`migrate`]
+//!   applies them ahead of time, for deployments whose workers may not create tables.
+//! * **Claiming.** One statement: per queue asked for, the best ready jobs from a partial
+//!   index that holds only pending jobs (so a claim costs the same however many finished
+//!   jobs the table keeps), locked `FOR UPDATE SKIP LOCKED` so claimers pass each other's
+//!   rows instead of waiting; the best `limit` of those become `running` under fresh lease
+//!   tokens.
+//! * **Fencing.** Heartbeat, finish and release each take their whole batch as arrays
+//!   (`unnest`) in one statement that changes a job only while it is `running` under the
+//!   caller's token. They lock their rows in id order, so two batches over the same jobs
+//!   (a worker's heartbeat and its completer) cannot deadlock; reclaim skips locked rows.
+//! * **Time.** Every "now" is the caller's (the engine's injected clock), as in the other
+//!   storages: the database clock is never read. Hosts sharing a database must keep their
+//!   clocks in step (NTP): a host whose clock runs ahead by more than a lease reclaims
+//!   jobs that are still heartbeating. Leases are capped at three times
+//!   [`MAX_LEASE_HEARTBEAT_MS`].
+//! * **Wake-ups.** Storing jobs, and a release, reclaim or retry that makes one runnable,
+//!   sends `pg_notify('<schema>_jobs', queue)` in the same transaction.
+//!   [`Storage::subscribe`] starts one listener connection per storage, which turns those
+//!   notifications into a wake-up of the process's idle workers and reconnects with
+//!   backoff when it is cut; polling every `poll_interval` remains the fallback.
+//! * **Failures.** Lost connections and server errors become [`Error::Storage`] naming the
+//!   operation and the server (never the password); the pool drops closed connections and
+//!   opens new ones on the next call.
+
+use std::fmt;
+use std::future::poll_fn;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{
+    Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod, Runtime, TimeoutType,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{FromSql, ToSql};
+use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
+use uuid::Uuid;
+
+use super::{
+    FinishOutcome, JobClaimParams, JobFinishManyParams, JobHeartbeatParams, JobInsertManyParams,
+    JobListParams, JobNextRunAtParams, JobReclaimParams, JobReleaseParams, Storage,
+    LEASE_HEARTBEATS,
+};
+use crate::error::{Error, Result};
+use crate::model::{
+    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken,
+    QueueCount, Timestamp,
+};
+use crate::retry::{MaxRetries, RetryPolicy};
+
+/// Leases are computed from heartbeat intervals of at most this many milliseconds (about
+/// 31 years), so the arithmetic stays inside PostgreSQL's ranges.
+pub const MAX_LEASE_HEARTBEAT_MS: i64 = 1_000_000_000_000;
+
+/// The longest schema name: the notification channel `<schema>_jobs` must fit in
+/// PostgreSQL's 63-byte identifiers.
+const MAX_SCHEMA_LEN: usize = 63 - "_jobs".len();
+
+/// The oldest server hauler runs on (13: `gen_random_uuid()` is built in).
+const MIN_SERVER_VERSION: i32 = 130_000;
+
+/// Settings of a [`PostgresStorage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostgresOptions {
+    /// The schema hauler's tables live in (default `hauler`): lowercase letters, digits
+    /// and `_`, starting with a letter or `_`, at most 58 characters, not `pg_...`.
+    pub schema: String,
+    /// The most connections the pool opens (default 10).
+    pub pool_size: usize,
+    /// How often workers look for jobs when no notification arrives (default 1 s).
+    pub poll_interval: Duration,
+    /// How long opening one connection may take (default 10 s); a DSN's own
+    /// `connect_timeout` wins.
+    pub connect_timeout: Duration,
+    /// How long a call waits for a free pooled connection (default 30 s).
+    pub acquire_timeout: Duration,
+    /// Wake idle workers with `LISTEN`/`NOTIFY` (default true). Turn off behind a pooler
+    /// that cannot hold a session (pgbouncer in transaction mode); workers then poll.
+    pub listen: bool,
+    /// Apply pending migrations on connect (default true). When false, connecting fails
+    /// unless the schema is up to date (see [`migrate`]).
+    pub migrate: bool,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        PostgresOptions {
+            schema: "hauler".to_owned(),
+            pool_size: 10,
+            poll_interval: Duration::from_secs(1),
+            connect_timeout: Duration::from_secs(10),
+            acquire_timeout: Duration::from_secs(30),
+            listen: true,
+            migrate: true,
+        }
+    }
+}
+
+impl PostgresOptions {
+    /// Check every setting; the error lists all problems at once.
+    pub fn validate(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        if let Some(problem) = schema_problem(&self.schema) {
+            problems.push(problem);
+        }
+        if self.pool_size == 0 {
+            problems.push("pool_size must be at least 1".to_owned());
+        }
+        for (name, d) in [
+            ("poll_interval", self.poll_interval),
+            ("connect_timeout", self.connect_timeout),
+            ("acquire_timeout", self.acquire_timeout),
+        ] {
+            if d.is_zero() {
+                problems.push(format!("{name} must be positive"));
+            }
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Config(format!(
+                "invalid PostgreSQL options: {}",
+                problems.join("; ")
+            )))
+        }
+    }
+}
+
+/// What is wrong with `schema` as hauler's schema name, if anything.
+fn schema_problem(schema: &str) -> Option<String> {
+    let mut chars = schema.chars();
+    let plain = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !plain {
+        Some(format!(
+            "schema {schema:?} must be a plain identifier: lowercase letters, digits and '_', \
+             starting with a letter or '_'"
+        ))
+    } else if schema.len() > MAX_SCHEMA_LEN {
+        Some(format!(
+            "schema {schema:?} is longer than {MAX_SCHEMA_LEN} characters"
+        ))
+    } else if schema.starts_with("pg_") {
+        Some(format!(
+            "schema {schema:?} must not start with \"pg_\" (reserved by PostgreSQL)"
+        ))
+    } else {
+        None
+    }
+}
+
+/// A migration: a script run once, in order, and recorded in `schema_migrations`.
+struct Migration {
+    description: &'static str,
+    sql: &'static str,
+}
+
+/// Schema migrations, oldest first. A new schema version is a new entry appended here
+/// (never an edit of an old one). Every script runs with `search_path` set to hauler's
+/// schema, so unqualified names land there.
+const MIGRATIONS: &[Migration] = &[Migration {
+    description: "jobs and their attempts",
+    sql: "
+    CREATE TABLE jobs (
+        id               uuid        NOT NULL PRIMARY KEY,
+        name             text        NOT NULL,
+        queue            text        NOT NULL,
+        -- The job's fields: a JSON object as the producer wrote it (kept as text, so it
+        -- round-trips byte for byte and a malformed payload can still be stored and failed).
+        args             text        NOT NULL,
+        status           text        NOT NULL CHECK (status IN ('scheduled', 'available',
+                             'running', 'retryable', 'completed', 'failed', 'cancelled')),
+        priority         integer     NOT NULL,
+        attempt          integer     NOT NULL DEFAULT 0,
+        -- NULL: retry forever.
+        max_retries      bigint,
+        -- The RetryPolicy as JSON.
+        retry            text        NOT NULL,
+        timeout_ms       bigint,
+        heartbeat_ms     bigint      NOT NULL,
+        version          bigint      NOT NULL,
+        -- Stored only; deduplication (issue: unique jobs) comes with its own migration.
+        unique_key       text,
+        created_at       timestamptz NOT NULL,
+        run_at           timestamptz NOT NULL,
+        started_at       timestamptz,
+        finished_at      timestamptz,
+        lease_expires_at timestamptz,
+        worker_id        text,
+        lease_token      uuid,
+        -- The most recent ErrorInfo as JSON.
+        last_error       text
+    );
+    -- Claims walk this per queue in claim order; it holds only pending jobs.
+    CREATE INDEX jobs_claim ON jobs (queue, priority DESC, run_at, id)
+        WHERE status IN ('scheduled', 'available', 'retryable');
+    CREATE INDEX jobs_pending_run_at ON jobs (queue, run_at)
+        WHERE status IN ('scheduled', 'available', 'retryable');
+    CREATE INDEX jobs_lease ON jobs (lease_expires_at) WHERE status = 'running';
+    CREATE INDEX jobs_status ON jobs (status, id);
+    CREATE INDEX jobs_queue_status ON jobs (queue, status);
+
+    CREATE TABLE attempts (
+        seq         bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        job_id      uuid        NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        attempt     integer     NOT NULL,
+        worker_id   text        NOT NULL,
+        started_at  timestamptz NOT NULL,
+        finished_at timestamptz NOT NULL,
+        outcome     text        NOT NULL CHECK (outcome IN ('completed', 'failed',
+                        'lease_expired', 'released')),
+        -- An ErrorInfo as JSON.
+        error       text
+    );
+    CREATE INDEX attempts_job ON attempts (job_id, seq);",
+}];
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
+
+const SERVER_VERSION: &str = "SELECT current_setting('server_version_num')::integer";
+
+/// Serializes migrations of one schema across every process using the database. The
+/// first key is hauler's own ("hau1" in ASCII); the second is the schema's.
+const MIGRATION_LOCK: &str = "SELECT pg_advisory_xact_lock(1751217457, hashtext($1))";
+
+const MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS schema_migrations (
+    version     integer     NOT NULL PRIMARY KEY,
+    description text        NOT NULL,
+    applied_at  timestamptz NOT NULL DEFAULT now()
+)";
+
+const MIGRATIONS_TABLE_EXISTS: &str = "SELECT to_regclass('schema_migrations') IS NOT NULL";
+
+const CURRENT_VERSION: &str = "SELECT coalesce(max(version), 0) FROM schema_migrations";
+
+const RECORD_VERSION: &str = "INSERT INTO schema_migrations (version, description) VALUES ($1, $2)";
+
+/// Store the jobs given as parallel arrays at `$13`, then notify channel `$15` once per
+/// queue.
+const JOB_INSERT: &str = "WITH inserted AS (
+    INSERT INTO jobs (id, name, queue, args, status, priority, max_retries, retry,
+                      timeout_ms, heartbeat_ms, version, unique_key, created_at, run_at)
+    SELECT id, name, queue, args, status, priority, max_retries, retry,
+           timeout_ms, heartbeat_ms, version, unique_key, $13::timestamptz, run_at
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[],
+                $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[],
+                $12::text[], $14::timestamptz[])
+         AS t(id, name, queue, args, status, priority, max_retries, retry,
+              timeout_ms, heartbeat_ms, version, unique_key, run_at)
+    RETURNING queue
+)
+SELECT pg_notify($15, left(queue, 1000))::text FROM (SELECT DISTINCT queue FROM inserted) q";
+
+/// Claim up to `$4` jobs of queues `$1` and names `$2` due at `$3` for worker `$5`. Each
+/// queue's claim index is walked on its own (a `queue = ANY(...)` scan would sort every
+/// ready job of the queues), then the best `$4` overall are taken. The lease is
+/// `$3 + least(heartbeat_ms, $6) * $7` milliseconds.
+const JOB_CLAIM: &str = "WITH picked AS MATERIALIZED (
+    SELECT c.id
+    FROM (SELECT DISTINCT unnest($1::text[]) AS queue) q
+    CROSS JOIN LATERAL (
+        SELECT id, priority, run_at
+        FROM jobs
+        WHERE queue = q.queue
+          AND status IN ('scheduled', 'available', 'retryable')
+          AND run_at <= $3::timestamptz
+          AND name = ANY($2::text[])
+        ORDER BY priority DESC, run_at, id
+        LIMIT $4
+        FOR UPDATE SKIP LOCKED
+    ) c
+    ORDER BY c.priority DESC, c.run_at, c.id
+    LIMIT $4
+)
+UPDATE jobs j
+SET status = 'running', attempt = j.attempt + 1, started_at = $3::timestamptz,
+    worker_id = $5, lease_token = gen_random_uuid(),
+    lease_expires_at = $3::timestamptz + least(j.heartbeat_ms, $6) * $7 * interval '1 millisecond'
+FROM picked
+WHERE j.id = picked.id
+RETURNING j.id, j.name, j.queue, j.args, j.attempt, j.retry, j.timeout_ms, j.heartbeat_ms,
+          j.version, j.lease_token, j.priority, j.run_at";
+
+/// Extend to `$3 + least(heartbeat_ms, $4) * $5` ms the leases of the jobs `$1` running
+/// under tokens `$2`.
+const JOB_HEARTBEAT: &str = "WITH held AS MATERIALIZED (
+    SELECT j.id
+    FROM jobs j
+    JOIN unnest($1::uuid[], $2::uuid[]) AS l(id, token)
+      ON j.id = l.id AND j.lease_token = l.token
+    WHERE j.status = 'running'
+    ORDER BY j.id
+    FOR UPDATE OF j
+)
+UPDATE jobs j
+SET lease_expires_at = $3::timestamptz + least(j.heartbeat_ms, $4) * $5 * interval '1 millisecond'
+FROM (SELECT DISTINCT id FROM held) h
+WHERE j.id = h.id
+RETURNING j.id, j.lease_token";
+
+/// End the attempts given as parallel arrays (job, token, new status, retry time, error,
+/// history outcome) at time `$7`; answer the ordinals of the accepted ones. Of repeated
+/// (job, token) pairs only the first counts, so the batch behaves as if applied in order.
+const JOB_FINISH: &str = "WITH f AS (
+    SELECT DISTINCT ON (id, token) id, token, status, retry_at, error, outcome, ord
+    FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[],
+                $6::text[]) WITH ORDINALITY
+         AS t(id, token, status, retry_at, error, outcome, ord)
+    ORDER BY id, token, ord
+),
+held AS MATERIALIZED (
+    SELECT j.id, j.queue, j.attempt, j.worker_id, j.started_at,
+           f.ord, f.status, f.retry_at, f.error, f.outcome
+    FROM jobs j
+    JOIN f ON j.id = f.id AND j.lease_token = f.token
+    WHERE j.status = 'running'
+    ORDER BY j.id
+    FOR UPDATE OF j
+),
+done AS (
+    UPDATE jobs j
+    SET status = h.status,
+        run_at = coalesce(h.retry_at, j.run_at),
+        finished_at = CASE WHEN h.status = 'retryable' THEN NULL ELSE $7::timestamptz END,
+        last_error = coalesce(h.error, j.last_error),
+        worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
+    FROM held h
+    WHERE j.id = h.id
+    RETURNING h.*
+),
+history AS (
+    INSERT INTO attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+    SELECT id, attempt, coalesce(worker_id, ''), coalesce(started_at, $7), $7, outcome, error
+    FROM done
+)
+SELECT ord, CASE WHEN status = 'retryable' THEN pg_notify($8, left(queue, 1000))::text END
+FROM done";
+
+/// Hand back at time `$3` the jobs `$1` running under tokens `$2`: available at once, the
+/// attempt not counted; notify channel `$4`.
+const JOB_RELEASE: &str = "WITH held AS MATERIALIZED (
+    SELECT j.id, j.queue, j.attempt, j.worker_id, j.started_at
+    FROM jobs j
+    JOIN (SELECT DISTINCT id, token FROM unnest($1::uuid[], $2::uuid[]) AS t(id, token)) l
+      ON j.id = l.id AND j.lease_token = l.token
+    WHERE j.status = 'running'
+    ORDER BY j.id
+    FOR UPDATE OF j
+),
+done AS (
+    UPDATE jobs j
+    SET status = 'available', attempt = j.attempt - 1, run_at = $3::timestamptz,
+        worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
+    FROM held h
+    WHERE j.id = h.id
+    RETURNING h.*
+),
+history AS (
+    INSERT INTO attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+    SELECT id, attempt, coalesce(worker_id, ''), coalesce(started_at, $3), $3, 'released', NULL
+    FROM done
+)
+SELECT pg_notify($4, left(queue, 1000))::text FROM done";
+
+/// Reclaim every running job whose lease ended before `$1` (skipping rows another
+/// transaction holds: their holder is reporting right now). A job may make another attempt
+/// while `attempt <= max_retries` (as `MaxRetries::allows_another` counts); those are
+/// announced on channel `$2`.
+const JOB_RECLAIM: &str = "WITH expired AS MATERIALIZED (
+    SELECT id, queue, attempt, worker_id, started_at,
+           max_retries IS NULL OR attempt <= max_retries AS again,
+           json_build_object('kind', 'LeaseExpired',
+               'message', 'lease expired: worker ' || coalesce(worker_id, '')
+                          || ' stopped heartbeating',
+               'traceback', NULL)::text AS error
+    FROM jobs
+    WHERE status = 'running' AND lease_expires_at < $1::timestamptz
+    FOR UPDATE SKIP LOCKED
+),
+done AS (
+    UPDATE jobs j
+    SET status = CASE WHEN e.again THEN 'available' ELSE 'failed' END,
+        run_at = CASE WHEN e.again THEN $1::timestamptz ELSE j.run_at END,
+        finished_at = CASE WHEN e.again THEN NULL ELSE $1::timestamptz END,
+        last_error = e.error,
+        worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
+    FROM expired e
+    WHERE j.id = e.id
+    RETURNING e.*
+),
+history AS (
+    INSERT INTO attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+    SELECT id, attempt, coalesce(worker_id, ''), coalesce(started_at, $1), $1,
+           'lease_expired', error
+    FROM done
+)
+SELECT CASE WHEN again THEN pg_notify($2, left(queue, 1000))::text END FROM done";
+
+/// The columns [`record_from_row`] reads, in order: the job's, then its history as
+/// parallel arrays (NULL when it has none).
+macro_rules! job_select {
+    () => {
+        "SELECT j.id, j.name, j.queue, j.args, j.status, j.attempt, j.retry, j.priority,
+            j.timeout_ms, j.heartbeat_ms, j.version, j.unique_key, j.created_at, j.run_at,
+            j.started_at, j.finished_at, j.worker_id, j.lease_expires_at, j.last_error,
+            h.attempts, h.workers, h.started, h.finished, h.outcomes, h.errors
+        FROM jobs j
+        LEFT JOIN LATERAL (
+            SELECT array_agg(a.attempt ORDER BY a.seq) AS attempts,
+                   array_agg(a.worker_id ORDER BY a.seq) AS workers,
+                   array_agg(a.started_at ORDER BY a.seq) AS started,
+                   array_agg(a.finished_at ORDER BY a.seq) AS finished,
+                   array_agg(a.outcome ORDER BY a.seq) AS outcomes,
+                   array_agg(a.error ORDER BY a.seq) AS errors
+            FROM attempts a
+            WHERE a.job_id = j.id
+        ) h ON true"
+    };
+}
+
+const JOB_GET: &str = concat!(job_select!(), " WHERE j.id = $1");
+
+// With no cursor the upper bound is the largest UUID, so `id <` stays an index range (a
+// job whose id is exactly that value is never listed: ids are UUID v7, and it is not one).
+const JOB_LIST: &str = concat!(
+    job_select!(),
+    " WHERE ($1::text IS NULL OR j.name = $1) AND ($2::text IS NULL OR j.queue = $2)
+      AND j.id < coalesce($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid)
+    ORDER BY j.id DESC LIMIT $4"
+);
+
+const JOB_LIST_BY_STATUS: &str = concat!(
+    job_select!(),
+    " WHERE ($1::text IS NULL OR j.name = $1) AND ($2::text IS NULL OR j.queue = $2)
+      AND j.id < coalesce($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid)
+      AND j.status = ANY($5::text[])
+    ORDER BY j.id DESC LIMIT $4"
+);
+
+const JOB_COUNTS: &str = "SELECT queue, status, count(*) FROM jobs GROUP BY queue, status";
+
+/// The earliest run time among pending jobs of queues `$1` and names `$2`, one index walk
+/// per queue.
+const JOB_NEXT_RUN_AT: &str = "SELECT min(n.run_at)
+FROM (SELECT DISTINCT unnest($1::text[]) AS queue) q
+CROSS JOIN LATERAL (
+    SELECT run_at
+    FROM jobs
+    WHERE queue = q.queue
+      AND status IN ('scheduled', 'available', 'retryable')
+      AND name = ANY($2::text[])
+    ORDER BY run_at
+    LIMIT 1
+) n";
+
+/// A [`Storage`] in a PostgreSQL database, shared by any number of processes and hosts.
+///
+/// ```no_run
+/// use hauler_core::storage::{PostgresOptions, PostgresStorage};
+///
+/// # async fn example() -> hauler_core::Result<()> {
+/// let storage =
+///     PostgresStorage::connect("postgresql://app@db/app", PostgresOptions::default()).await?;
+/// # Ok(())
+/// # }
+/// ```
+pub struct PostgresStorage {
+    pool: Pool,
+    /// The server and database, for messages (no password).
+    target: String,
+    schema: String,
+    /// `<schema>_jobs`.
+    channel: String,
+    poll_interval: Duration,
+    closed: AtomicBool,
+    /// `None` when the options turn LISTEN off.
+    listener: Option<Listener>,
+}
+
+impl fmt::Debug for PostgresStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresStorage")
+            .field("target", &self.target)
+            .field("schema", &self.schema)
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// The LISTEN connection's settings and its task, started by the first
+/// [`Storage::subscribe`].
+struct Listener {
+    config: tokio_postgres::Config,
+    /// `LISTEN "<schema>_jobs"`.
+    statement: String,
+    target: String,
+    /// Bumped on every notification and on every (re)connection.
+    wake: Arc<watch::Sender<u64>>,
+    /// Set (or dropped with the storage) to end the task.
+    shutdown: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for PostgresStorage {
+    fn drop(&mut self) {
+        if let Some(listener) = &self.listener {
+            listener.stop();
+        }
+    }
+}
+
+/// A failure inside a database call: PostgreSQL's (given context when mapped) or ours.
+enum Failure {
+    Pg(tokio_postgres::Error),
+    Hauler(Error),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        Failure::Pg(e)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Hauler(e)
+    }
+}
+
+impl PostgresStorage {
+    /// Connect to the database `dsn` names (a `postgresql://` URL or `key=value` pairs),
+    /// and create or upgrade hauler's schema in it (or, with `migrate: false`, check that
+    /// it is up to date).
+    ///
+    /// Fails with [`Error::Config`] for invalid options or an unparsable DSN, and with
+    /// [`Error::Storage`] if the server cannot be reached, is older than PostgreSQL 13, or
+    /// holds a schema written by a newer hauler.
+    pub async fn connect(dsn: &str, opts: PostgresOptions) -> Result<Self> {
+        opts.validate()?;
+        let config = session_config(dsn, &opts)?;
+        let target = describe(&config);
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(opts.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(opts.acquire_timeout))
+            .create_timeout(Some(opts.connect_timeout))
+            .recycle_timeout(Some(opts.connect_timeout))
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the PostgreSQL pool: {e}")))?;
+        let channel = format!("{}_jobs", opts.schema);
+        let listener = opts.listen.then(|| Listener {
+            config: listener_config(config),
+            statement: format!("LISTEN {}", quote_ident(&channel)),
+            target: target.clone(),
+            wake: Arc::new(watch::channel(0).0),
+            shutdown: watch::channel(false).0,
+            task: Mutex::new(None),
+        });
+        let storage = PostgresStorage {
+            pool,
+            target,
+            schema: opts.schema.clone(),
+            channel,
+            poll_interval: opts.poll_interval,
+            closed: AtomicBool::new(false),
+            listener,
+        };
+        let mut client = storage.client("connect").await?;
+        let checked = if opts.migrate {
+            apply_migrations(&mut client, &opts.schema).await.map(drop)
+        } else {
+            check_schema_version(&client, &opts.schema).await
+        };
+        checked.map_err(|e| storage.failure("connect", e))?;
+        drop(client);
+        Ok(storage)
+    }
+
+    /// The schema hauler's tables live in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    fn ensure_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::StorageClosed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A pooled connection.
+    async fn client(&self, op: &str) -> Result<Object> {
+        self.ensure_open()?;
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::Closed => Error::StorageClosed,
+            PoolError::Timeout(TimeoutType::Wait) => Error::Storage(format!(
+                "{op} on {}: no pooled connection became free within {:?} \
+                 (all {} are busy: raise pool_size or acquire_timeout)",
+                self.target,
+                self.pool.timeouts().wait.unwrap_or_default(),
+                self.pool.status().max_size
+            )),
+            PoolError::Timeout(_) => Error::Storage(format!(
+                "{op} on {}: connecting to PostgreSQL timed out",
+                self.target
+            )),
+            PoolError::Backend(e) => Error::Storage(format!(
+                "{op} on {}: cannot connect to PostgreSQL: {}",
+                self.target,
+                pg_message(&e)
+            )),
+            other => Error::Storage(format!("{op} on {}: {other}", self.target)),
+        })
+    }
+
+    /// Run one statement on a pooled connection.
+    async fn query(&self, op: &str, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let client = self.client(op).await?;
+        run(&client, sql, params)
+            .await
+            .map_err(|e| self.failure(op, Failure::Pg(e)))
+    }
+
+    fn failure(&self, op: &str, failure: Failure) -> Error {
+        let e = match failure {
+            Failure::Hauler(e) => return e,
+            Failure::Pg(e) => e,
+        };
+        if e.is_closed() {
+            return Error::Storage(format!(
+                "{op} on {}: lost the connection to PostgreSQL ({})",
+                self.target,
+                pg_message(&e)
+            ));
+        }
+        Error::Storage(format!("{op} on {}: {}", self.target, pg_message(&e)))
+    }
+}
+
+/// Run one statement, prepared once per connection.
+async fn run(
+    client: &Object,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> std::result::Result<Vec<Row>, tokio_postgres::Error> {
+    let statement = client.prepare_cached(sql).await?;
+    client.query(&statement, params).await
+}
+
+impl Listener {
+    /// Start the task unless it runs already. Needs a tokio runtime; without one, false.
+    fn start(&self) -> bool {
+        let mut task = self.task.lock().unwrap_or_else(PoisonError::into_inner);
+        if task.as_ref().is_some_and(|t| !t.is_finished()) {
+            return true;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            log::warn!(
+                "{}: no tokio runtime to run the LISTEN connection on; workers will poll",
+                self.target
+            );
+            return false;
+        };
+        *task = Some(runtime.spawn(listen_loop(
+            self.config.clone(),
+            self.statement.clone(),
+            self.target.clone(),
+            Arc::clone(&self.wake),
+            self.shutdown.subscribe(),
+        )));
+        true
+    }
+
+    fn stop(&self) {
+        self.shutdown.send_replace(true);
+        if let Some(task) = self
+            .task
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+}
+
+const LISTEN_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const LISTEN_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Keep a connection listening on the channel, waking `wake`'s subscribers on every
+/// notification; reconnect with exponential backoff when it is lost, until `shutdown`.
+async fn listen_loop(
+    config: tokio_postgres::Config,
+    statement: String,
+    target: String,
+    wake: Arc<watch::Sender<u64>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = LISTEN_BACKOFF_MIN;
+    loop {
+        let lost = tokio::select! {
+            lost = listen_once(&config, &statement, &wake, &mut backoff) => lost,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        log::warn!(
+            "{target}: the LISTEN connection failed ({lost}); reconnecting in {backoff:?} \
+             (workers poll meanwhile)"
+        );
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        }
+        backoff = (backoff * 2).min(LISTEN_BACKOFF_MAX);
+    }
+}
+
+/// One listening connection's life: returns why it ended.
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    statement: &str,
+    wake: &watch::Sender<u64>,
+    backoff: &mut Duration,
+) -> String {
+    let (client, mut connection) = match config.connect(NoTls).await {
+        Ok(pair) => pair,
+        Err(e) => return pg_message(&e),
+    };
+    let listen = client.batch_execute(statement);
+    tokio::pin!(listen);
+    let mut listening = false;
+    loop {
+        tokio::select! {
+            done = &mut listen, if !listening => match done {
+                Ok(()) => {
+                    listening = true;
+                    *backoff = LISTEN_BACKOFF_MIN;
+                    // Jobs may have been stored while no connection listened.
+                    wake.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                Err(e) => return pg_message(&e),
+            },
+            message = poll_fn(|cx| connection.poll_message(cx)) => match message {
+                Some(Ok(AsyncMessage::Notification(_))) => {
+                    wake.send_modify(|n| *n = n.wrapping_add(1));
+                }
+                Some(Ok(_)) => {} // a notice
+                Some(Err(e)) => return pg_message(&e),
+                None => return "connection closed".to_owned(),
+            },
+        }
+    }
+}
+
+/// The session settings for `dsn`: its own, plus hauler's `search_path` and defaults.
+fn session_config(dsn: &str, opts: &PostgresOptions) -> Result<tokio_postgres::Config> {
+    // The parser's messages never echo the DSN, so a password cannot leak through them.
+    let mut config: tokio_postgres::Config = dsn
+        .parse()
+        .map_err(|e| Error::Config(format!("invalid PostgreSQL DSN: {e}")))?;
+    // A later `-c` wins over an earlier one, so this overrides a search_path in the DSN.
+    let options = match config.get_options() {
+        Some(theirs) if !theirs.trim().is_empty() => {
+            format!("{theirs} -c search_path={}", opts.schema)
+        }
+        _ => format!("-c search_path={}", opts.schema),
+    };
+    config.options(options);
+    if config.get_application_name().is_none() {
+        config.application_name("hauler");
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(opts.connect_timeout);
+    }
+    Ok(config)
+}
+
+/// The listener's settings: TCP keepalives, so a connection cut without a reset (a dead
+/// host, a dropped route) is noticed in about a minute rather than hours.
+fn listener_config(mut config: tokio_postgres::Config) -> tokio_postgres::Config {
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(30))
+        .keepalives_interval(Duration::from_secs(10))
+        .keepalives_retries(3);
+    config
+}
+
+/// `user@host:port/db`, for messages.
+fn describe(config: &tokio_postgres::Config) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, host)| {
+            let name = match host {
+                Host::Tcp(name) => name.clone(),
+                #[cfg(unix)]
+                Host::Unix(path) => path.display().to_string(),
+            };
+            match config.get_ports().get(i).or(config.get_ports().first()) {
+                Some(port) => format!("{name}:{port}"),
+                None => name,
+            }
+        })
+        .collect();
+    let user = config
+        .get_user()
+        .map(|u| format!("{u}@"))
+        .unwrap_or_default();
+    let db = config.get_dbname().unwrap_or("");
+    format!("postgresql://{user}{}/{db}", hosts.join(","))
+}
+
+/// `"name"`, for the two statements that take an identifier (CREATE SCHEMA, LISTEN).
+/// Only validated names reach it (see [`schema_problem`]), so no quote needs doubling;
+/// doubling anyway keeps it correct for any input.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A PostgreSQL error as one line: the server's message with its SQLSTATE and detail, or
+/// the client's.
+fn pg_message(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(detail) = db.detail() {
+                text.push_str(" (");
+                text.push_str(detail);
+                text.push(')');
+            }
+            text
+        }
+        None => e.to_string(),
+    }
+}
+
+async fn check_server_version(client: &Client) -> std::result::Result<(), Failure> {
+    let version: i32 = client.query_one(SERVER_VERSION, &[]).await?.get(0);
+    if version < MIN_SERVER_VERSION {
+        return Err(Error::Storage(format!(
+            "hauler needs PostgreSQL 13 or newer; the server is version {}.{}",
+            version / 10_000,
+            version % 10_000
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+fn newer_schema(schema: &str, version: i32) -> Failure {
+    Error::Storage(format!(
+        "schema {schema:?} is at version {version}, newer than this hauler supports \
+         ({SCHEMA_VERSION}); upgrade hauler"
+    ))
+    .into()
+}
+
+/// Bring `schema` up to [`SCHEMA_VERSION`] in one transaction, under an advisory lock
+/// that serializes concurrent migrators. Returns the version.
+async fn apply_migrations(client: &mut Client, schema: &str) -> std::result::Result<u32, Failure> {
+    check_server_version(client).await?;
+    let tx = client.transaction().await?;
+    tx.execute(MIGRATION_LOCK, &[&schema]).await?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {}",
+        quote_ident(schema)
+    ))
+    .await?;
+    tx.batch_execute(MIGRATIONS_TABLE).await?;
+    let current: i32 = tx.query_one(CURRENT_VERSION, &[]).await?.get(0);
+    let applied = usize::try_from(current).unwrap_or(0);
+    if applied > MIGRATIONS.len() {
+        return Err(newer_schema(schema, current));
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(applied) {
+        tx.batch_execute(migration.sql).await?;
+        let version = i32::try_from(i + 1).unwrap_or(i32::MAX);
+        tx.execute(RECORD_VERSION, &[&version, &migration.description])
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(SCHEMA_VERSION)
+}
+
+/// Fail unless `schema` is exactly at [`SCHEMA_VERSION`].
+async fn check_schema_version(client: &Client, schema: &str) -> std::result::Result<(), Failure> {
+    check_server_version(client).await?;
+    let exists: bool = client.query_one(MIGRATIONS_TABLE_EXISTS, &[]).await?.get(0);
+    let current: i32 = if exists {
+        client.query_one(CURRENT_VERSION, &[]).await?.get(0)
+    } else {
+        0
+    };
+    let current_u = u32::try_from(current).unwrap_or(0);
+    if current_u > SCHEMA_VERSION {
+        return Err(newer_schema(schema, current));
+    }
+    if current_u < SCHEMA_VERSION {
+        return Err(Error::Storage(format!(
+            "schema {schema:?} is at version {current}, this hauler needs {SCHEMA_VERSION}: \
+             run hauler's migrate first, or connect with migrate enabled"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// Create or upgrade hauler's schema in the database `dsn` names, then disconnect; for
+/// deployments that migrate before starting workers. Only `schema` and `connect_timeout`
+/// of `opts` matter. Safe to run from many processes at once. Returns the schema version.
+pub async fn migrate(dsn: &str, opts: &PostgresOptions) -> Result<u32> {
+    opts.validate()?;
+    let config = session_config(dsn, opts)?;
+    let target = describe(&config);
+    let fail = |what: &str, e: Failure| match e {
+        Failure::Hauler(e) => e,
+        Failure::Pg(e) => Error::Storage(format!("{what} on {target}: {}", pg_message(&e))),
+    };
+    let (mut client, connection) = config
+        .connect(NoTls)
+        .await
+        .map_err(|e| fail("migrate: connect", e.into()))?;
+    let driver = tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            log::debug!("migration connection ended: {e}");
+        }
+    });
+    let result = apply_migrations(&mut client, &opts.schema).await;
+    drop(client);
+    let _ = driver.await;
+    result.map_err(|e| fail("migrate", e))
+}
+
+/// A timestamp as PostgreSQL takes it.
+fn to_pg_time(t: Timestamp) -> Result<DateTime<Utc>> {
+    DateTime::from_timestamp_micros(t.as_micros()).ok_or_else(|| {
+        Error::Storage(format!(
+            "timestamp {} µs since the epoch is outside the range PostgreSQL can store",
+            t.as_micros()
+        ))
+    })
+}
+
+fn from_pg_time(t: DateTime<Utc>) -> Timestamp {
+    Timestamp::from_micros(t.timestamp_micros())
+}
+
+/// A `u64` as a PostgreSQL bigint (values past `i64::MAX` are clamped).
+fn to_bigint(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// The stored name of an attempt outcome (as serde writes it in the model).
+const fn outcome_name(outcome: AttemptOutcome) -> &'static str {
+    match outcome {
+        AttemptOutcome::Completed => "completed",
+        AttemptOutcome::Failed => "failed",
+        AttemptOutcome::LeaseExpired => "lease_expired",
+        AttemptOutcome::Released => "released",
+    }
+}
+
+fn parse_outcome(name: &str) -> Option<AttemptOutcome> {
+    [
+        AttemptOutcome::Completed,
+        AttemptOutcome::Failed,
+        AttemptOutcome::LeaseExpired,
+        AttemptOutcome::Released,
+    ]
+    .into_iter()
+    .find(|o| outcome_name(*o) == name)
+}
+
+fn corrupt(id: Uuid, what: impl fmt::Display) -> Error {
+    Error::Storage(format!(
+        "corrupt row for job {id} in the jobs table: {what}"
+    ))
+}
+
+/// Column `idx` of `row`, or a corruption error naming the job and column.
+fn column<'a, T: FromSql<'a>>(row: &'a Row, idx: usize, id: Uuid) -> Result<T> {
+    row.try_get(idx).map_err(|e| {
+        let name = row.columns().get(idx).map_or("?", |c| c.name());
+        corrupt(id, format_args!("column {name}: {e}"))
+    })
+}
+
+/// A stored integer as `T`, or a corruption error naming the job and field.
+fn int<T: TryFrom<i64>>(v: impl Into<i64>, id: Uuid, field: &str) -> Result<T> {
+    let v = v.into();
+    T::try_from(v).map_err(|_| corrupt(id, format_args!("{field} {v} is out of range")))
+}
+
+fn parse_error(text: &str, id: Uuid, field: &str) -> Result<ErrorInfo> {
+    serde_json::from_str(text).map_err(|e| corrupt(id, format_args!("{field}: {e}")))
+}
+
+/// Read a row of `job_select!`.
+fn record_from_row(row: &Row) -> Result<JobRecord> {
+    let id: Uuid = row
+        .try_get(0)
+        .map_err(|e| Error::Storage(format!("corrupt job id in the jobs table: {e}")))?;
+    let status: String = column(row, 4, id)?;
+    let retry: String = column(row, 6, id)?;
+    let last_error: Option<String> = column(row, 18, id)?;
+    let history = history_from_row(row, id)?;
+    Ok(JobRecord {
+        id: JobId(id),
+        name: column(row, 1, id)?,
+        queue: column(row, 2, id)?,
+        args: column(row, 3, id)?,
+        status: status.parse().map_err(|e| corrupt(id, e))?,
+        attempt: int(column::<i32>(row, 5, id)?, id, "attempt")?,
+        retry: RetryPolicy::from_json(&retry)
+            .map_err(|e| corrupt(id, format_args!("retry: {e}")))?,
+        priority: column(row, 7, id)?,
+        timeout_ms: column::<Option<i64>>(row, 8, id)?
+            .map(|v| int(v, id, "timeout_ms"))
+            .transpose()?,
+        heartbeat_ms: int(column::<i64>(row, 9, id)?, id, "heartbeat_ms")?,
+        version: int(column::<i64>(row, 10, id)?, id, "version")?,
+        unique_key: column(row, 11, id)?,
+        created_at: from_pg_time(column(row, 12, id)?),
+        run_at: from_pg_time(column(row, 13, id)?),
+        started_at: column::<Option<DateTime<Utc>>>(row, 14, id)?.map(from_pg_time),
+        finished_at: column::<Option<DateTime<Utc>>>(row, 15, id)?.map(from_pg_time),
+        worker_id: column(row, 16, id)?,
+        lease_expires_at: column::<Option<DateTime<Utc>>>(row, 17, id)?.map(from_pg_time),
+        last_error: last_error
+            .map(|text| parse_error(&text, id, "last_error"))
+            .transpose()?,
+        history,
+    })
+}
+
+/// The history arrays of a `job_select!` row (columns 19 to 24), oldest first.
+fn history_from_row(row: &Row, id: Uuid) -> Result<Vec<AttemptRecord>> {
+    let attempts: Option<Vec<i32>> = column(row, 19, id)?;
+    let Some(attempts) = attempts else {
+        return Ok(Vec::new());
+    };
+    let workers: Vec<String> = column(row, 20, id)?;
+    let started: Vec<DateTime<Utc>> = column(row, 21, id)?;
+    let finished: Vec<DateTime<Utc>> = column(row, 22, id)?;
+    let outcomes: Vec<String> = column(row, 23, id)?;
+    let errors: Vec<Option<String>> = column(row, 24, id)?;
+    let n = attempts.len();
+    if [
+        workers.len(),
+        started.len(),
+        finished.len(),
+        outcomes.len(),
+        errors.len(),
+    ]
+    .iter()
+    .any(|&len| len != n)
+    {
+        return Err(corrupt(id, "history arrays of different lengths"));
+    }
+    let mut history = Vec::with_capacity(n);
+    for (i, (((attempt, worker_id), outcome), error)) in attempts
+        .into_iter()
+        .zip(workers)
+        .zip(outcomes)
+        .zip(errors)
+        .enumerate()
+    {
+        history.push(AttemptRecord {
+            attempt: int(attempt, id, "history attempt")?,
+            worker_id,
+            started_at: from_pg_time(started[i]),
+            finished_at: from_pg_time(finished[i]),
+            outcome: parse_outcome(&outcome)
+                .ok_or_else(|| corrupt(id, format_args!("unknown outcome {outcome:?}")))?,
+            error: error
+                .map(|text| parse_error(&text, id, "history error"))
+                .transpose()?,
+        });
+    }
+    Ok(history)
+}
+
+/// Read a row of [`JOB_CLAIM`]'s `RETURNING`, with the claim's sort key.
+fn claimed_from_row(row: &Row, started_at: Timestamp) -> Result<(ClaimedJob, i32, Timestamp)> {
+    let id: Uuid = row
+        .try_get(0)
+        .map_err(|e| Error::Storage(format!("corrupt job id in the jobs table: {e}")))?;
+    let retry: String = column(row, 5, id)?;
+    let job = ClaimedJob {
+        id: JobId(id),
+        name: column(row, 1, id)?,
+        queue: column(row, 2, id)?,
+        args: column(row, 3, id)?,
+        attempt: int(column::<i32>(row, 4, id)?, id, "attempt")?,
+        retry: RetryPolicy::from_json(&retry)
+            .map_err(|e| corrupt(id, format_args!("retry: {e}")))?,
+        timeout_ms: column::<Option<i64>>(row, 6, id)?
+            .map(|v| int(v, id, "timeout_ms"))
+            .transpose()?,
+        heartbeat_ms: int(column::<i64>(row, 7, id)?, id, "heartbeat_ms")?,
+        version: int(column::<i64>(row, 8, id)?, id, "version")?,
+        started_at,
+        lease: LeaseToken(column(row, 9, id)?),
+    };
+    let priority: i32 = column(row, 10, id)?;
+    let run_at = from_pg_time(column(row, 11, id)?);
+    Ok((job, priority, run_at))
+}
+
+#[async_trait]
+impl Storage for PostgresStorage {
+    async fn job_insert_many(&self, p: JobInsertManyParams) -> Result<()> {
+        const INSERT: &str = "job_insert_many";
+        self.ensure_open()?;
+        if p.jobs.is_empty() {
+            return Ok(());
+        }
+        let n = p.jobs.len();
+        let (mut ids, mut names, mut queues, mut args) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut statuses, mut priorities, mut max_retries, mut retries) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut timeouts, mut heartbeats, mut versions, mut unique_keys, mut run_ats) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for job in p.jobs {
+            let run_at = job.run_at.unwrap_or(p.now);
+            let status = if run_at > p.now {
+                JobStatus::Scheduled
+            } else {
+                JobStatus::Available
+            };
+            ids.push(job.id.0);
+            statuses.push(status.as_str());
+            priorities.push(job.priority);
+            max_retries.push(match job.retry.max_retries {
+                MaxRetries::Count(n) => Some(i64::from(n)),
+                MaxRetries::Infinite => None,
+            });
+            retries.push(job.retry.to_json());
+            timeouts.push(job.timeout_ms.map(to_bigint));
+            heartbeats.push(to_bigint(job.heartbeat_ms));
+            versions.push(i64::from(job.version));
+            run_ats.push(to_pg_time(run_at)?);
+            names.push(job.name);
+            queues.push(job.queue);
+            args.push(job.args);
+            unique_keys.push(job.unique_key);
+        }
+        let now = to_pg_time(p.now)?;
+        let client = self.client(INSERT).await?;
+        let res = run(
+            &client,
+            JOB_INSERT,
+            &[
+                &ids,
+                &names,
+                &queues,
+                &args,
+                &statuses,
+                &priorities,
+                &max_retries,
+                &retries,
+                &timeouts,
+                &heartbeats,
+                &versions,
+                &unique_keys,
+                &now,
+                &run_ats,
+                &self.channel,
+            ],
+        )
+        .await;
+        match res {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Err(Error::Storage(format!(
+                    "{INSERT} on {}: a job with that id already exists, so nothing was \
+                     stored ({})",
+                    self.target,
+                    pg_message(&e)
+                )))
+            }
+            Err(e) => Err(self.failure(INSERT, Failure::Pg(e))),
+        }
+    }
+
+    async fn job_claim(&self, p: JobClaimParams) -> Result<Vec<ClaimedJob>> {
+        self.ensure_open()?;
+        if p.limit == 0 || p.queues.is_empty() || p.names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = to_pg_time(p.now)?;
+        let limit = i64::from(p.limit);
+        let lease_beats = to_bigint(LEASE_HEARTBEATS);
+        let rows = self
+            .query(
+                "job_claim",
+                JOB_CLAIM,
+                &[
+                    &p.queues,
+                    &p.names,
+                    &now,
+                    &limit,
+                    &p.worker_id,
+                    &MAX_LEASE_HEARTBEAT_MS,
+                    &lease_beats,
+                ],
+            )
+            .await?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| claimed_from_row(row, p.now))
+            .collect::<Result<Vec<_>>>()?;
+        // RETURNING comes in no particular order: hand the jobs out in claim order.
+        claimed.sort_by(|(a, a_priority, a_run), (b, b_priority, b_run)| {
+            b_priority
+                .cmp(a_priority)
+                .then(a_run.cmp(b_run))
+                .then(a.id.cmp(&b.id))
+        });
+        Ok(claimed.into_iter().map(|(job, _, _)| job).collect())
+    }
+
+    async fn job_heartbeat(&self, p: JobHeartbeatParams) -> Result<Vec<JobId>> {
+        self.ensure_open()?;
+        if p.leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<Uuid> = p.leases.iter().map(|(id, _)| id.0).collect();
+        let tokens: Vec<Uuid> = p.leases.iter().map(|(_, lease)| lease.0).collect();
+        let now = to_pg_time(p.now)?;
+        let lease_beats = to_bigint(LEASE_HEARTBEATS);
+        let rows = self
+            .query(
+                "job_heartbeat",
+                JOB_HEARTBEAT,
+                &[&ids, &tokens, &now, &MAX_LEASE_HEARTBEAT_MS, &lease_beats],
+            )
+            .await?;
+        let mut extended = std::collections::HashSet::with_capacity(rows.len());
+        for row in &rows {
+            let id: Uuid = row
+                .try_get(0)
+                .map_err(|e| Error::Storage(format!("job_heartbeat: unexpected row: {e}")))?;
+            let token: Uuid = column(row, 1, id)?;
+            extended.insert((id, token));
+        }
+        Ok(p.leases
+            .iter()
+            .filter(|(id, lease)| extended.contains(&(id.0, lease.0)))
+            .map(|(id, _)| *id)
+            .collect())
+    }
+
+    async fn job_finish_many(&self, p: JobFinishManyParams) -> Result<Vec<bool>> {
+        self.ensure_open()?;
+        if p.finishes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let n = p.finishes.len();
+        let (mut ids, mut tokens, mut statuses) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let (mut retry_ats, mut errors, mut outcomes) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for f in &p.finishes {
+            let (status, retry_at, error, outcome) = match &f.outcome {
+                FinishOutcome::Completed => {
+                    (JobStatus::Completed, None, None, AttemptOutcome::Completed)
+                }
+                FinishOutcome::Retry { retry_at, error } => (
+                    JobStatus::Retryable,
+                    Some(to_pg_time(*retry_at)?),
+                    Some(serde_json::to_string(error)?),
+                    AttemptOutcome::Failed,
+                ),
+                FinishOutcome::Failed { error } => (
+                    JobStatus::Failed,
+                    None,
+                    Some(serde_json::to_string(error)?),
+                    AttemptOutcome::Failed,
+                ),
+            };
+            ids.push(f.id.0);
+            tokens.push(f.lease.0);
+            statuses.push(status.as_str());
+            retry_ats.push(retry_at);
+            errors.push(error);
+            outcomes.push(outcome_name(outcome));
+        }
+        let now = to_pg_time(p.now)?;
+        let rows = self
+            .query(
+                "job_finish_many",
+                JOB_FINISH,
+                &[
+                    &ids,
+                    &tokens,
+                    &statuses,
+                    &retry_ats,
+                    &errors,
+                    &outcomes,
+                    &now,
+                    &self.channel,
+                ],
+            )
+            .await?;
+        let mut accepted = vec![false; n];
+        for row in &rows {
+            let ord: i64 = row
+                .try_get(0)
+                .map_err(|e| Error::Storage(format!("job_finish_many: unexpected row: {e}")))?;
+            // Ordinals count from 1.
+            if let Some(slot) = usize::try_from(ord - 1)
+                .ok()
+                .and_then(|i| accepted.get_mut(i))
+            {
+                *slot = true;
+            }
+        }
+        Ok(accepted)
+    }
+
+    async fn job_release(&self, p: JobReleaseParams) -> Result<u64> {
+        self.ensure_open()?;
+        if p.leases.is_empty() {
+            return Ok(0);
+        }
+        let ids: Vec<Uuid> = p.leases.iter().map(|(id, _)| id.0).collect();
+        let tokens: Vec<Uuid> = p.leases.iter().map(|(_, lease)| lease.0).collect();
+        let now = to_pg_time(p.now)?;
+        let rows = self
+            .query(
+                "job_release",
+                JOB_RELEASE,
+                &[&ids, &tokens, &now, &self.channel],
+            )
+            .await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn job_reclaim_expired(&self, p: JobReclaimParams) -> Result<u64> {
+        let now = to_pg_time(p.now)?;
+        let rows = self
+            .query("job_reclaim_expired", JOB_RECLAIM, &[&now, &self.channel])
+            .await?;
+        Ok(rows.len() as u64)
+    }
+
+    async fn job_get(&self, id: JobId) -> Result<Option<JobRecord>> {
+        let rows = self.query("job_get", JOB_GET, &[&id.0]).await?;
+        rows.first().map(record_from_row).transpose()
+    }
+
+    async fn job_list(&self, p: JobListParams) -> Result<Vec<JobRecord>> {
+        let statuses: Vec<&str> = p.statuses.iter().map(|s| s.as_str()).collect();
+        let cursor = p.cursor.map(|c| c.0);
+        let limit = i64::from(p.limit);
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&p.name, &p.queue, &cursor, &limit];
+        let sql = if statuses.is_empty() {
+            JOB_LIST
+        } else {
+            params.push(&statuses);
+            JOB_LIST_BY_STATUS
+        };
+        let rows = self.query("job_list", sql, &params).await?;
+        rows.iter().map(record_from_row).collect()
+    }
+
+    async fn job_counts(&self) -> Result<Vec<QueueCount>> {
+        let rows = self.query("job_counts", JOB_COUNTS, &[]).await?;
+        let mut counts = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let decode = |e: tokio_postgres::Error| {
+                Error::Storage(format!("job_counts: unexpected row: {e}"))
+            };
+            let queue: String = row.try_get(0).map_err(decode)?;
+            let status: String = row.try_get(1).map_err(decode)?;
+            let count: i64 = row.try_get(2).map_err(decode)?;
+            counts.push(QueueCount {
+                status: status.parse::<JobStatus>().map_err(|e| {
+                    Error::Storage(format!(
+                        "corrupt status in the jobs table (queue {queue:?}): {e}"
+                    ))
+                })?,
+                count: u64::try_from(count).unwrap_or(0),
+                queue,
+            });
+        }
+        counts.sort_by(|a, b| a.queue.cmp(&b.queue).then(a.status.cmp(&b.status)));
+        Ok(counts)
+    }
+
+    async fn job_next_run_at(&self, p: JobNextRunAtParams) -> Result<Option<Timestamp>> {
+        self.ensure_open()?;
+        if p.queues.is_empty() || p.names.is_empty() {
+            return Ok(None);
+        }
+        let rows = self
+            .query("job_next_run_at", JOB_NEXT_RUN_AT, &[&p.queues, &p.names])
+            .await?;
+        let earliest: Option<DateTime<Utc>> = match rows.first() {
+            Some(row) => row
+                .try_get(0)
+                .map_err(|e| Error::Storage(format!("job_next_run_at: unexpected row: {e}")))?,
+            None => None,
+        };
+        Ok(earliest.map(from_pg_time))
+    }
+
+    fn poll_interval(&self) -> Option<Duration> {
+        Some(self.poll_interval)
+    }
+
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        let listener = self.listener.as_ref()?;
+        if self.closed.load(Ordering::Acquire) || !listener.start() {
+            return None;
+        }
+        Some(listener.wake.subscribe())
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        if let Some(listener) = &self.listener {
+            listener.stop();
+        }
+        self.pool.close();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked() {
+        for good in ["hauler", "_x", "jobs_2", &"a".repeat(MAX_SCHEMA_LEN)] {
+            assert_eq!(schema_problem(good), None, "{good}");
+        }
+        for bad in [
+            "",
+            "Hauler",
+            "2jobs",
+            "my-jobs",
+            "a b",
+            "x\"; DROP TABLE jobs; --",
+            "é",
+            "pg_jobs",
+            &"a".repeat(MAX_SCHEMA_LEN + 1),
+        ] {
+            assert!(schema_problem(bad).is_some(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn options_validate_lists_every_problem() {
+        let opts = PostgresOptions {
+            schema: "Bad".to_owned(),
+            pool_size: 0,
+            poll_interval: Duration::ZERO,
+            ..PostgresOptions::default()
+        };
+        match opts.validate() {
+            Err(Error::Config(msg)) => {
+                for part in ["\"Bad\"", "pool_size", "poll_interval"] {
+                    assert!(msg.contains(part), "{msg}");
+                }
+            }
+            other => panic!("expected Error::Config, got {other:?}"),
+        }
+        assert!(PostgresOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn dsn_options_pass_through_and_search_path_is_added() {
+        let opts = PostgresOptions::default();
+        let config = session_config(
+            "postgresql://app:secret@db.example:6543/jobs?application_name=api&options=-c%20statement_timeout%3D5s",
+            &opts,
+        )
+        .unwrap();
+        assert_eq!(config.get_application_name(), Some("api"));
+        assert_eq!(
+            config.get_options(),
+            Some("-c statement_timeout=5s -c search_path=hauler")
+        );
+        assert_eq!(describe(&config), "postgresql://app@db.example:6543/jobs");
+
+        let config = session_config("host=localhost user=u dbname=d", &opts).unwrap();
+        assert_eq!(config.get_application_name(), Some("hauler"));
+        assert_eq!(config.get_options(), Some("-c search_path=hauler"));
+        assert_eq!(config.get_connect_timeout(), Some(&opts.connect_timeout));
+
+        match session_config("postgresql://u:hunter2@[broken", &opts) {
+            Err(Error::Config(msg)) => assert!(!msg.contains("hunter2"), "{msg}"),
+            other => panic!("expected Error::Config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn stored_outcome_names_match_serde() {
+        for outcome in [
+            AttemptOutcome::Completed,
+            AttemptOutcome::Failed,
+            AttemptOutcome::LeaseExpired,
+            AttemptOutcome::Released,
+        ] {
+            let json = serde_json::to_string(&outcome).unwrap();
+            assert_eq!(json, format!("\"{}\"", outcome_name(outcome)));
+            assert_eq!(parse_outcome(outcome_name(outcome)), Some(outcome));
+        }
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("hauler_jobs"), "\"hauler_jobs\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}
