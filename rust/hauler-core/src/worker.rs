@@ -3,8 +3,9 @@
 //!
 //! One dispatcher task per queue claims up to its free worker count in one storage call,
 //! then waits for whichever comes first: a worker slot freeing, a job queued in this process
-//! ([`Queue::wake`]), the next scheduled run time, the storage's poll interval (jobs queued
-//! by other processes), or stop. A completer task writes finished attempts many per
+//! ([`Queue::wake`]), a notification of jobs queued by other processes
+//! ([`crate::storage::Storage::subscribe`]), the next scheduled run time, the storage's poll
+//! interval (the fallback for those notifications), or stop. A completer task writes finished attempts many per
 //! transaction; a heartbeat task renews leases; a reclaim task takes back jobs whose
 //! worker died.
 
@@ -287,6 +288,8 @@ impl WorkerPool {
 async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
     let mut stop_rx = shared.stopping.subscribe();
     let mut wake_rx = shared.queue.subscribe();
+    // Jobs made runnable by other processes, when the storage can tell (LISTEN/NOTIFY).
+    let mut remote_rx = shared.queue.storage().subscribe();
     let mut error_backoff = ERROR_BACKOFF_MIN;
     let queues = vec![slots.config.name.clone()];
     let names = slots.config.names.clone();
@@ -301,6 +304,9 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
         let mut wait_for: Option<Duration> = None;
         if free > 0 {
             wake_rx.borrow_and_update();
+            if let Some(rx) = remote_rx.as_mut() {
+                rx.borrow_and_update();
+            }
             let now = shared.queue.clock().now();
             let claimed = shared
                 .queue
@@ -372,9 +378,20 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
             _ = stop_rx.changed() => {}
             _ = slots.freed.notified() => {}
             _ = wake_rx.changed(), if !full => {}
+            _ = changed_or_forever(&mut remote_rx), if !full => {}
             _ = sleep_or_forever(wait_for), if !full => {}
         }
     }
+}
+
+async fn changed_or_forever(rx: &mut Option<watch::Receiver<u64>>) {
+    if let Some(rx) = rx {
+        if rx.changed().await.is_ok() {
+            return;
+        }
+    }
+    // No signal, or its storage is gone: only the other branches can wake us.
+    std::future::pending().await
 }
 
 async fn sleep_or_forever(d: Option<Duration>) {
