@@ -1,6 +1,6 @@
 //! The PostgreSQL storage: one set of queues shared by workers on many hosts.
 //!
-//! * **Connections.** A [deadpool] pool of tokio-postgres connections. The DSN (URL or
+//! * **Connections.** A `deadpool-postgres` pool of tokio-postgres connections. The DSN (URL or
 //!   key-value form) is parsed by [`tokio_postgres::Config`], so its options pass through;
 //!   hauler adds `-c search_path=<schema>` to the startup options, so every statement is
 //!   static text naming unqualified tables, and `application_name=hauler` when the DSN sets
