@@ -5,9 +5,9 @@
 //! then waits for whichever comes first: a worker slot freeing, a job queued in this process
 //! ([`Queue::wake`]), a notification of jobs queued by other processes
 //! ([`crate::storage::Storage::subscribe`]), the next scheduled run time, the storage's poll
-//! interval (the fallback for those notifications), or stop. A completer task writes finished attempts many per
-//! transaction; a heartbeat task renews leases; a reclaim task takes back jobs whose
-//! worker died.
+//! interval (the fallback for those notifications), or stop. A completer task writes
+//! finished attempts many per transaction; a heartbeat task renews leases; a reclaim task
+//! takes back jobs whose worker died.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
