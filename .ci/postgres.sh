@@ -127,11 +127,18 @@ load_state() {
     [[ -n ${PG_DIR:-} && -n ${PG_PORT:-} && -n ${PG_BIN:-} ]]
 }
 
-# Whether the cluster recorded in the state file is up.
+# Whether the cluster recorded in the state file is up and accepting connections (a
+# postmaster that died unreaped still passes `pg_ctl status`).
 running() {
     load_state || return 1
     [[ -d $PG_DIR/data ]] || return 1
-    (cd "$PG_DIR" && as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1)
+    (cd "$PG_DIR" && as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" status >/dev/null 2>&1) ||
+        return 1
+    if [[ -x $PG_BIN/pg_isready ]]; then
+        "$PG_BIN/pg_isready" -q -h 127.0.0.1 -p "$PG_PORT" -t 5
+    else
+        port_in_use "$PG_PORT"
+    fi
 }
 
 cmd_start() {
@@ -203,13 +210,12 @@ cmd_stop() {
         rm -f "$state_file" "$env_file"
         return
     fi
-    if [[ -d $PG_DIR/data ]]; then
+    if running; then
         (cd "$PG_DIR" && as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -m fast -w -t 30 stop \
             >/dev/null 2>&1) || true
-        if [[ -n ${PG_PID:-} ]] && kill -0 "$PG_PID" 2>/dev/null; then
-            say "the server (pid $PG_PID) did not stop; killing it"
-            kill -9 "$PG_PID" 2>/dev/null || true
-        fi
+    fi
+    if [[ -n ${PG_PID:-} ]] && kill -0 "$PG_PID" 2>/dev/null; then
+        kill -9 "$PG_PID" 2>/dev/null || true
     fi
     case $PG_DIR in
         "${TMPDIR:-/tmp}"/hauler-pg.*) rm -rf "$PG_DIR" ;;
