@@ -1560,6 +1560,182 @@ mod tests {
         }
     }
 
+    /// The test server, found as `tests/storage_postgres.rs` finds it.
+    fn test_dsn() -> Option<String> {
+        if let Ok(dsn) = std::env::var("HAULER_TEST_POSTGRES_DSN") {
+            return Some(dsn);
+        }
+        if std::env::var("HAULER_TEST_POSTGRES").as_deref() == Ok("skip") {
+            eprintln!("skipped: HAULER_TEST_POSTGRES=skip and no HAULER_TEST_POSTGRES_DSN");
+            return None;
+        }
+        panic!(
+            "HAULER_TEST_POSTGRES_DSN is not set: start a throwaway server with \
+             `eval \"$(bash .ci/postgres.sh start)\"`, or set HAULER_TEST_POSTGRES=skip"
+        );
+    }
+
+    async fn plan(client: &Object, sql: &str, params: &[&(dyn ToSql + Sync)]) -> String {
+        let rows = client
+            .query(&format!("EXPLAIN {sql}"), params)
+            .await
+            .unwrap_or_else(|e| panic!("EXPLAIN failed: {e}\n{sql}"));
+        rows.iter()
+            .map(|r| r.get::<_, String>(0))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// With many finished jobs and a few pending ones, the planner walks the partial
+    /// indexes (so a claim's cost does not grow with finished jobs) and reaches single
+    /// jobs by primary key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hot_statements_use_their_indexes() {
+        use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
+        use crate::storage::JobFinish;
+        let Some(dsn) = test_dsn() else { return };
+        let schema = format!("plan_{}_{:08x}", std::process::id(), rand::random::<u32>());
+        let opts = PostgresOptions {
+            schema: schema.clone(),
+            ..PostgresOptions::default()
+        };
+        let s = PostgresStorage::connect(&dsn, opts).await.unwrap();
+        for _ in 0..5 {
+            let jobs = (0..1_000).map(|_| new_job(NAME, QUEUE)).collect();
+            s.job_insert_many(JobInsertManyParams { jobs, now: T0 })
+                .await
+                .unwrap();
+            let claimed = s
+                .job_claim(JobClaimParams {
+                    queues: vec![QUEUE.to_owned()],
+                    names: vec![NAME.to_owned()],
+                    limit: 1_000,
+                    worker_id: "w".to_owned(),
+                    now: T0,
+                })
+                .await
+                .unwrap();
+            let finishes = claimed
+                .iter()
+                .map(|c| JobFinish {
+                    id: c.id,
+                    lease: c.lease,
+                    outcome: FinishOutcome::Completed,
+                })
+                .collect();
+            s.job_finish_many(JobFinishManyParams { finishes, now: T0 })
+                .await
+                .unwrap();
+        }
+        let jobs = (0..10).map(|_| new_job(NAME, QUEUE)).collect();
+        s.job_insert_many(JobInsertManyParams { jobs, now: T0 })
+            .await
+            .unwrap();
+        let client = s.client("test").await.unwrap();
+        client
+            .batch_execute("ANALYZE jobs; ANALYZE attempts")
+            .await
+            .unwrap();
+
+        let now = to_pg_time(T0).unwrap();
+        let queues = vec![QUEUE.to_owned()];
+        let names = vec![NAME.to_owned()];
+        let (ids, tokens) = (vec![Uuid::nil()], vec![Uuid::nil()]);
+        let (beats, cap) = (3_i64, MAX_LEASE_HEARTBEAT_MS);
+        let claim_params: [&(dyn ToSql + Sync); 7] =
+            [&queues, &names, &now, &10_i64, &"w", &cap, &beats];
+        // A few pending jobs: found through an index bounded by status, whichever.
+        let claim = plan(&client, JOB_CLAIM, &claim_params).await;
+        assert!(!claim.contains("Seq Scan on jobs"), "{claim}");
+        assert!(
+            claim.contains("Index Scan using jobs_claim on jobs")
+                || claim.contains("Index Scan using jobs_queue_status on jobs"),
+            "{claim}"
+        );
+        // A backlog: the claim index is walked in claim order, stopping at the limit.
+        let jobs = (0..5_000).map(|_| new_job(NAME, QUEUE)).collect();
+        s.job_insert_many(JobInsertManyParams { jobs, now: T0 })
+            .await
+            .unwrap();
+        client.batch_execute("ANALYZE jobs").await.unwrap();
+        let claim = plan(&client, JOB_CLAIM, &claim_params).await;
+        assert!(
+            claim.contains("Index Scan using jobs_claim on jobs"),
+            "{claim}"
+        );
+        assert!(!claim.contains("Sort Key: jobs.priority"), "{claim}");
+
+        let next = plan(&client, JOB_NEXT_RUN_AT, &[&queues, &names]).await;
+        assert!(next.contains("using jobs_pending_run_at"), "{next}");
+
+        let reclaim = plan(&client, JOB_RECLAIM, &[&now, &"c"]).await;
+        assert!(
+            reclaim.contains("using jobs_lease on jobs")
+                || reclaim.contains("Index Cond: (status = 'running'::text)"),
+            "only running jobs are read: {reclaim}"
+        );
+
+        let by_pkey = [
+            (
+                "heartbeat",
+                plan(&client, JOB_HEARTBEAT, &[&ids, &tokens, &now, &cap, &beats]).await,
+            ),
+            (
+                "finish",
+                plan(
+                    &client,
+                    JOB_FINISH,
+                    &[
+                        &ids,
+                        &tokens,
+                        &vec!["completed"],
+                        &vec![None::<DateTime<Utc>>],
+                        &vec![None::<String>],
+                        &vec!["completed"],
+                        &now,
+                        &"c",
+                    ],
+                )
+                .await,
+            ),
+            (
+                "release",
+                plan(&client, JOB_RELEASE, &[&ids, &tokens, &now, &"c"]).await,
+            ),
+            ("get", plan(&client, JOB_GET, &[&Uuid::nil()]).await),
+        ];
+        for (what, p) in by_pkey {
+            assert!(p.contains("using jobs_pkey"), "{what}:\n{p}");
+            assert!(!p.contains("Seq Scan on jobs"), "{what}:\n{p}");
+        }
+
+        let none: Option<String> = None;
+        let cursor: Option<Uuid> = None;
+        let list = plan(&client, JOB_LIST, &[&none, &none, &cursor, &10_i64]).await;
+        assert!(
+            list.contains("Index Scan Backward using jobs_pkey"),
+            "{list}"
+        );
+        assert!(list.contains("using attempts_job"), "{list}");
+        let failed = vec!["failed"];
+        let by_status = plan(
+            &client,
+            JOB_LIST_BY_STATUS,
+            &[&none, &none, &cursor, &10_i64, &failed],
+        )
+        .await;
+        assert!(by_status.contains("using jobs_status"), "{by_status}");
+
+        drop(client);
+        s.close().await.unwrap();
+        let (admin, connection) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema)))
+            .await
+            .unwrap();
+    }
+
     #[test]
     fn identifiers_are_quoted() {
         assert_eq!(quote_ident("hauler_jobs"), "\"hauler_jobs\"");
