@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::config::DbConfig;
+use rusqlite::types::ValueRef;
 use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transaction,
     TransactionBehavior, MAIN_DB,
@@ -696,16 +697,79 @@ struct Candidate {
     heartbeat_ms: i64,
 }
 
-/// The columns [`CLAIM_ONE`] returns.
+/// The columns [`CLAIM_ONE`] returns, read without conversion: a value that does not
+/// decode makes its own job fail (see [`decode_claimed`]), never the whole claim.
 struct ClaimedRow {
-    name: String,
-    queue: String,
-    args: String,
-    attempt: i64,
-    retry: String,
+    name: Vec<u8>,
+    queue: Vec<u8>,
+    args: Vec<u8>,
+    attempt: Option<i64>,
+    retry: Vec<u8>,
     timeout_ms: Option<i64>,
-    heartbeat_ms: i64,
-    version: i64,
+    heartbeat_ms: Option<i64>,
+    version: Option<i64>,
+}
+
+impl ClaimedRow {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        let bytes = |i: usize| -> rusqlite::Result<Vec<u8>> {
+            Ok(match r.get_ref(i)? {
+                ValueRef::Text(b) | ValueRef::Blob(b) => b.to_vec(),
+                _ => Vec::new(),
+            })
+        };
+        let int = |i: usize| -> rusqlite::Result<Option<i64>> {
+            Ok(match r.get_ref(i)? {
+                ValueRef::Integer(v) => Some(v),
+                _ => None,
+            })
+        };
+        Ok(ClaimedRow {
+            name: bytes(0)?,
+            queue: bytes(1)?,
+            args: bytes(2)?,
+            attempt: int(3)?,
+            retry: bytes(4)?,
+            timeout_ms: int(5)?,
+            heartbeat_ms: int(6)?,
+            version: int(7)?,
+        })
+    }
+}
+
+/// A claimed row as the job it describes, or why it cannot be one (the message names the
+/// job and the damaged column).
+fn decode_claimed(
+    id: &str,
+    row: ClaimedRow,
+    lease: LeaseToken,
+    now: Timestamp,
+) -> Result<ClaimedJob> {
+    let text = |field: &str, b: Vec<u8>| {
+        String::from_utf8(b)
+            .map_err(|e| corrupt(id, format_args!("{field} is not valid UTF-8: {e}")))
+    };
+    let int = |field: &str, v: Option<i64>| {
+        v.ok_or_else(|| corrupt(id, format_args!("{field} is not an integer")))
+    };
+    let retry = text("retry", row.retry)?;
+    Ok(ClaimedJob {
+        id: parse_id(id)?,
+        name: text("name", row.name)?,
+        queue: text("queue", row.queue)?,
+        args: text("args", row.args)?,
+        attempt: from_sql_int(int("attempt", row.attempt)?, id, "attempt")?,
+        retry: RetryPolicy::from_json(&retry)
+            .map_err(|e| corrupt(id, format_args!("retry: {e}")))?,
+        timeout_ms: row
+            .timeout_ms
+            .map(|v| from_sql_int(v, id, "timeout_ms"))
+            .transpose()?,
+        heartbeat_ms: from_sql_int(int("heartbeat_ms", row.heartbeat_ms)?, id, "heartbeat_ms")?,
+        version: from_sql_int(int("version", row.version)?, id, "version")?,
+        started_at: now,
+        lease,
+    })
 }
 
 fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<()> {
@@ -785,46 +849,54 @@ fn claim_jobs(tx: &Transaction<'_>, p: &JobClaimParams) -> DbResult<Vec<ClaimedJ
     for c in candidates {
         let id = c.id.as_str();
         let lease = LeaseToken::new();
-        let heartbeat_ms: u64 = from_sql_int(c.heartbeat_ms, id, "heartbeat_ms")?;
+        // A damaged heartbeat_ms fails the job below; its lease length no longer matters.
+        let heartbeat_ms: u64 = from_sql_int(c.heartbeat_ms, id, "heartbeat_ms").unwrap_or(0);
         let expires = p.now.plus(lease_duration(heartbeat_ms));
         let row = update
             .query_row(
                 params![id, now, p.worker_id, lease.to_string(), expires.as_micros()],
-                |r| {
-                    Ok(ClaimedRow {
-                        name: r.get(0)?,
-                        queue: r.get(1)?,
-                        args: r.get(2)?,
-                        attempt: r.get(3)?,
-                        retry: r.get(4)?,
-                        timeout_ms: r.get(5)?,
-                        heartbeat_ms: r.get(6)?,
-                        version: r.get(7)?,
-                    })
-                },
+                ClaimedRow::from_row,
             )
             .optional()?;
         // Under the write lock the candidate is still pending, so a row always comes back.
         let Some(row) = row else { continue };
-        claimed.push(ClaimedJob {
-            id: parse_id(id)?,
-            attempt: from_sql_int(row.attempt, id, "attempt")?,
-            retry: RetryPolicy::from_json(&row.retry)
-                .map_err(|e| corrupt(id, format_args!("retry: {e}")))?,
-            timeout_ms: row
-                .timeout_ms
-                .map(|v| from_sql_int(v, id, "timeout_ms"))
-                .transpose()?,
-            heartbeat_ms: from_sql_int(row.heartbeat_ms, id, "heartbeat_ms")?,
-            version: from_sql_int(row.version, id, "version")?,
-            name: row.name,
-            queue: row.queue,
-            args: row.args,
-            started_at: p.now,
-            lease,
-        });
+        match decode_claimed(id, row, lease, p.now) {
+            Ok(job) => claimed.push(job),
+            // Retrying cannot repair the row: fail the job now, in this transaction, so it
+            // is never claimed again and the rest of the batch still runs.
+            Err(e) => fail_corrupt(tx, id, lease, &e, p.now)?,
+        }
     }
     Ok(claimed)
+}
+
+/// End the attempt just claimed of a job whose row does not decode: `failed`, with the
+/// reason in `last_error` and the history.
+fn fail_corrupt(
+    tx: &Transaction<'_>,
+    id: &str,
+    lease: LeaseToken,
+    reason: &Error,
+    now: Timestamp,
+) -> DbResult<()> {
+    let message = match reason {
+        Error::Storage(m) => m.clone(),
+        other => other.to_string(),
+    };
+    log::error!("failing job {id}: {message}");
+    let error = serde_json::to_string(&ErrorInfo::engine("CorruptJob", message))?;
+    let now = now.as_micros();
+    tx.prepare_cached(JOB_FINISH)?.execute(params![
+        id,
+        lease.to_string(),
+        JobStatus::Failed.as_str(),
+        None::<i64>,
+        now,
+        error,
+        now,
+        outcome_name(AttemptOutcome::Failed),
+    ])?;
+    Ok(())
 }
 
 fn heartbeat_jobs(tx: &Transaction<'_>, p: &JobHeartbeatParams) -> DbResult<Vec<JobId>> {
@@ -1172,6 +1244,71 @@ mod tests {
             while rows.next().unwrap().is_some() {}
         }
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+
+    /// A row that does not decode fails its own job inside the claim; the claim returns
+    /// the other jobs, and the damaged job is never claimed again.
+    #[tokio::test]
+    async fn corrupt_rows_fail_alone_inside_the_claim() {
+        use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("corrupt.db");
+        let storage = SqliteStorage::open(&path, SqliteOptions::default()).unwrap();
+        let jobs: Vec<_> = (0..5).map(|_| new_job(NAME, QUEUE)).collect();
+        let ids: Vec<JobId> = jobs.iter().map(|j| j.id).collect();
+        storage
+            .job_insert_many(JobInsertManyParams { jobs, now: T0 })
+            .await
+            .unwrap();
+        let raw = Connection::open(&path).unwrap();
+        for (id, damage) in [
+            (ids[1], "version = -1"),
+            (ids[2], "args = CAST(x'7b22ff227d' AS TEXT)"),
+            (ids[3], "retry = 'garbage'"),
+        ] {
+            // Test-only SQL built from constants above.
+            let sql = format!("UPDATE hauler_jobs SET {damage} WHERE id = ?1");
+            assert_eq!(raw.execute(&sql, [id.to_string()]).unwrap(), 1);
+        }
+        drop(raw);
+
+        let claim = |now| JobClaimParams {
+            queues: vec![QUEUE.to_owned()],
+            names: vec![NAME.to_owned()],
+            limit: 10,
+            worker_id: "w".to_owned(),
+            now,
+        };
+        let got: Vec<JobId> = storage
+            .job_claim(claim(T0))
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.id)
+            .collect();
+        assert_eq!(got, vec![ids[0], ids[4]]);
+        assert!(storage.job_claim(claim(T0)).await.unwrap().is_empty());
+
+        let raw = Connection::open(&path).unwrap();
+        for (id, reason) in [
+            (ids[1], "version -1 is out of range"),
+            (ids[2], "args is not valid UTF-8"),
+            (ids[3], "retry: "),
+        ] {
+            let (status, attempt, error): (String, i64, String) = raw
+                .query_row(
+                    "SELECT status, attempt, last_error FROM hauler_jobs WHERE id = ?1",
+                    [id.to_string()],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .unwrap();
+            assert_eq!((status.as_str(), attempt), ("failed", 1), "{error}");
+            let error: ErrorInfo = serde_json::from_str(&error).unwrap();
+            assert_eq!(error.kind, "CorruptJob");
+            assert!(error.message.contains(&id.to_string()), "{}", error.message);
+            assert!(error.message.contains(reason), "{}", error.message);
+        }
     }
 
     #[test]
