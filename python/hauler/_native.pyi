@@ -146,8 +146,10 @@ class Worker:
         storage: Storage,
         queues: dict[str, int],
         names: dict[str, str],
-        run_sync: Callable[[str, dict[str, Any], str, int], _Outcome],
-        submit_async: Callable[[str, dict[str, Any], str, int, Callable[[_Outcome], None]], Any]
+        run_sync: Callable[[str, dict[str, Any], str, int, int], _Outcome],
+        submit_async: Callable[
+            [str, dict[str, Any], str, int, int, Callable[[_Outcome], None]], Any
+        ]
         | None,
         async_names: Sequence[str],
         *,
@@ -158,9 +160,10 @@ class Worker:
         """Start claiming and running jobs.
 
         ``queues`` maps queue name to worker count; ``names`` maps each registered job
-        NAME to its queue. ``run_sync(name, args, job_id, attempt)`` runs a sync job on a
-        worker thread and returns its outcome. ``submit_async(name, args, job_id, attempt,
-        done)`` schedules an async job on the pool's event loop without blocking, calls
+        NAME to its queue. ``run_sync(name, args, job_id, attempt, version)`` runs a sync
+        job on a worker thread and returns its outcome (``version``: the ``VERSION`` the job
+        was stored with). ``submit_async(name, args, job_id, attempt, version, done)``
+        schedules an async job on the pool's event loop without blocking, calls
         ``done(outcome)`` when it ends, and returns an object with a ``cancel()`` method.
         """
 

@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
+from hauler.errors import SerializationError
 from hauler.job import Job
 
 Outcome = tuple[str, str, str | None, bool] | None
@@ -76,7 +77,7 @@ class JobRunner:
         self._state = state
         self.loop: EventLoopThread | None = None
 
-    def _build(self, name: str, args: dict[str, Any]) -> Job[Any] | Outcome:
+    def _build(self, name: str, args: dict[str, Any], version: int) -> Job[Any] | Outcome:
         cls = self._registry.get(name)
         if cls is None:
             return (
@@ -85,14 +86,25 @@ class JobRunner:
                 None,
                 True,
             )
+        own = cls._spec().version
+        if not 1 <= version <= own:
+            # Stored by newer code (or damaged): this class cannot know what its fields mean.
+            error = SerializationError(
+                f"job {name!r} was stored with VERSION {version}, but the registered class "
+                f"{cls.__name__} has VERSION {own}; a worker runs only jobs stored with its "
+                "class's VERSION or older"
+            )
+            return _failure(error, permanent=True)
         try:
             return cls._decode(args)
         except Exception as exc:  # a payload that does not decode will never decode
             return _failure(exc, permanent=True)
 
-    def run_sync(self, name: str, args: dict[str, Any], job_id: str, attempt: int) -> Outcome:
+    def run_sync(
+        self, name: str, args: dict[str, Any], job_id: str, attempt: int, version: int
+    ) -> Outcome:
         """Run a sync job to its end on the calling (worker) thread."""
-        job = self._build(name, args)
+        job = self._build(name, args, version)
         if not isinstance(job, Job):
             return job
         try:
@@ -118,10 +130,11 @@ class JobRunner:
         args: dict[str, Any],
         job_id: str,
         attempt: int,
+        version: int,
         done: Callable[[Outcome], None],
     ) -> concurrent.futures.Future[Outcome] | None:
         """Schedule an async job on the pool's loop; ``done`` gets its outcome."""
-        job = self._build(name, args)
+        job = self._build(name, args, version)
         if not isinstance(job, Job):
             done(job)
             return None

@@ -157,7 +157,13 @@ fn run_sync_job(py: Python<'_>, run_sync: &Py<PyAny>, job: &ClaimedJob) -> Outco
     };
     match run_sync.call1(
         py,
-        (job.name.as_str(), args, job.id.to_string(), job.attempt),
+        (
+            job.name.as_str(),
+            args,
+            job.id.to_string(),
+            job.attempt,
+            job.version,
+        ),
     ) {
         Ok(r) => parse_outcome(r.bind(py)),
         Err(e) => py_failure(py, &e, false),
@@ -266,6 +272,7 @@ fn submit_async_job(
             args,
             job.id.to_string(),
             job.attempt,
+            job.version,
             cb.clone_ref(py),
         ),
     ) {
