@@ -42,7 +42,7 @@ class JobDict(TypedDict):
     id: str
     name: str
     queue: str
-    args: dict[str, Any]
+    args: dict[str, Any] | str  # str: the raw stored text, when not a JSON object
     status: str
     attempt: int
     max_retries: int | None

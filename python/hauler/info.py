@@ -152,7 +152,8 @@ class JobInfo:
     queue: str
     """The queue it runs on."""
     args: dict[str, Any]
-    """The stored fields, as JSON-compatible values."""
+    """The stored fields, as JSON-compatible values (``{}`` if the stored payload is not a
+    JSON object: see :attr:`raw_args`)."""
     status: JobStatus
     """Where it is in its life."""
     attempt: int
@@ -181,16 +182,21 @@ class JobInfo:
     """The time limit of one attempt in seconds, or ``None``."""
     version: int
     """The ``VERSION`` of the class that stored it."""
+    raw_args: str | None = None
+    """The stored payload as text when it is not a JSON object (a row damaged in the
+    storage; such a job fails when a worker claims it), else ``None``."""
 
     @classmethod
     def from_native(cls, d: JobDict) -> JobInfo:
         """Build from the engine's job dict."""
         timeout_ms = d["timeout_ms"]
+        args = d["args"]
         return cls(
             id=UUID(d["id"]),
             name=d["name"],
             queue=d["queue"],
-            args=d["args"],
+            args={} if isinstance(args, str) else args,
+            raw_args=args if isinstance(args, str) else None,
             status=JobStatus(d["status"]),
             attempt=d["attempt"],
             max_retries=d["max_retries"],

@@ -140,6 +140,23 @@ def test_corrupt_row_fails_alone_and_the_worker_goes_on(
     assert counts == {"completed": 6, "failed": 1}
 
 
+def test_corrupt_rows_are_inspectable(db: Path, producer: QueueHandle) -> None:
+    """get() and list() still work on a failed job whose stored payload is not JSON."""
+    bad = producer.queue(Work(1))
+    corrupt(db, bad, "args = ?", "{not json")
+    good = producer.queue(Work(2))
+    run_worker_until(producer, [good], [])
+
+    info = producer.get(bad)
+    assert info.status is JobStatus.FAILED
+    assert info.args == {}
+    assert info.raw_args == "{not json"
+    assert info.last_error is not None
+    assert "stored job arguments are not valid JSON" in info.last_error.message
+    assert [j.id for j in producer.list(status="failed")] == [bad]
+    assert producer.get(good).raw_args is None
+
+
 def test_newer_version_is_not_run_by_older_code(db: Path, producer: QueueHandle) -> None:
     """A job queued by a newer deployment (VERSION 2) fails on a worker that has VERSION 1."""
     newer = producer.queue(WorkV2(7))

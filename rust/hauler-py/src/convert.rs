@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::errors::hauler_err;
-use crate::json::from_json;
+use crate::json::value_to_py;
 
 /// The retry dict of `_native.pyi` → a validated policy.
 pub(crate) fn retry_from_py(d: &Bound<'_, PyDict>) -> PyResult<RetryPolicy> {
@@ -92,7 +92,12 @@ pub(crate) fn record_to_py<'py>(py: Python<'py>, r: &JobRecord) -> PyResult<Boun
     d.set_item("id", r.id.to_string())?;
     d.set_item("name", &r.name)?;
     d.set_item("queue", &r.queue)?;
-    d.set_item("args", from_json(py, &r.args)?)?;
+    // A payload that is not a JSON object (a damaged row; such a job fails when claimed)
+    // is handed over as its raw text, so the job can still be inspected.
+    match serde_json::from_str::<serde_json::Value>(&r.args) {
+        Ok(v @ serde_json::Value::Object(_)) => d.set_item("args", value_to_py(py, &v)?)?,
+        _ => d.set_item("args", &r.args)?,
+    }
     d.set_item("status", r.status.as_str())?;
     d.set_item("attempt", r.attempt)?;
     d.set_item(
