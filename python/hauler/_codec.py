@@ -506,7 +506,8 @@ class DataclassCodec(Generic[T]):
 
         Raises:
             SerializationError: A value has an unsupported type, or is a float NaN or
-                infinity, or a naive datetime; the message names its path and type.
+                infinity, or a naive datetime (the message names its path and type), or
+                lists and dicts are nested too deeply.
 
         """
         try:
@@ -514,6 +515,10 @@ class DataclassCodec(Generic[T]):
         except _Failure as failure:
             raise SerializationError(
                 f"cannot serialize {self._path(failure)}: {failure.detail}"
+            ) from None
+        except RecursionError:
+            raise SerializationError(
+                f"cannot serialize {self.name}: a value is nested too deeply (or contains itself)"
             ) from None
 
     def decode(self, args: Mapping[str, Any]) -> T:

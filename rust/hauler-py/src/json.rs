@@ -6,13 +6,44 @@ use serde::ser::{Error as _, SerializeMap, SerializeSeq};
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
+/// The most levels of nested lists and dicts a payload may have, counting the job's own
+/// field dict: serde_json refuses deeper documents when it reads them back, so deeper
+/// values are refused when queued instead of stored undecodable.
+pub(crate) const MAX_DEPTH: usize = 127;
+
 /// Serializes a JSON-compatible Python value (dict with str keys, list, tuple, str, int,
-/// float, bool, None).
-struct PyJson<'a, 'py>(&'a Bound<'py, PyAny>);
+/// float, bool, None) that sits `depth` containers deep.
+///
+/// An error names where the bad value is: the field (a key of the outermost dict), then
+/// `['key']` and `[index]` segments, as in `tags[2]['id']: integer ... does not fit`.
+struct PyJson<'a, 'py> {
+    value: &'a Bound<'py, PyAny>,
+    depth: usize,
+}
+
+/// Put `segment` in front of a nested value's error.
+fn at<E: serde::ser::Error>(segment: std::fmt::Arguments<'_>, e: E) -> E {
+    let inner = e.to_string();
+    let sep = if inner.starts_with('[') { "" } else { ": " };
+    E::custom(format!("{segment}{sep}{inner}"))
+}
+
+impl PyJson<'_, '_> {
+    fn nested<S: Serializer>(&self) -> Result<usize, S::Error> {
+        let depth = self.depth + 1;
+        if depth > MAX_DEPTH {
+            return Err(S::Error::custom(format!(
+                "nested too deeply: a payload holds at most {MAX_DEPTH} levels of lists \
+                 and dicts, counting the job's own fields"
+            )));
+        }
+        Ok(depth)
+    }
+}
 
 impl Serialize for PyJson<'_, '_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let v = self.0;
+        let v = self.value;
         if v.is_none() {
             s.serialize_unit()
         } else if let Ok(b) = v.cast::<PyBool>() {
@@ -25,7 +56,10 @@ impl Serialize for PyJson<'_, '_> {
             } else if let Ok(u) = v.extract::<u64>() {
                 s.serialize_u64(u)
             } else {
-                Err(S::Error::custom("integer does not fit in 64 bits"))
+                Err(S::Error::custom(format!(
+                    "integer {v} does not fit in 64 bits (stored integers range from \
+                     -2**63 to 2**64 - 1)"
+                )))
             }
         } else if let Ok(f) = v.cast::<PyFloat>() {
             let f = f.value();
@@ -35,24 +69,43 @@ impl Serialize for PyJson<'_, '_> {
                 Err(S::Error::custom(format!("{f} is not valid JSON")))
             }
         } else if let Ok(d) = v.cast::<PyDict>() {
+            let depth = self.nested::<S>()?;
             let mut m = s.serialize_map(Some(d.len()))?;
             for (k, val) in d.iter() {
                 let k = k
                     .cast::<PyString>()
                     .map_err(|_| S::Error::custom("dict keys must be str"))?;
-                m.serialize_entry(k.to_str().map_err(S::Error::custom)?, &PyJson(&val))?;
+                let key = k.to_str().map_err(S::Error::custom)?;
+                let value = PyJson { value: &val, depth };
+                m.serialize_entry(key, &value).map_err(|e| {
+                    if depth == 1 {
+                        at(format_args!("{key}"), e) // a field name
+                    } else {
+                        at(format_args!("[{key:?}]"), e)
+                    }
+                })?;
             }
             m.end()
         } else if let Ok(l) = v.cast::<PyList>() {
+            let depth = self.nested::<S>()?;
             let mut seq = s.serialize_seq(Some(l.len()))?;
-            for item in l.iter() {
-                seq.serialize_element(&PyJson(&item))?;
+            for (i, item) in l.iter().enumerate() {
+                seq.serialize_element(&PyJson {
+                    value: &item,
+                    depth,
+                })
+                .map_err(|e| at(format_args!("[{i}]"), e))?;
             }
             seq.end()
         } else if let Ok(t) = v.cast::<PyTuple>() {
+            let depth = self.nested::<S>()?;
             let mut seq = s.serialize_seq(Some(t.len()))?;
-            for item in t.iter() {
-                seq.serialize_element(&PyJson(&item))?;
+            for (i, item) in t.iter().enumerate() {
+                seq.serialize_element(&PyJson {
+                    value: &item,
+                    depth,
+                })
+                .map_err(|e| at(format_args!("[{i}]"), e))?;
             }
             seq.end()
         } else {
@@ -70,7 +123,7 @@ impl Serialize for PyJson<'_, '_> {
 
 /// Python value → JSON text.
 pub(crate) fn to_json(v: &Bound<'_, PyAny>) -> Result<String, String> {
-    serde_json::to_string(&PyJson(v)).map_err(|e| e.to_string())
+    serde_json::to_string(&PyJson { value: v, depth: 0 }).map_err(|e| e.to_string())
 }
 
 /// JSON value → Python value.
