@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import math
 import struct
+import threading
+import uuid
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from hauler import Job, SerializationError, create_server
+from conftest import WAIT, StartWorker
+from hauler import Job, JobStatus, SerializationError, WorkerConfig, create_server
 from hauler.storage import Storage
 
 I64_MIN = -(2**63)
@@ -86,6 +89,33 @@ def nested(depth: int) -> Any:
     return value
 
 
+@given(value=json_values)
+def test_any_json_value_round_trips_through_storage(storage: Storage, value: Any) -> None:
+    handle = create_server(storage)
+    info = handle.get(handle.queue(Holder(value)))
+    assert same(info.args, {"value": value}), (info.args, value)
+    assert Holder._decode(info.args) == Holder(value)
+
+
+@settings(max_examples=15)
+@given(value=json_values)
+def test_any_json_value_reaches_the_job_intact(
+    storage: Storage, start_worker: StartWorker, value: Any
+) -> None:
+    seen: dict[str, Any] = {}
+    # One worker per test, shared by its examples (started on the first one).
+    worker = getattr(storage, "_echo_worker", None)
+    if worker is None:
+        worker = start_worker(WorkerConfig(lambda: seen).register(Echo))
+        storage._echo_worker = worker  # type: ignore[attr-defined]
+        storage._echo_seen = seen  # type: ignore[attr-defined]
+    seen = storage._echo_seen  # type: ignore[attr-defined]
+    key = uuid.uuid4().hex
+    (info,) = worker.wait([worker.queue(Echo(key, value))], timeout=WAIT)
+    assert info.status is JobStatus.COMPLETED, info.last_error
+    assert same(seen[key], value), (seen[key], value)
+
+
 def with_one(bad: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     """Values holding ``bad`` somewhere: alone, or inside lists and dicts."""
     return st.recursive(
@@ -150,3 +180,22 @@ def test_self_containing_value_is_refused(storage: Storage) -> None:
     with pytest.raises(SerializationError, match="nested too deeply"):
         handle.queue(Holder(loop))
     assert handle.counts() == {}
+
+
+def test_round_trip_is_thread_safe(storage: Storage) -> None:
+    """Many threads queueing and reading different values at once get their own back."""
+    handle = create_server(storage)
+    values = [[i, str(i), {"f": i / 7}] for i in range(200)]
+    ids: dict[int, uuid.UUID] = {}
+
+    def put(lo: int) -> None:
+        for i in range(lo, 200, 4):
+            ids[i] = handle.queue(Holder(values[i]))
+
+    threads = [threading.Thread(target=put, args=(lo,)) for lo in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=WAIT)
+    for i, job_id in ids.items():
+        assert same(handle.get(job_id).args["value"], values[i])
