@@ -82,6 +82,18 @@ def _is_int(value: object) -> bool:
     return type(value) is int
 
 
+_UTF8: Final = "valid Unicode text (no lone surrogates: it is stored as UTF-8)"
+
+
+def _is_utf8(text: str) -> bool:
+    """Whether ``text`` can be stored: encodable as UTF-8, so without lone surrogates."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _is_constant(attr: str, annotation: object) -> bool:
     """Whether ``attr`` is named like a constant but not yet annotated as a ClassVar."""
     if _CONSTANT.fullmatch(attr) is None:
@@ -234,9 +246,14 @@ def _build_spec(cls: type[Job[Any]]) -> JobSpec:
     elif not isinstance(name, str) or not name:
         problem("NAME", "a non-empty str")
         name = None
+    elif not _is_utf8(name):
+        problem("NAME", _UTF8)
+        name = None
     queue = cls.QUEUE
     if not isinstance(queue, str) or not queue:
         problem("QUEUE", "a non-empty str")
+    elif not _is_utf8(queue):
+        problem("QUEUE", _UTF8)
     if not isinstance(cls.MAX_RETRIES, MaxRetries):
         problem("MAX_RETRIES", "a MaxRetries, such as MaxRetries.count(3)")
     if not isinstance(cls.BACKOFF, Backoff):

@@ -16,7 +16,7 @@ from hauler import _native
 from hauler._runtime import EventLoopThread, JobRunner
 from hauler.errors import ConfigError, StorageClosedError, UnknownJobError
 from hauler.handle import QueueHandle
-from hauler.job import Job
+from hauler.job import _UTF8, Job, _is_utf8
 from hauler.storage import Storage, resolve_storage
 
 StateT = TypeVar("StateT")
@@ -96,6 +96,8 @@ class WorkerConfig(Generic[StateT]):
         """Run up to ``count`` jobs of ``queue`` at once (default 4 per registered queue)."""
         if not isinstance(queue, str) or not queue:
             raise ConfigError(f"queue must be a non-empty str, got {queue!r}")
+        if not _is_utf8(queue):
+            raise ConfigError(f"queue must be {_UTF8}, got {queue!r}")
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ConfigError(
                 f"worker count for queue {queue!r} must be an int >= 1, got {count!r}"
