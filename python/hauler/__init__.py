@@ -18,13 +18,14 @@ from hauler.errors import (
     UnknownJobError,
     WorkerStoppedError,
 )
-from hauler.handle import QueueHandle, create_server
+from hauler.handle import DEFAULT_MAX_PAYLOAD_BYTES, QueueHandle, create_server
 from hauler.info import AttemptInfo, ErrorInfo, JobInfo, JobPage, JobStatus
 from hauler.job import DEFAULT_QUEUE, Job
 from hauler.retry import Backoff, MaxRetries
 from hauler.worker import Worker, WorkerConfig
 
 __all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_QUEUE",
     "AttemptInfo",
     "Backoff",

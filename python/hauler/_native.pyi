@@ -110,8 +110,14 @@ class Storage:
     def kind(self) -> str:
         """``"memory"`` or ``"sqlite"``."""
 
-    def push_many(self, jobs: Sequence[_NewJobTuple]) -> list[str]:
-        """Store jobs in one transaction; return their ids once durable."""
+    def push_many(
+        self, jobs: Sequence[_NewJobTuple], *, max_payload_bytes: int | None = None
+    ) -> list[str]:
+        """Store jobs in one transaction; return their ids once durable.
+
+        A job whose arguments take more than ``max_payload_bytes`` bytes as JSON raises
+        ``SerializationError`` naming both sizes, and nothing is stored.
+        """
 
     def get(self, job_id: str) -> JobDict | None:
         """One job, or ``None``."""

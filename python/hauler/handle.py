@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Final
 
 from hauler import _native
 from hauler.errors import ConfigError, JobNotFoundError
@@ -17,6 +17,19 @@ from hauler.job import Job
 from hauler.storage import Storage, resolve_storage
 
 _FINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+DEFAULT_MAX_PAYLOAD_BYTES: Final = 1 << 20
+"""The largest job payload a queue handle accepts by default: 1 MiB of JSON."""
+
+
+def _max_payload(value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"max_payload_bytes must be a positive int or None (no limit), got {value!r}"
+        )
+    return value
 
 
 def _job_tuple(job: Job[Any], run_at_us: int | None) -> _native._NewJobTuple:
@@ -81,13 +94,30 @@ class QueueHandle:
     Get one with :func:`create_server` (a process that only enqueues, such as a web app) or
     from :meth:`WorkerConfig.start` (a :class:`Worker` is also a queue handle).
 
+    Args:
+        storage: A :class:`~hauler.storage.Storage`, a storage URL, or ``None`` (see
+            :func:`~hauler.storage.resolve_storage`).
+        max_payload_bytes: The most bytes a job's fields may take once encoded as JSON
+            (default :data:`DEFAULT_MAX_PAYLOAD_BYTES`, 1 MiB), or ``None`` for no limit. A
+            larger job is refused by :meth:`queue` with ``SerializationError`` and nothing is
+            stored: keep big data (files, blobs) elsewhere and queue a reference to it.
+
+    Raises:
+        ConfigError: ``max_payload_bytes`` is not a positive int or ``None``.
+
     Example:
-        >>> handle = create_server("memory://")
+        >>> handle = create_server("memory://", max_payload_bytes=64 * 1024)
         >>> job_id = handle.queue(SendEmail(to="a@b.c", subject="hi"))  # doctest: +SKIP
 
     """
 
-    def __init__(self, storage: Storage | str | None = None) -> None:
+    def __init__(
+        self,
+        storage: Storage | str | None = None,
+        *,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        self._max_payload_bytes = _max_payload(max_payload_bytes)
         self._storage = resolve_storage(storage)
 
     @property
@@ -95,11 +125,20 @@ class QueueHandle:
         """The storage this handle writes to."""
         return self._storage
 
+    @property
+    def max_payload_bytes(self) -> int | None:
+        """The most bytes of JSON a job's fields may take, or ``None`` for no limit."""
+        return self._max_payload_bytes
+
+    def _push(self, tuples: builtins.list[_native._NewJobTuple]) -> builtins.list[str]:
+        return self._storage._native.push_many(tuples, max_payload_bytes=self._max_payload_bytes)
+
     def queue(self, job: Job[Any]) -> uuid.UUID:
         """Store ``job`` to run as soon as a worker is free; return its id once durable.
 
         Raises:
-            SerializationError: a field cannot be serialized (nothing is stored).
+            SerializationError: a field cannot be serialized, or the fields take more than
+                :attr:`max_payload_bytes` as JSON (nothing is stored).
             StorageError: the storage failed (nothing is stored).
 
         """
@@ -110,7 +149,7 @@ class QueueHandle:
         tuples = [_job_tuple(j, None) for j in jobs]
         if not tuples:
             return []
-        return [uuid.UUID(i) for i in self._storage._native.push_many(tuples)]
+        return [uuid.UUID(i) for i in self._push(tuples)]
 
     def schedule(
         self, job: Job[Any], *, at: datetime | None = None, after: timedelta | None = None
@@ -123,7 +162,7 @@ class QueueHandle:
 
         """
         run_at = _run_at(at, after)
-        return uuid.UUID(self._storage._native.push_many([_job_tuple(job, run_at)])[0])
+        return uuid.UUID(self._push([_job_tuple(job, run_at)])[0])
 
     def get(self, job_id: uuid.UUID | str) -> JobInfo:
         """Return the job with this id, with its whole history.
@@ -234,15 +273,23 @@ class QueueHandle:
         self._storage.close()
 
 
-def create_server(storage: Storage | str | None = None) -> QueueHandle:
+def create_server(
+    storage: Storage | str | None = None,
+    *,
+    max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+) -> QueueHandle:
     """Return a queue handle for a process that only enqueues (a web app, a script).
 
     ``storage`` is a :class:`~hauler.storage.Storage`, a storage URL (``sqlite:///jobs.db``,
     ``memory://``), or ``None`` for ``$HAULER_STORAGE`` or else ``SqliteStorage("hauler.db")``.
+    ``max_payload_bytes`` caps the JSON size of each queued job's fields (default 1 MiB;
+    ``None``: no limit); see :class:`QueueHandle`.
 
     Example:
         >>> from hauler import create_server
         >>> handle = create_server("memory://")
+        >>> handle.max_payload_bytes
+        1048576
 
     """
-    return QueueHandle(storage)
+    return QueueHandle(storage, max_payload_bytes=max_payload_bytes)

@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 from hauler import _native
 from hauler._runtime import EventLoopThread, JobRunner
 from hauler.errors import ConfigError, StorageClosedError, UnknownJobError
-from hauler.handle import QueueHandle
+from hauler.handle import DEFAULT_MAX_PAYLOAD_BYTES, QueueHandle, _max_payload
 from hauler.job import _UTF8, Job, _is_utf8
 from hauler.storage import Storage, resolve_storage
 
@@ -45,6 +45,17 @@ class WorkerConfig(Generic[StateT]):
     ``state_factory()`` is called once when the pool starts; its result is passed to every
     job the pool runs.
 
+    Args:
+        state_factory: Makes the state passed to every job (``None``: jobs get ``None``).
+        storage: Where jobs are claimed from: a :class:`~hauler.storage.Storage`, a URL, or
+            ``None`` (see :meth:`start`).
+        poll_interval: Seconds between looks for jobs queued by other processes
+            (default: the storage's own interval).
+        reclaim_interval: Seconds between passes that take back jobs whose lease expired.
+        worker_id: The id recorded on claimed jobs (default ``host:pid:random``).
+        max_payload_bytes: The JSON size limit of jobs queued through the started
+            :class:`Worker` (it is also a queue handle); see :class:`QueueHandle`.
+
     Example:
         >>> config = WorkerConfig(lambda: AppState("my app")).register(SendEmail)  # doctest: +SKIP
         >>> worker = config.set_worker_count("default", 16).start()  # doctest: +SKIP
@@ -59,6 +70,7 @@ class WorkerConfig(Generic[StateT]):
         poll_interval: float | None = None,
         reclaim_interval: float = 1.0,
         worker_id: str | None = None,
+        max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         if state_factory is not None and not callable(state_factory):
             raise ConfigError(f"state_factory must be callable, got {type(state_factory).__name__}")
@@ -69,6 +81,7 @@ class WorkerConfig(Generic[StateT]):
         if worker_id is not None and (not isinstance(worker_id, str) or not worker_id):
             raise ConfigError(f"worker_id must be a non-empty str, got {worker_id!r}")
         self._worker_id = worker_id
+        self._max_payload_bytes = _max_payload(max_payload_bytes)
         self._jobs: dict[str, type[Job[Any]]] = {}
         self._counts: dict[str, int] = {}
 
@@ -192,7 +205,7 @@ class Worker(QueueHandle):
         state: Any,
         worker_id: str,
     ) -> Worker:
-        self = cls(storage)
+        self = cls(storage, max_payload_bytes=config._max_payload_bytes)
         runner = JobRunner(config._jobs, state)
         self._loop = EventLoopThread(f"hauler-async-{worker_id}") if async_names else None
         runner.loop = self._loop

@@ -43,8 +43,9 @@ fn millis(name: &str, ms: i64) -> PyResult<Duration> {
         })
 }
 
-/// One job tuple of `push_many` → a `NewJob` (arguments serialized here, with the GIL).
-fn new_job(t: &Bound<'_, PyAny>) -> PyResult<NewJob> {
+/// One job tuple of `push_many` → a `NewJob` (arguments serialized here, with the GIL),
+/// refused if its arguments take more than `max_payload` bytes as JSON.
+fn new_job(t: &Bound<'_, PyAny>, max_payload: Option<usize>) -> PyResult<NewJob> {
     let t = t
         .cast::<PyTuple>()
         .map_err(|_| hauler_err("ConfigError", "each job must be a tuple"))?;
@@ -65,6 +66,16 @@ fn new_job(t: &Bound<'_, PyAny>) -> PyResult<NewJob> {
     let retry = t.get_item(4)?;
     let retry = retry
         .cast::<PyDict>()
+    if let Some(max) = max_payload.filter(|&max| args_json.len() > max) {
+        return Err(hauler_err(
+            "SerializationError",
+            format!(
+                "job {name:?}: arguments take {} bytes as JSON, over the limit of {max} bytes \
+                 (max_payload_bytes); store large data elsewhere and queue a reference to it",
+                args_json.len()
+            ),
+        ));
+    }
         .map_err(|_| hauler_err("ConfigError", "retry policy must be a dict"))?;
     let heartbeat_ms: i64 = t.get_item(6)?.extract()?;
     let heartbeat_ms = millis("HEARTBEAT_INTERVAL", heartbeat_ms)?.as_millis() as u64;
@@ -159,10 +170,16 @@ impl PyStorage {
     }
 
     /// Store jobs in one transaction; return their ids once durable.
-    fn push_many(&self, py: Python<'_>, jobs: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+    #[pyo3(signature = (jobs, *, max_payload_bytes = None))]
+    fn push_many(
+        &self,
+        py: Python<'_>,
+        jobs: &Bound<'_, PyAny>,
+        max_payload_bytes: Option<usize>,
+    ) -> PyResult<Vec<String>> {
         let mut new = Vec::new();
         for item in jobs.try_iter()? {
-            new.push(new_job(&item?)?);
+            new.push(new_job(&item?, max_payload_bytes)?);
         }
         let queue = self.queue.clone();
         let ids = wait(py, async move { queue.push_many(new).await })?;
