@@ -7,7 +7,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help dev quickstart test test-rust test-python bench lint fmt clean
+.PHONY: help dev quickstart test test-rust test-python bench lint fmt clean postgres-start postgres-stop
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -23,12 +23,19 @@ dev: $(VENV)/.created ## Build the native module (release) into the virtualenv w
 quickstart: dev ## Run examples/quickstart.py: jobs queued into SQLite and processed
 	$(PY) examples/quickstart.py
 
-test: dev test-rust test-python ## The whole suite: cargo test, then pytest (what CI runs)
+test: dev ## The whole suite: cargo test, then pytest, with a throwaway PostgreSQL (what CI runs)
+	@if [ -n "$$HAULER_TEST_POSTGRES_DSN" ] || [ "$$HAULER_TEST_POSTGRES" = skip ]; then \
+		$(MAKE) --no-print-directory test-rust test-python; \
+	else \
+		pg_env=$$(bash .ci/postgres.sh start) || exit 1; eval "$$pg_env"; \
+		trap 'bash .ci/postgres.sh stop' EXIT; \
+		$(MAKE) --no-print-directory test-rust test-python; \
+	fi
 
-test-rust: ## cargo test for the engine and the bindings
+test-rust: ## cargo test for the engine and the bindings (needs HAULER_TEST_POSTGRES_DSN)
 	cargo test --workspace --quiet
 
-test-python: ## pytest against the built package
+test-python: ## pytest against the built package (needs HAULER_TEST_POSTGRES_DSN)
 	$(PY) -m pytest -q
 
 bench: dev ## pytest-benchmark micro benchmarks (enqueue, end-to-end throughput)
@@ -46,6 +53,12 @@ fmt: ## Format Rust and Python sources
 	cargo fmt --all
 	ruff format python tests benches examples
 	ruff check --fix python tests benches examples
+
+postgres-start: ## Start the throwaway test PostgreSQL; prints the export line to eval
+	@bash .ci/postgres.sh start
+
+postgres-stop: ## Stop the throwaway test PostgreSQL and delete its files
+	@bash .ci/postgres.sh stop
 
 clean: ## Remove build outputs and the virtualenv
 	cargo clean

@@ -15,8 +15,9 @@ from typing import Any
 
 import pytest
 
+import pgserver as pg
 from hauler import QueueHandle, Worker, WorkerConfig, create_server
-from hauler.storage import ENV_VAR, MemoryStorage, SqliteStorage, Storage
+from hauler.storage import ENV_VAR, MemoryStorage, PostgresStorage, SqliteStorage, Storage
 
 StartWorker = Callable[[WorkerConfig[Any]], Worker]
 
@@ -32,18 +33,22 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _open(kind: str, tmp_path: Path) -> Storage:
+    # Short poll intervals: jobs made ready by a retry or a reclaim are found quickly.
     if kind == "memory":
         return MemoryStorage()
-    # A short poll interval: jobs made ready by a retry or a reclaim are found quickly.
-    return SqliteStorage(tmp_path / "jobs.db", poll_interval=0.02)
+    if kind == "sqlite":
+        return SqliteStorage(tmp_path / "jobs.db", poll_interval=0.02)
+    return PostgresStorage(pg.dsn(), schema=pg.fresh_schema(), pool_size=4, poll_interval=0.02)
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 def storage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Storage]:
-    """Each storage in turn: a MemoryStorage, then a SqliteStorage on a file in tmp_path."""
+    """Each storage in turn: memory, a SQLite file in tmp_path, a fresh PostgreSQL schema."""
     s = _open(request.param, tmp_path)
     yield s
     s.close()
+    if isinstance(s, PostgresStorage):
+        pg.drop_schema(s.schema)
 
 
 @pytest.fixture

@@ -7,8 +7,9 @@ Usage (each prints one JSON line on success):
     python process_jobs.py work [DB] JOB_ID     run a worker until JOB_ID is finished, then
                                                 print its status and exit
 
-Without DB, the storage is whatever ``create_server()`` / ``WorkerConfig()`` pick on their
-own: ``$HAULER_STORAGE``, else ``hauler.db`` in the working directory.
+DB is a SQLite file path or a storage URL (PostgreSQL). Without DB, the storage is
+whatever ``create_server()`` / ``WorkerConfig()`` pick on their own: ``$HAULER_STORAGE``,
+else ``hauler.db`` in the working directory.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from hauler import Job, QueueHandle, WorkerConfig, create_server
-from hauler.storage import SqliteStorage, Storage
+from hauler.storage import SqliteStorage, Storage, from_url
 
 
 class Touch(Job[None]):
@@ -54,7 +55,11 @@ class Hang(Job[None]):
 
 
 def _storage(db: str | None) -> Storage | None:
-    return None if db is None else SqliteStorage(db, poll_interval=0.05)
+    if db is None:
+        return None
+    if "://" in db:  # a storage URL (PostgreSQL)
+        return from_url(db)
+    return SqliteStorage(db, poll_interval=0.05)
 
 
 def main(argv: list[str]) -> None:

@@ -308,7 +308,7 @@ def test_worker_refused_on_closed_storage_before_state_is_made(storage: Storage)
         ("sqlite:///jobs.db?poll_interval=-1", "poll_interval must be a positive number"),
         ("sqlite:///jobs.db?bogus=1", "unknown option 'bogus'"),
         ("memory://somewhere", "memory:// takes no path"),
-        ("postgresql://app:secret@db/jobs", "PostgreSQL storage is not available"),
+        ("postgresql://app:secret@db/jobs?pool_size=zero", "pool_size must be an int"),
     ],
 )
 def test_bad_storage_url(tmp_path: Path, url: str, message: str) -> None:

@@ -1,4 +1,4 @@
-"""Several processes sharing one SQLite file: real subprocesses, real SIGKILL.
+"""Several processes sharing one SQLite file or PostgreSQL schema: real processes, SIGKILL.
 
 The jobs and commands the subprocesses run are in tests/process_jobs.py.
 """
@@ -16,9 +16,10 @@ from typing import Any
 
 import pytest
 
+import pgserver as pg
 from conftest import WAIT, wait_for
 from hauler import JobStatus, QueueHandle, create_server
-from hauler.storage import ENV_VAR, SqliteStorage
+from hauler.storage import ENV_VAR, SqliteStorage, from_url
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
 
@@ -40,21 +41,27 @@ def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> dict[str, A
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-@pytest.fixture
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "shared.db"
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """What the processes share: a SQLite file, or a fresh schema on the test PostgreSQL."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "shared.db")
+        return
+    schema = pg.fresh_schema()
+    yield f"{pg.dsn()}?schema={schema}&poll_interval=0.05"
+    pg.drop_schema(schema)
 
 
 @pytest.fixture
-def shared(db: Path) -> Iterator[QueueHandle]:
-    """This (test) process's own handle on the shared file."""
-    h = create_server(SqliteStorage(db))
+def shared(db: str) -> Iterator[QueueHandle]:
+    """This (test) process's own handle on the shared storage."""
+    h = create_server(from_url(db) if "://" in db else SqliteStorage(db))
     yield h
     h.close()
 
 
 def test_job_queued_by_one_process_runs_in_another(
-    tmp_path: Path, db: Path, shared: QueueHandle
+    tmp_path: Path, db: str, shared: QueueHandle
 ) -> None:
     out = tmp_path / "touched"
     job_id = run("queue", str(db), str(out), cwd=tmp_path)["id"]
@@ -73,7 +80,7 @@ def test_job_queued_by_one_process_runs_in_another(
 
 
 def test_killed_worker_job_is_rerun_by_another_process(
-    tmp_path: Path, db: Path, shared: QueueHandle
+    tmp_path: Path, db: str, shared: QueueHandle
 ) -> None:
     marker = tmp_path / "hang-marker"
     job_id = run("hang", str(db), str(marker), cwd=tmp_path)["id"]
@@ -117,11 +124,12 @@ def test_killed_worker_job_is_rerun_by_another_process(
     assert rerun.started_at >= lease_end
 
 
-def test_hauler_storage_env_picks_the_storage(tmp_path: Path, db: Path) -> None:
+def test_hauler_storage_env_picks_the_storage(tmp_path: Path, db: str, shared: QueueHandle) -> None:
     workdir = tmp_path / "app"
     workdir.mkdir()
     out = tmp_path / "touched"
-    env = {**os.environ, ENV_VAR: f"sqlite:///{db}"}  # db is absolute: four slashes
+    url = db if "://" in db else f"sqlite:///{db}"  # a SQLite db is absolute: four slashes
+    env = {**os.environ, ENV_VAR: url}
 
     job_id = run("queue", str(out), cwd=workdir, env=env)["id"]
     result = run("work", job_id, cwd=workdir, env=env)
@@ -129,9 +137,7 @@ def test_hauler_storage_env_picks_the_storage(tmp_path: Path, db: Path) -> None:
     assert out.read_text() == str(result["pid"])
     assert list(workdir.iterdir()) == []  # the default hauler.db was not used
 
-    with SqliteStorage(db) as storage:
-        info = create_server(storage).get(job_id)
-        assert info.status is JobStatus.COMPLETED
+    assert shared.get(job_id).status is JobStatus.COMPLETED
 
 
 def test_without_env_the_default_is_hauler_db_in_cwd(tmp_path: Path) -> None:

@@ -204,16 +204,18 @@ class TestFromUrl:
         assert fragment in str(info.value)
 
     @pytest.mark.parametrize(
-        "url",
+        ("url", "fragment"),
         [
-            "postgres://localhost/jobs",
-            "postgresql://user:secret@db.example.com:5432/jobs",
-            "postgresql+psycopg://localhost/jobs",
+            ("postgresql://localhost/jobs?pool_size=x", "pool_size must be an int"),
+            ("postgresql://localhost/jobs?poll_interval=soon", "poll_interval must be a number"),
+            ("postgresql://localhost/jobs?schema=Bad-Name", "schema"),
+            ("postgresql://localhost/jobs?pool_size=0", "pool_size"),
         ],
     )
-    def test_postgres_not_yet(self, url: str) -> None:
-        with pytest.raises(ConfigError, match="PostgreSQL storage is not available in this build"):
+    def test_bad_postgres_options(self, url: str, fragment: str) -> None:
+        with pytest.raises(ConfigError) as info:
             from_url(url)
+        assert fragment in str(info.value)
 
     @pytest.mark.parametrize("url", ["redis://localhost:6379", "hauler.db", "", "file:///x.db"])
     def test_unknown_scheme_quotes_the_url_and_lists_accepted(self, url: str) -> None:

@@ -10,7 +10,15 @@ import builtins
 from collections.abc import Callable, Sequence
 from typing import Any, TypedDict, final, type_check_only
 
-__all__ = ["Storage", "Worker", "backoff_delay", "now_us", "validate_retry", "wait_sync_threads"]
+__all__ = [
+    "Storage",
+    "Worker",
+    "backoff_delay",
+    "now_us",
+    "postgres_migrate",
+    "validate_retry",
+    "wait_sync_threads",
+]
 
 # The dict shapes and tuple aliases below exist only for type checking: the runtime passes
 # plain dicts and tuples. The aliases are private (stubtest skips private names that do not
@@ -81,6 +89,9 @@ def wait_sync_threads(timeout: float | None = None) -> bool:
     still runs a job (a released or timed-out one finishes first, its result ignored).
     """
 
+def postgres_migrate(dsn: str, *, schema: str = "hauler", connect_timeout_ms: int = 10000) -> int:
+    """Create or upgrade hauler's schema in the PostgreSQL database; return its version."""
+
 def now_us() -> int:
     """Return the engine's clock: microseconds since the epoch."""
 
@@ -102,13 +113,26 @@ class Storage:
     ) -> Storage:
         """Open (creating if needed) the SQLite database at ``path``."""
 
+    @staticmethod
+    def postgres(
+        dsn: str,
+        *,
+        schema: str = "hauler",
+        pool_size: int = 10,
+        poll_interval_ms: int = 1000,
+        connect_timeout_ms: int = 10000,
+        listen: bool = True,
+        migrate: bool = True,
+    ) -> Storage:
+        """Connect to PostgreSQL at ``dsn``, applying hauler's migrations unless told not to."""
+
     @property
     def closed(self) -> bool:
         """Whether :meth:`close` was called."""
 
     @property
     def kind(self) -> str:
-        """``"memory"`` or ``"sqlite"``."""
+        """``"memory"``, ``"sqlite"`` or ``"postgres"``."""
 
     def push_many(
         self, jobs: Sequence[_NewJobTuple], *, max_payload_bytes: int | None = None
@@ -118,6 +142,11 @@ class Storage:
         A job whose arguments take more than ``max_payload_bytes`` bytes as JSON raises
         ``SerializationError`` naming both sizes, and nothing is stored.
         """
+
+    def pg_insert(
+        self, jobs: Sequence[_NewJobTuple], *, max_payload_bytes: int | None = None
+    ) -> tuple[str, dict[str, Any], builtins.list[str]]:
+        """Build the transactional-enqueue statement (psycopg style), its parameters, the ids."""
 
     def get(self, job_id: str) -> JobDict | None:
         """One job, or ``None``."""

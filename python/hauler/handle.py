@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from hauler import _native
 from hauler.errors import ConfigError, JobNotFoundError
@@ -30,6 +30,20 @@ def _max_payload(value: int | None) -> int | None:
             f"max_payload_bytes must be a positive int or None (no limit), got {value!r}"
         )
     return value
+
+
+class _Cursor(Protocol):
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: object) -> Any: ...
+    def execute(self, query: Any, params: Any = ..., /) -> Any: ...
+
+
+class DbConnection(Protocol):
+    """What transactional enqueue needs of a connection: a psycopg (3) ``Connection``."""
+
+    def cursor(self) -> _Cursor:
+        """Open a cursor on the connection's current transaction."""
+        ...
 
 
 def _job_tuple(job: Job[Any], run_at_us: int | None) -> _native._NewJobTuple:
@@ -130,31 +144,64 @@ class QueueHandle:
         """The most bytes of JSON a job's fields may take, or ``None`` for no limit."""
         return self._max_payload_bytes
 
-    def _push(self, tuples: builtins.list[_native._NewJobTuple]) -> builtins.list[str]:
-        return self._storage._native.push_many(tuples, max_payload_bytes=self._max_payload_bytes)
+    def _push(
+        self, tuples: builtins.list[_native._NewJobTuple], connection: DbConnection | None
+    ) -> builtins.list[str]:
+        native = self._storage._native
+        if connection is None:
+            return native.push_many(tuples, max_payload_bytes=self._max_payload_bytes)
+        sql, params, ids = native.pg_insert(tuples, max_payload_bytes=self._max_payload_bytes)
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+        return ids
 
-    def queue(self, job: Job[Any]) -> uuid.UUID:
+    def queue(self, job: Job[Any], *, connection: DbConnection | None = None) -> uuid.UUID:
         """Store ``job`` to run as soon as a worker is free; return its id once durable.
+
+        Args:
+            job: The job to run.
+            connection: PostgreSQL only: an open psycopg (3) connection of your own. The job
+                is inserted in that connection's current transaction, so it exists if and
+                only if your transaction commits (and workers are notified at commit). The
+                connection must reach the same database as the storage.
 
         Raises:
             SerializationError: a field cannot be serialized, or the fields take more than
                 :attr:`max_payload_bytes` as JSON (nothing is stored).
             StorageError: the storage failed (nothing is stored).
+            ConfigError: ``connection`` given for a storage that is not PostgreSQL.
+
+        Example:
+            >>> with psycopg.connect(dsn) as conn:  # doctest: +SKIP
+            ...     conn.execute("INSERT INTO users (email) VALUES (%s)", [email])
+            ...     queue_handle.queue(SendEmail(to=email, subject="hi"), connection=conn)
 
         """
-        return self.queue_many([job])[0]
+        return self.queue_many([job], connection=connection)[0]
 
-    def queue_many(self, jobs: Iterable[Job[Any]]) -> list[uuid.UUID]:
-        """Store many jobs in one transaction (all or none); return their ids in order."""
+    def queue_many(
+        self, jobs: Iterable[Job[Any]], *, connection: DbConnection | None = None
+    ) -> builtins.list[uuid.UUID]:
+        """Store many jobs in one transaction (all or none); return their ids in order.
+
+        ``connection`` is as for :meth:`queue`.
+        """
         tuples = [_job_tuple(j, None) for j in jobs]
         if not tuples:
             return []
-        return [uuid.UUID(i) for i in self._push(tuples)]
+        return [uuid.UUID(i) for i in self._push(tuples, connection)]
 
     def schedule(
-        self, job: Job[Any], *, at: datetime | None = None, after: timedelta | None = None
+        self,
+        job: Job[Any],
+        *,
+        at: datetime | None = None,
+        after: timedelta | None = None,
+        connection: DbConnection | None = None,
     ) -> uuid.UUID:
         """Store ``job`` to run at ``at`` (a timezone-aware datetime) or ``after`` from now.
+
+        ``connection`` is as for :meth:`queue`.
 
         Raises:
             ConfigError: neither or both of ``at``/``after``, a naive datetime, or a negative
@@ -162,7 +209,7 @@ class QueueHandle:
 
         """
         run_at = _run_at(at, after)
-        return uuid.UUID(self._push([_job_tuple(job, run_at)])[0])
+        return uuid.UUID(self._push([_job_tuple(job, run_at)], connection)[0])
 
     def get(self, job_id: uuid.UUID | str) -> JobInfo:
         """Return the job with this id, with its whole history.

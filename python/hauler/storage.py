@@ -23,14 +23,27 @@ from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsp
 from hauler import _native
 from hauler.errors import ConfigError
 
-__all__ = ["MemoryStorage", "SqliteStorage", "Storage", "from_url", "resolve_storage"]
+__all__ = [
+    "MemoryStorage",
+    "PostgresStorage",
+    "SqliteStorage",
+    "Storage",
+    "from_url",
+    "migrate",
+    "resolve_storage",
+]
 
 ENV_VAR: Final = "HAULER_STORAGE"
 """The environment variable :func:`resolve_storage` reads when given no storage."""
 
 Synchronous = Literal["normal", "full"]
 
-_ACCEPTED: Final = "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db"
+_ACCEPTED: Final = (
+    "memory://, sqlite:///relative/path.db, sqlite:////absolute/path.db, "
+    "postgresql://user:password@host:port/database"
+)
+_POSTGRES_OPTIONS: Final = ("schema", "pool_size", "poll_interval")
+_DEFAULT_PG_POLL_INTERVAL: Final = 1.0
 _SQLITE_OPTIONS: Final = ("synchronous", "busy_timeout", "poll_interval")
 _DEFAULT_BUSY_TIMEOUT: Final = 5.0
 _DEFAULT_POLL_INTERVAL: Final = 0.1
@@ -103,7 +116,7 @@ class MemoryStorage(Storage):
         return "memory://"
 
 
-def _seconds_to_ms(option: str, value: object) -> int:
+def _seconds_to_ms(option: str, value: object, owner: str = "SqliteStorage") -> int:
     """Convert a positive number of seconds to milliseconds (at least 1)."""
     if (
         isinstance(value, bool)
@@ -111,9 +124,7 @@ def _seconds_to_ms(option: str, value: object) -> int:
         or not math.isfinite(value)
         or value <= 0
     ):
-        raise ConfigError(
-            f"SqliteStorage {option} must be a positive number of seconds, got {value!r}"
-        )
+        raise ConfigError(f"{owner} {option} must be a positive number of seconds, got {value!r}")
     return max(1, round(value * 1000))
 
 
@@ -208,6 +219,149 @@ class SqliteStorage(Storage):
         return f"sqlite:///{quote(self._path)}{query}"
 
 
+class PostgresStorage(Storage):
+    """Jobs in PostgreSQL: many workers on many hosts share one queue.
+
+    hauler keeps its tables in their own schema (``hauler`` by default), created and
+    upgraded on first use (safe when many processes start at once), or ahead of time with
+    :func:`migrate`. Idle workers are woken by ``LISTEN``/``NOTIFY`` when a job is queued
+    anywhere; ``poll_interval`` is only the fallback. Jobs are claimed with
+    ``SELECT ... FOR UPDATE SKIP LOCKED``; a worker that dies loses its jobs to the others
+    once their leases expire.
+
+    Args:
+        dsn: A libpq-style connection string: ``postgresql://user:pw@host:5432/db?...``
+            or ``host=... user=... dbname=...``. Its options (``sslmode``,
+            ``application_name``, ``connect_timeout``...) pass through. TLS is not built in
+            yet: use ``sslmode=disable`` or ``prefer`` (the default).
+        schema: The schema for hauler's tables (lowercase letters, digits, ``_``).
+        pool_size: The most connections this process opens (default 10).
+        poll_interval: Seconds between looks for due jobs when no notification arrives.
+        connect_timeout: Seconds one connection attempt may take.
+        listen: Wake workers with ``LISTEN``/``NOTIFY`` (turn off behind a pooler in
+            transaction mode; workers then poll).
+        migrate: Apply pending migrations on connect; when false the schema must already
+            be up to date (see :func:`migrate`).
+
+    Raises:
+        ConfigError: An option is invalid or the DSN cannot be parsed.
+        StorageError: The server cannot be reached, is older than PostgreSQL 13, or holds
+            a schema written by a newer hauler.
+
+    Example:
+        >>> storage = PostgresStorage("postgresql://app@db/app")  # doctest: +SKIP
+
+    """
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        schema: str = "hauler",
+        pool_size: int = 10,
+        poll_interval: float = _DEFAULT_PG_POLL_INTERVAL,
+        connect_timeout: float = 10.0,
+        listen: bool = True,
+        migrate: bool = True,
+    ) -> None:
+        if not isinstance(dsn, str) or not dsn.strip():
+            raise ConfigError(f"PostgresStorage needs a non-empty DSN str, got {dsn!r}")
+        if not isinstance(schema, str):
+            raise ConfigError(f"PostgresStorage schema must be a str, got {schema!r}")
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+            raise ConfigError(f"PostgresStorage pool_size must be an int >= 1, got {pool_size!r}")
+        native = _native.Storage.postgres(
+            dsn,
+            schema=schema,
+            pool_size=pool_size,
+            poll_interval_ms=_seconds_to_ms("poll_interval", poll_interval, "PostgresStorage"),
+            connect_timeout_ms=_seconds_to_ms(
+                "connect_timeout", connect_timeout, "PostgresStorage"
+            ),
+            listen=bool(listen),
+            migrate=bool(migrate),
+        )
+        super().__init__(native)
+        self._dsn = dsn
+        self._schema = schema
+        self._pool_size = pool_size
+        self._poll_interval = float(poll_interval)
+
+    @property
+    def schema(self) -> str:
+        """The schema hauler's tables live in."""
+        return self._schema
+
+    @property
+    def url(self) -> str:
+        """The DSN with hauler's options that differ from the defaults added as a query."""
+        options: list[tuple[str, str]] = []
+        if self._schema != "hauler":
+            options.append(("schema", self._schema))
+        if self._pool_size != 10:
+            options.append(("pool_size", str(self._pool_size)))
+        if self._poll_interval != _DEFAULT_PG_POLL_INTERVAL:
+            options.append(("poll_interval", repr(self._poll_interval)))
+        if not options:
+            return self._dsn
+        sep = "&" if "?" in self._dsn else "?"
+        return f"{self._dsn}{sep}{urlencode(options)}"
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {_redact(self.url)}>"
+
+
+def _postgres_from_url(url: str) -> PostgresStorage:
+    parts = urlsplit(url)
+    try:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+    except ValueError:
+        raise ConfigError(f"storage URL {_redact(url)!r} has a malformed query") from None
+    ours = {k: v for k, v in pairs if k in _POSTGRES_OPTIONS}
+    rest = [(k, v) for k, v in pairs if k not in _POSTGRES_OPTIONS]
+    scheme = "postgresql" if parts.scheme.lower().startswith("postgres") else parts.scheme
+    dsn = urlunsplit(parts._replace(scheme=scheme, query=urlencode(rest)))
+    pool = ours.get("pool_size", "10")
+    if not pool.isdigit():
+        raise ConfigError(f"storage URL option pool_size must be an int, got {pool!r}")
+    poll = ours.get("poll_interval")
+    return PostgresStorage(
+        dsn,
+        schema=ours.get("schema", "hauler"),
+        pool_size=int(pool),
+        poll_interval=(
+            _DEFAULT_PG_POLL_INTERVAL if poll is None else _float_option("poll_interval", poll)
+        ),
+    )
+
+
+def migrate(dsn: str, *, schema: str = "hauler", connect_timeout: float = 10.0) -> int:
+    """Create or upgrade hauler's PostgreSQL schema, for teams that migrate at deploy time.
+
+    Safe to run from many processes at once (an advisory lock serializes them). Workers
+    started with ``PostgresStorage(dsn, migrate=False)`` then only check the version.
+
+    Returns:
+        The schema version now in the database.
+
+    Raises:
+        ConfigError: A bad DSN or schema name.
+        StorageError: The server cannot be reached or refuses.
+
+    Example:
+        >>> migrate("postgresql://app@db/app")  # doctest: +SKIP
+        1
+
+    """
+    if isinstance(dsn, str) and urlsplit(dsn).scheme.lower() == "postgres":
+        dsn = "postgresql" + dsn[len("postgres") :]
+    return _native.postgres_migrate(
+        dsn,
+        schema=schema,
+        connect_timeout_ms=_seconds_to_ms("connect_timeout", connect_timeout, "migrate"),
+    )
+
+
 def _redact(url: str) -> str:
     """Hide a password in ``url`` before quoting it in a message."""
     parts = urlsplit(url)
@@ -275,7 +429,10 @@ def from_url(url: str) -> Storage:
     - ``sqlite:///relative/path.db`` (three slashes) or ``sqlite:////absolute/path.db``
       (four): a :class:`SqliteStorage`, with the options ``synchronous``, ``busy_timeout``
       and ``poll_interval`` (seconds) as a query, for example
-      ``sqlite:///jobs.db?synchronous=full&busy_timeout=2&poll_interval=0.05``.
+      ``sqlite:///jobs.db?synchronous=full&busy_timeout=2&poll_interval=0.05``;
+    - ``postgresql://user:password@host:5432/database`` (or ``postgres://``): a
+      :class:`PostgresStorage`; ``schema``, ``pool_size`` and ``poll_interval`` in the
+      query are hauler's options, every other query option goes to the connection.
 
     Args:
         url: The storage URL.
@@ -284,8 +441,9 @@ def from_url(url: str) -> Storage:
         A new storage. Calling ``from_url`` twice opens two handles; share one instead.
 
     Raises:
-        ConfigError: The URL is not understood (the message lists the accepted forms),
-            names PostgreSQL (not available in this build yet), or carries a bad option.
+        ConfigError: The URL is not understood (the message lists the accepted forms) or
+            carries a bad option.
+        StorageError: The database cannot be opened or reached.
 
     Example:
         >>> from_url("memory://")
@@ -301,10 +459,8 @@ def from_url(url: str) -> Storage:
         return MemoryStorage()
     if scheme == "sqlite":
         return _sqlite_from_url(url)
-    if scheme in ("postgres", "postgresql") or scheme.startswith("postgresql+"):
-        raise ConfigError(
-            f"PostgreSQL storage is not available in this build yet; use one of: {_ACCEPTED}"
-        )
+    if scheme in ("postgres", "postgresql"):
+        return _postgres_from_url(url)
     raise ConfigError(f"unsupported storage URL {_redact(url)!r}; accepted: {_ACCEPTED}")
 
 

@@ -21,5 +21,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(storage::validate_retry, m)?)?;
     m.add_function(wrap_pyfunction!(storage::backoff_delay, m)?)?;
     m.add_function(wrap_pyfunction!(worker::wait_sync_threads, m)?)?;
+    m.add_function(wrap_pyfunction!(storage::postgres_migrate, m)?)?;
     Ok(())
 }

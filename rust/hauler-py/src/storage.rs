@@ -8,7 +8,8 @@ use std::time::Duration;
 use hauler_core::model::{JobId, JobStatus, NewJob, Timestamp};
 use hauler_core::queue::Queue;
 use hauler_core::storage::{
-    JobListParams, MemoryStorage, SqliteOptions, SqliteStorage, Synchronous,
+    postgres, JobListParams, MemoryStorage, PostgresOptions, PostgresStorage, SqliteOptions,
+    SqliteStorage, Synchronous,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -24,6 +25,8 @@ pub(crate) struct PyStorage {
     pub(crate) queue: Arc<Queue>,
     kind: &'static str,
     closed: AtomicBool,
+    /// The schema of a PostgreSQL storage (for transactional enqueue).
+    pg_schema: Option<String>,
 }
 
 fn parse_id(s: &str) -> PyResult<JobId> {
@@ -63,9 +66,6 @@ fn new_job(t: &Bound<'_, PyAny>, max_payload: Option<usize>) -> PyResult<NewJob>
             format!("job {name:?}: arguments cannot be serialized: {e}"),
         )
     })?;
-    let retry = t.get_item(4)?;
-    let retry = retry
-        .cast::<PyDict>()
     if let Some(max) = max_payload.filter(|&max| args_json.len() > max) {
         return Err(hauler_err(
             "SerializationError",
@@ -76,6 +76,9 @@ fn new_job(t: &Bound<'_, PyAny>, max_payload: Option<usize>) -> PyResult<NewJob>
             ),
         ));
     }
+    let retry = t.get_item(4)?;
+    let retry = retry
+        .cast::<PyDict>()
         .map_err(|_| hauler_err("ConfigError", "retry policy must be a dict"))?;
     let heartbeat_ms: i64 = t.get_item(6)?.extract()?;
     let heartbeat_ms = millis("HEARTBEAT_INTERVAL", heartbeat_ms)?.as_millis() as u64;
@@ -124,6 +127,7 @@ impl PyStorage {
             queue: Arc::new(Queue::new(storage)),
             kind,
             closed: AtomicBool::new(false),
+            pg_schema: None,
         }
     }
 }
@@ -157,7 +161,39 @@ impl PyStorage {
         Ok(PyStorage::new(Arc::new(storage), "sqlite"))
     }
 
-    /// `"memory"` or `"sqlite"`.
+    /// Connect to PostgreSQL at `dsn`, applying hauler's migrations unless `migrate` is
+    /// false (then the schema must be up to date).
+    #[staticmethod]
+    #[pyo3(signature = (dsn, *, schema = "hauler", pool_size = 10, poll_interval_ms = 1000, connect_timeout_ms = 10000, listen = true, migrate = true))]
+    #[allow(clippy::too_many_arguments)]
+    fn postgres(
+        py: Python<'_>,
+        dsn: String,
+        schema: &str,
+        pool_size: i64,
+        poll_interval_ms: i64,
+        connect_timeout_ms: i64,
+        listen: bool,
+        migrate: bool,
+    ) -> PyResult<Self> {
+        let opts = postgres_options(schema, pool_size, poll_interval_ms, connect_timeout_ms)?;
+        let opts = PostgresOptions {
+            listen,
+            migrate,
+            ..opts
+        };
+        let schema = opts.schema.clone();
+        let storage = wait(
+            py,
+            async move { PostgresStorage::connect(&dsn, opts).await },
+        )?;
+        Ok(PyStorage {
+            pg_schema: Some(schema),
+            ..PyStorage::new(Arc::new(storage), "postgres")
+        })
+    }
+
+    /// `"memory"`, `"sqlite"` or `"postgres"`.
     #[getter]
     fn kind(&self) -> &'static str {
         self.kind
@@ -184,6 +220,59 @@ impl PyStorage {
         let queue = self.queue.clone();
         let ids = wait(py, async move { queue.push_many(new).await })?;
         Ok(ids.iter().map(JobId::to_string).collect())
+    }
+
+    /// Transactional enqueue on PostgreSQL: the statement (psycopg `%(name)s` style), its
+    /// parameters and the new ids, for the caller to execute on its own connection.
+    #[pyo3(signature = (jobs, *, max_payload_bytes = None))]
+    fn pg_insert<'py>(
+        &self,
+        py: Python<'py>,
+        jobs: &Bound<'py, PyAny>,
+        max_payload_bytes: Option<usize>,
+    ) -> PyResult<(String, Bound<'py, PyDict>, Vec<String>)> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(hauler_err("StorageClosedError", "the storage is closed"));
+        }
+        let schema = self.pg_schema.as_deref().ok_or_else(|| {
+            hauler_err(
+                "ConfigError",
+                format!(
+                    "enqueueing on your own connection needs a PostgresStorage, not {}",
+                    self.kind
+                ),
+            )
+        })?;
+        let mut new = Vec::new();
+        for item in jobs.try_iter()? {
+            new.push(new_job(&item?, max_payload_bytes)?);
+        }
+        let ids: Vec<String> = new.iter().map(|j| j.id.to_string()).collect();
+        let now = self.queue.clock().now();
+        let rows = postgres::JobInsertRows::new(new, now).map_err(to_pyerr)?;
+        let sql = postgres::job_insert_statement(schema).map_err(to_pyerr)?;
+        let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339();
+        let params = PyDict::new(py);
+        let uuids: Vec<String> = rows.ids.iter().map(ToString::to_string).collect();
+        params.set_item("p1", uuids)?;
+        params.set_item("p2", rows.names)?;
+        params.set_item("p3", rows.queues)?;
+        params.set_item("p4", rows.args)?;
+        params.set_item("p5", rows.statuses)?;
+        params.set_item("p6", rows.priorities)?;
+        params.set_item("p7", rows.max_retries)?;
+        params.set_item("p8", rows.retries)?;
+        params.set_item("p9", rows.timeouts_ms)?;
+        params.set_item("p10", rows.heartbeats_ms)?;
+        params.set_item("p11", rows.versions)?;
+        params.set_item("p12", rows.unique_keys)?;
+        let now = chrono::DateTime::from_timestamp_micros(now.as_micros())
+            .map(|t| time(&t))
+            .ok_or_else(|| hauler_err("StorageError", "the clock is out of range"))?;
+        params.set_item("p13", now)?;
+        params.set_item("p14", rows.run_ats.iter().map(time).collect::<Vec<_>>())?;
+        params.set_item("p15", postgres::notify_channel(schema))?;
+        Ok((psycopg_placeholders(&sql), params, ids))
     }
 
     /// One job, or None.
@@ -287,4 +376,77 @@ pub(crate) fn backoff_delay(
 /// Make sure the runtime can start (called at import so a failure is reported early).
 pub(crate) fn warm_up() -> PyResult<()> {
     runtime().map(|_| ())
+}
+
+fn postgres_options(
+    schema: &str,
+    pool_size: i64,
+    poll_interval_ms: i64,
+    connect_timeout_ms: i64,
+) -> PyResult<PostgresOptions> {
+    let pool_size = usize::try_from(pool_size)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            hauler_err(
+                "ConfigError",
+                format!("pool_size must be at least 1, got {pool_size}"),
+            )
+        })?;
+    Ok(PostgresOptions {
+        schema: schema.to_owned(),
+        pool_size,
+        poll_interval: millis("poll_interval", poll_interval_ms)?,
+        connect_timeout: millis("connect_timeout", connect_timeout_ms)?,
+        ..PostgresOptions::default()
+    })
+}
+
+/// Create or upgrade hauler's schema in the PostgreSQL database at `dsn`; returns the
+/// schema version.
+#[pyfunction]
+#[pyo3(signature = (dsn, *, schema = "hauler", connect_timeout_ms = 10000))]
+pub(crate) fn postgres_migrate(
+    py: Python<'_>,
+    dsn: String,
+    schema: &str,
+    connect_timeout_ms: i64,
+) -> PyResult<u32> {
+    let opts = postgres_options(schema, 1, 1000, connect_timeout_ms)?;
+    wait(py, async move {
+        hauler_core::storage::postgres::migrate(&dsn, &opts).await
+    })
+}
+
+/// `$12` → `%(p12)s`: psycopg's named placeholders (a literal `%` is doubled).
+fn psycopg_placeholders(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => out.push_str("%%"),
+            '$' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push_str("%(p");
+                while let Some(d) = chars.next_if(char::is_ascii_digit) {
+                    out.push(d);
+                }
+                out.push_str(")s");
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::psycopg_placeholders;
+
+    #[test]
+    fn placeholders_become_named_and_percent_is_escaped() {
+        assert_eq!(
+            psycopg_placeholders("SELECT $1::int, $12, '5%', $2"),
+            "SELECT %(p1)s::int, %(p12)s, '5%%', %(p2)s"
+        );
+    }
 }

@@ -60,7 +60,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::model::{
     AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken,
-    QueueCount, Timestamp,
+    NewJob, QueueCount, Timestamp,
 };
 use crate::retry::{MaxRetries, RetryPolicy};
 
@@ -269,6 +269,89 @@ const JOB_INSERT: &str = "WITH inserted AS (
     RETURNING queue
 )
 SELECT pg_notify($15, left(queue, 1000))::text FROM (SELECT DISTINCT queue FROM inserted) q";
+
+/// The columns of jobs about to be stored, as the parallel arrays `JOB_INSERT` binds
+/// (`$1`-`$12` and `$14`). Public for transactional enqueue: a client that holds its own
+/// connection binds these to [`job_insert_statement`] inside its transaction.
+#[derive(Debug, Clone, Default)]
+pub struct JobInsertRows {
+    /// `$1`: job ids.
+    pub ids: Vec<Uuid>,
+    /// `$2`: job names.
+    pub names: Vec<String>,
+    /// `$3`: queues.
+    pub queues: Vec<String>,
+    /// `$4`: arguments, JSON text.
+    pub args: Vec<String>,
+    /// `$5`: initial statuses (`available` or `scheduled`).
+    pub statuses: Vec<&'static str>,
+    /// `$6`: priorities.
+    pub priorities: Vec<i32>,
+    /// `$7`: retries allowed after the first attempt (`None`: infinite).
+    pub max_retries: Vec<Option<i64>>,
+    /// `$8`: retry policies, JSON text.
+    pub retries: Vec<String>,
+    /// `$9`: attempt time limits in ms.
+    pub timeouts_ms: Vec<Option<i64>>,
+    /// `$10`: heartbeat intervals in ms.
+    pub heartbeats_ms: Vec<i64>,
+    /// `$11`: job versions.
+    pub versions: Vec<i64>,
+    /// `$12`: unique keys.
+    pub unique_keys: Vec<Option<String>>,
+    /// `$14`: run times.
+    pub run_ats: Vec<DateTime<Utc>>,
+}
+
+impl JobInsertRows {
+    /// The rows for `jobs` queued at `now` (a job without a run time runs at `now`).
+    pub fn new(jobs: Vec<NewJob>, now: Timestamp) -> Result<Self> {
+        let mut rows = JobInsertRows::default();
+        for job in jobs {
+            let run_at = job.run_at.unwrap_or(now);
+            let status = if run_at > now {
+                JobStatus::Scheduled
+            } else {
+                JobStatus::Available
+            };
+            rows.ids.push(job.id.0);
+            rows.statuses.push(status.as_str());
+            rows.priorities.push(job.priority);
+            rows.max_retries.push(match job.retry.max_retries {
+                MaxRetries::Count(n) => Some(i64::from(n)),
+                MaxRetries::Infinite => None,
+            });
+            rows.retries.push(job.retry.to_json());
+            rows.timeouts_ms.push(job.timeout_ms.map(to_bigint));
+            rows.heartbeats_ms.push(to_bigint(job.heartbeat_ms));
+            rows.versions.push(i64::from(job.version));
+            rows.run_ats.push(to_pg_time(run_at)?);
+            rows.names.push(job.name);
+            rows.queues.push(job.queue);
+            rows.args.push(job.args);
+            rows.unique_keys.push(job.unique_key);
+        }
+        Ok(rows)
+    }
+}
+
+/// The statement that stores jobs in `schema`'s tables and notifies idle workers, for a
+/// connection whose `search_path` hauler does not control (transactional enqueue): the
+/// same SQL as the storage's own insert, with the table qualified. Parameters: `$1`-`$12`
+/// and `$14` are the arrays of [`JobInsertRows`], `$13` the time of queueing and `$15`
+/// [`notify_channel`]. The notification is delivered only if the transaction commits.
+pub fn job_insert_statement(schema: &str) -> Result<String> {
+    if let Some(problem) = schema_problem(schema) {
+        return Err(Error::Config(problem));
+    }
+    let qualified = format!("INSERT INTO {}.jobs ", quote_ident(schema));
+    Ok(JOB_INSERT.replacen("INSERT INTO jobs ", &qualified, 1))
+}
+
+/// The `LISTEN`/`NOTIFY` channel of a schema's workers.
+pub fn notify_channel(schema: &str) -> String {
+    format!("{schema}_jobs")
+}
 
 /// Claim up to `$4` jobs of queues `$1` and names `$2` due at `$3` for worker `$5`. Each
 /// queue's claim index is walked on its own (a `queue = ANY(...)` scan would sort every
@@ -573,7 +656,7 @@ impl PostgresStorage {
             .recycle_timeout(Some(opts.connect_timeout))
             .build()
             .map_err(|e| Error::Config(format!("cannot build the PostgreSQL pool: {e}")))?;
-        let channel = format!("{}_jobs", opts.schema);
+        let channel = notify_channel(&opts.schema);
         let listener = opts.listen.then(|| Listener {
             config: listener_config(config),
             statement: format!("LISTEN {}", quote_ident(&channel)),
@@ -1144,70 +1227,27 @@ impl Storage for PostgresStorage {
         if p.jobs.is_empty() {
             return Ok(());
         }
-        let n = p.jobs.len();
-        let (mut ids, mut names, mut queues, mut args) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut statuses, mut priorities, mut max_retries, mut retries) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut timeouts, mut heartbeats, mut versions, mut unique_keys, mut run_ats) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for job in p.jobs {
-            let run_at = job.run_at.unwrap_or(p.now);
-            let status = if run_at > p.now {
-                JobStatus::Scheduled
-            } else {
-                JobStatus::Available
-            };
-            ids.push(job.id.0);
-            statuses.push(status.as_str());
-            priorities.push(job.priority);
-            max_retries.push(match job.retry.max_retries {
-                MaxRetries::Count(n) => Some(i64::from(n)),
-                MaxRetries::Infinite => None,
-            });
-            retries.push(job.retry.to_json());
-            timeouts.push(job.timeout_ms.map(to_bigint));
-            heartbeats.push(to_bigint(job.heartbeat_ms));
-            versions.push(i64::from(job.version));
-            run_ats.push(to_pg_time(run_at)?);
-            names.push(job.name);
-            queues.push(job.queue);
-            args.push(job.args);
-            unique_keys.push(job.unique_key);
-        }
+        let rows = JobInsertRows::new(p.jobs, p.now)?;
         let now = to_pg_time(p.now)?;
         let client = self.client(INSERT).await?;
         let res = run(
             &client,
             JOB_INSERT,
             &[
-                &ids,
-                &names,
-                &queues,
-                &args,
-                &statuses,
-                &priorities,
-                &max_retries,
-                &retries,
-                &timeouts,
-                &heartbeats,
-                &versions,
-                &unique_keys,
+                &rows.ids,
+                &rows.names,
+                &rows.queues,
+                &rows.args,
+                &rows.statuses,
+                &rows.priorities,
+                &rows.max_retries,
+                &rows.retries,
+                &rows.timeouts_ms,
+                &rows.heartbeats_ms,
+                &rows.versions,
+                &rows.unique_keys,
                 &now,
-                &run_ats,
+                &rows.run_ats,
                 &self.channel,
             ],
         )
