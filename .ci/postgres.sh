@@ -4,6 +4,7 @@
 #   eval "$(bash .ci/postgres.sh start)"   # prints `export HAULER_TEST_POSTGRES_DSN=...`
 #   bash .ci/postgres.sh env               # the same lines again, for another shell
 #   bash .ci/postgres.sh status
+#   bash .ci/postgres.sh restart           # fast restart in place (fault tests)
 #   bash .ci/postgres.sh stop              # stops the cluster and deletes its files
 #
 # `start` uses the PostgreSQL server binaries it finds ($PG_BINDIR, `pg_config --bindir`,
@@ -225,6 +226,17 @@ cmd_stop() {
     say "stopped and removed the cluster in $PG_DIR"
 }
 
+# Restart the server in place (fast shutdown: connections are cut), for fault tests.
+cmd_restart() {
+    running || die "no cluster is running (bash .ci/postgres.sh start)"
+    (cd "$PG_DIR" && as_owner "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" \
+        -m fast -w -t 60 restart >&2) || die "the server did not restart"
+    local pid
+    pid=$(head -n1 "$PG_DIR/data/postmaster.pid")
+    sed -i "s/^PG_PID=.*/PG_PID=$pid/" "$state_file"
+    say "restarted: pid $pid"
+}
+
 cmd_env() {
     running || die "no cluster is running (bash .ci/postgres.sh start)"
     cat "$env_file"
@@ -244,8 +256,9 @@ case ${1:-} in
     stop) cmd_stop ;;
     env) cmd_env ;;
     status) cmd_status ;;
+    restart) cmd_restart ;;
     *)
-        echo "usage: bash .ci/postgres.sh start|stop|env|status" >&2
+        echo "usage: bash .ci/postgres.sh start|stop|restart|env|status" >&2
         exit 2
         ;;
 esac

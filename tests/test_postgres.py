@@ -7,6 +7,7 @@ The storage behaviour shared with memory and SQLite runs in the parametrized sui
 
 from __future__ import annotations
 
+import logging
 import signal
 import subprocess
 import sys
@@ -241,3 +242,51 @@ def test_fleet_of_three_with_one_killed_completes_every_job_once(
     # A job runs twice only if the killed host may have run it: its lease expired.
     assert duplicates <= len(lost)
     print(f"\nfleet: {len(lost)} jobs reclaimed from the killed host, {duplicates} ran twice")
+
+
+class Slow(Job[list[int]]):
+    NAME = "slow"
+    HEARTBEAT_INTERVAL = 300
+    n: int
+
+    def run(self, state: list[int]) -> None:
+        time.sleep(0.02)
+        state.append(self.n)
+
+
+def _restart_server() -> None:
+    script = Path(__file__).resolve().parent.parent / ".ci" / "postgres.sh"
+    if subprocess.run(["bash", str(script), "status"], capture_output=True).returncode != 0:
+        pytest.skip("the server was not started by .ci/postgres.sh, so it cannot be restarted")
+    subprocess.run(["bash", str(script), "restart"], check=True, capture_output=True)
+
+
+def test_server_restart_mid_run_loses_nothing_and_completes_nothing_twice(
+    schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    total = 300
+    ran: list[int] = []
+    with PostgresStorage(pg.dsn(), schema=schema, poll_interval=0.05) as s:
+        config = WorkerConfig(lambda: ran, storage=s, reclaim_interval=0.2).register(Slow)
+        with config.start() as worker:
+            ids = worker.queue_many(Slow(n) for n in range(total))
+            wait_for(lambda: len(ran) > 30, timeout=30)
+            _restart_server()  # every pooled connection and the listener are cut
+            # The pool reconnects: producers and workers carry on.
+            wait_for(lambda: _queue_ok(worker), timeout=30)
+            infos = worker.wait(ids, timeout=120)
+    assert {info.status for info in infos} == {JobStatus.COMPLETED}
+    for info in infos:
+        assert sum(a.outcome == "completed" for a in info.history) == 1, info.history
+    assert set(ran) == set(range(total))
+    # The workers said what happened, through logging.
+    engine = [r for r in caplog.records if r.name.startswith("hauler.")]
+    assert any(r.levelno >= logging.WARNING for r in engine), [r.getMessage() for r in engine]
+
+
+def _queue_ok(handle: QueueHandle) -> bool:
+    try:
+        handle.counts()
+    except StorageError:
+        return False
+    return True

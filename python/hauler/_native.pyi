@@ -16,6 +16,7 @@ __all__ = [
     "backoff_delay",
     "now_us",
     "postgres_migrate",
+    "take_log_records",
     "validate_retry",
     "wait_sync_threads",
 ]
@@ -91,6 +92,12 @@ def wait_sync_threads(timeout: float | None = None) -> bool:
 
 def postgres_migrate(dsn: str, *, schema: str = "hauler", connect_timeout_ms: int = 10000) -> int:
     """Create or upgrade hauler's schema in the PostgreSQL database; return its version."""
+
+def take_log_records(timeout: float) -> tuple[list[tuple[int, str, str]], int]:
+    """Wait up to ``timeout`` s for engine log records: ``(level, logger, message)`` each.
+
+    Also returns how many records were dropped since the last call (queue full).
+    """
 
 def now_us() -> int:
     """Return the engine's clock: microseconds since the epoch."""

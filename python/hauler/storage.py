@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Final, Literal, Self, cast
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
-from hauler import _native
+from hauler import _logs, _native
 from hauler.errors import ConfigError
 
 __all__ = [
@@ -65,6 +65,7 @@ class Storage(abc.ABC):
     """
 
     def __init__(self, native: _native.Storage) -> None:
+        _logs.start()  # the engine's log records reach `logging` from now on
         self._native = native
 
     @property

@@ -5,6 +5,7 @@
 mod convert;
 mod errors;
 mod json;
+mod logs;
 mod runtime;
 mod storage;
 mod worker;
@@ -15,6 +16,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     storage::warm_up()?;
+    logs::install();
     m.add_class::<storage::PyStorage>()?;
     m.add_class::<worker::PyWorker>()?;
     m.add_function(wrap_pyfunction!(storage::now_us, m)?)?;
@@ -22,5 +24,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(storage::backoff_delay, m)?)?;
     m.add_function(wrap_pyfunction!(worker::wait_sync_threads, m)?)?;
     m.add_function(wrap_pyfunction!(storage::postgres_migrate, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::take_log_records, m)?)?;
     Ok(())
 }
