@@ -250,15 +250,19 @@ class Worker(QueueHandle):
 
         Jobs still running after that are handed back to the storage at once (available to
         another worker, the attempt not counted). A sync job's thread cannot be interrupted:
-        it runs on in the background and its result is ignored. Idempotent.
+        it runs on in the background and its result is ignored. Idempotent: a second call
+        waits for the first to finish. If the wait is interrupted (Ctrl-C), the stop goes
+        on in the background and interpreter exit waits for it.
         """
         try:
             self._native_worker.stop(timeout)
         finally:
-            if self._loop is not None:
-                self._loop.stop()
-            with _running_lock:
-                _running.discard(self)
+            # Interrupted while the pool still drains: leave it to interpreter exit.
+            if not self._native_worker.running:
+                if self._loop is not None:
+                    self._loop.stop()
+                with _running_lock:
+                    _running.discard(self)
 
     def join(self, timeout: float | None = None) -> bool:
         """Block until the pool stops (Ctrl-C raises KeyboardInterrupt); False on timeout."""
