@@ -5,7 +5,9 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -29,6 +31,14 @@ log = logging.getLogger("hauler.worker")
 # the Worker (`WorkerConfig(...).start(queue_handle)` is a complete statement), until stopped.
 _running: set[Worker] = set()
 _running_lock = threading.Lock()
+# The signal that asked this process to terminate (set once by the SIGTERM handler).
+_terminating: int | None = None
+
+
+def _stop_seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise ConfigError(f"stop_timeout must be a number of seconds >= 0, got {value!r}")
+    return float(value)
 
 
 def _positive_seconds(name: str, value: float | None) -> int | None:
@@ -55,6 +65,11 @@ class WorkerConfig(Generic[StateT]):
         worker_id: The id recorded on claimed jobs (default ``host:pid:random``).
         max_payload_bytes: The JSON size limit of jobs queued through the started
             :class:`Worker` (it is also a queue handle); see :class:`QueueHandle`.
+        stop_timeout: Seconds running jobs get to finish when the worker is stopped
+            without an explicit timeout: :meth:`Worker.stop()`, the end of a ``with``
+            block, SIGTERM, interpreter exit. Jobs still running then are released.
+        handle_sigterm: Turn SIGTERM into a graceful stop (see :class:`Worker`). Only
+            done when ``start()`` runs in the main thread and SIGTERM has no handler yet.
 
     Example:
         >>> config = WorkerConfig(lambda: AppState("my app")).register(SendEmail)  # doctest: +SKIP
@@ -71,6 +86,8 @@ class WorkerConfig(Generic[StateT]):
         reclaim_interval: float = 1.0,
         worker_id: str | None = None,
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        stop_timeout: float = 30.0,
+        handle_sigterm: bool = True,
     ) -> None:
         if state_factory is not None and not callable(state_factory):
             raise ConfigError(f"state_factory must be callable, got {type(state_factory).__name__}")
@@ -82,6 +99,8 @@ class WorkerConfig(Generic[StateT]):
             raise ConfigError(f"worker_id must be a non-empty str, got {worker_id!r}")
         self._worker_id = worker_id
         self._max_payload_bytes = _max_payload(max_payload_bytes)
+        self._stop_timeout = _stop_seconds(stop_timeout)
+        self._handle_sigterm = bool(handle_sigterm)
         self._jobs: dict[str, type[Job[Any]]] = {}
         self._counts: dict[str, int] = {}
 
@@ -188,11 +207,26 @@ class Worker(QueueHandle):
         >>> with WorkerConfig().register(SendEmail).start() as worker:  # doctest: +SKIP
         ...     worker.queue(SendEmail(to="a@b.c", subject="hi"))
 
+    Stopping and signals: a pool runs until :meth:`stop`, the end of its ``with`` block,
+    or interpreter exit, each of which drains it (``stop_timeout``, 30 s by default).
+    When ``start()`` is called from the main thread and SIGTERM has no handler, hauler
+    installs one, so the usual way to ask a worker process to finish (``kill``,
+    ``docker stop``, systemd, Kubernetes) drains too: SIGTERM raises ``SystemExit(143)``
+    in the main thread, which unwinds ``with`` blocks and runs interpreter exit; running
+    pools stop claiming, their jobs get ``stop_timeout`` seconds to finish, the rest are
+    released so another worker starts them at once (not after their lease expires), and
+    the process exits with status 143 without waiting for sync jobs that were released.
+    Further SIGTERMs while draining are ignored; SIGKILL still ends the process at once
+    (its jobs then come back when their lease expires). A SIGTERM arriving when no pool
+    runs any more terminates the process as if hauler had installed nothing. Pass
+    ``handle_sigterm=False`` to leave SIGTERM alone, or install your own handler first.
+
     """
 
     _native_worker: _native.Worker
     _loop: EventLoopThread | None
     _runner: JobRunner
+    _stop_timeout: float
 
     @classmethod
     def _start(
@@ -206,6 +240,7 @@ class Worker(QueueHandle):
         worker_id: str,
     ) -> Worker:
         self = cls(storage, max_payload_bytes=config._max_payload_bytes)
+        self._stop_timeout = config._stop_timeout
         runner = JobRunner(config._jobs, state)
         self._loop = EventLoopThread(f"hauler-async-{worker_id}") if async_names else None
         runner.loop = self._loop
@@ -228,6 +263,8 @@ class Worker(QueueHandle):
             raise
         with _running_lock:
             _running.add(self)
+        if config._handle_sigterm:
+            _install_sigterm_handler()
         return self
 
     @property
@@ -245,7 +282,7 @@ class Worker(QueueHandle):
         """How many jobs the pool is running right now."""
         return self._native_worker.in_flight()
 
-    def stop(self, timeout: float = 30.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Drain: claim nothing more, let running jobs finish for up to ``timeout`` seconds.
 
         Jobs still running after that are handed back to the storage at once (available to
@@ -253,7 +290,13 @@ class Worker(QueueHandle):
         it runs on in the background and its result is ignored. Idempotent: a second call
         waits for the first to finish. If the wait is interrupted (Ctrl-C), the stop goes
         on in the background and interpreter exit waits for it.
+
+        Args:
+            timeout: Seconds to wait for running jobs; ``None`` (the default) uses the
+                config's ``stop_timeout``.
+
         """
+        timeout = self._stop_timeout if timeout is None else timeout
         try:
             self._native_worker.stop(timeout)
         finally:
@@ -280,19 +323,49 @@ class Worker(QueueHandle):
         self.stop()
 
 
+def _on_sigterm(signum: int, frame: object) -> None:
+    """Turn SIGTERM into a graceful exit while pools run (see :class:`Worker`)."""
+    global _terminating
+    if _terminating is not None:
+        return  # already draining: the stop in progress ends the process
+    if not _running:
+        # No pool left: terminate the way the process would have without hauler.
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
+    _terminating = signum
+    raise SystemExit(128 + signum)
+
+
+def _install_sigterm_handler() -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be set from the main thread
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 @atexit.register
 def _stop_running_workers() -> None:
     with _running_lock:
         workers = list(_running)
     for w in workers:
         try:
-            w.stop(timeout=5.0)
+            w.stop()
         except Exception:  # pragma: no cover - best effort at interpreter exit
             pass
     # A sync job still in Python when the interpreter finalizes would abort the process
     # (its thread cannot take the GIL back), so exit waits for those jobs to return, as
     # for non-daemon threads. Their leases were released by stop(): their results are
     # ignored and another worker runs them.
-    if not _native.wait_sync_threads(timeout=1.0):
-        log.warning("waiting for running sync jobs to return before exiting")
-        _native.wait_sync_threads()
+    if _native.wait_sync_threads(timeout=1.0):
+        return
+    if _terminating is not None:
+        # Asked to terminate: the stop timeout has passed and the jobs were handed back,
+        # so leave without finalizing the interpreter (which those threads would abort).
+        log.warning("exiting on signal %d with released sync jobs still running", _terminating)
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + _terminating)
+    log.warning("waiting for running sync jobs to return before exiting")
+    _native.wait_sync_threads()
