@@ -82,11 +82,21 @@ def _is_int(value: object) -> bool:
     return type(value) is int
 
 
-_UTF8: Final = "valid Unicode text (no lone surrogates: it is stored as UTF-8)"
+_UTF8: Final = (
+    "valid Unicode text (no lone surrogates and no NUL character: it is stored as UTF-8 "
+    "text, which PostgreSQL cannot hold with NUL)"
+)
 
 
 def _is_utf8(text: str) -> bool:
-    """Whether ``text`` can be stored: encodable as UTF-8, so without lone surrogates."""
+    """Whether ``text`` can be stored as a name on every storage.
+
+    It must encode as UTF-8 (so no lone surrogates) and hold no NUL, which PostgreSQL
+    text cannot store; a name is refused alike on every storage, so a job class written
+    for one storage runs unchanged on the others.
+    """
+    if "\x00" in text:
+        return False
     try:
         text.encode()
     except UnicodeEncodeError:

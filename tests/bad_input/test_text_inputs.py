@@ -61,7 +61,7 @@ def test_any_queue_name(storage: Storage, queue: str) -> None:
         pytest.fail(f"queue {queue!r} was stored but cannot be given a worker count")
 
 
-@pytest.mark.parametrize("text", ["名前", "a\x00b", " ", "\n", "x" * 10_000, "🙂", "\u200b"])
+@pytest.mark.parametrize("text", ["名前", " ", "\n", "x" * 10_000, "🙂", "\u200b"])
 def test_odd_names_run_end_to_end(storage: Storage, text: str) -> None:
     """A job whose NAME and QUEUE are odd text is claimed and run by a worker."""
     cls = job_class(name=text, queue=text)
@@ -70,8 +70,11 @@ def test_odd_names_run_end_to_end(storage: Storage, text: str) -> None:
     assert (info.name, info.queue, info.status) == (text, text, JobStatus.COMPLETED)
 
 
-@given(name=st.text(alphabet=st.characters(categories=["Cs"]), min_size=1))
-def test_surrogate_names_are_refused(storage: Storage, name: str) -> None:
+@given(
+    name=st.text(alphabet=st.characters(categories=["Cs"]), min_size=1)
+    | st.text().map(lambda t: f"{t}\x00{t}")
+)
+def test_surrogate_and_nul_names_are_refused(storage: Storage, name: str) -> None:
     handle = create_server(storage)
     with pytest.raises(ConfigError, match="NAME must be valid Unicode text"):
         handle.queue(job_class(name=name)())
@@ -79,8 +82,9 @@ def test_surrogate_names_are_refused(storage: Storage, name: str) -> None:
         handle.queue(job_class(queue=name)())
     with pytest.raises(ConfigError, match="queue must be valid Unicode text"):
         WorkerConfig().set_worker_count(name, 1)
-    with pytest.raises(ALLOWED):
-        handle.list(name=name)
+    if "\x00" not in name:  # a NUL name simply matches nothing (or is refused)
+        with pytest.raises(ALLOWED):
+            handle.list(name=name)
     assert handle.counts() == {}
 
 
