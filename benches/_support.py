@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from hauler import Job, QueueHandle, Worker, WorkerConfig
-from hauler.storage import MemoryStorage, SqliteStorage, Storage
+from hauler.storage import MemoryStorage, PostgresStorage, SqliteStorage, Storage
 
 # Total concurrency of every benchmark worker pool.
 WORKERS = 4
@@ -42,18 +46,50 @@ class Noop(Job[Tally]):
         state.hit()
 
 
+# The PostgreSQL server, as in the tests (tests/pgserver.py): `.ci/postgres.sh start` prints
+# the DSN; the PostgreSQL benchmarks are skipped only when HAULER_TEST_POSTGRES=skip is set.
+PG_DSN_VAR = "HAULER_TEST_POSTGRES_DSN"
+
+
+def pg_dsn() -> str:
+    """The benchmark server's DSN; skip or fail the calling test when there is none."""
+    value = os.environ.get(PG_DSN_VAR)
+    if value:
+        return value
+    if os.environ.get("HAULER_TEST_POSTGRES") == "skip":
+        pytest.skip("PostgreSQL benchmarks skipped: HAULER_TEST_POSTGRES=skip")
+    pytest.fail(
+        f"{PG_DSN_VAR} is not set. Start a throwaway server with "
+        '`eval "$(bash .ci/postgres.sh start)"`, '
+        "or set HAULER_TEST_POSTGRES=skip to skip the PostgreSQL benchmarks."
+    )
+
+
+def pg_drop_schema(dsn: str, schema: str) -> None:
+    """Drop a benchmark schema and everything in it."""
+    import psycopg
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
 def scale(benchmark: Any, full: int, smoke: int) -> int:
     """``full`` when benchmarking, ``smoke`` under ``--benchmark-disable``."""
     return smoke if benchmark.disabled else full
 
 
 class Storages:
-    """Opens storages by kind and closes every one at the end of the test."""
+    """Opens storages by kind and closes every one at the end of the test.
+
+    Each PostgreSQL storage gets a schema of its own (created on open by hauler's
+    migrations), dropped when the test ends.
+    """
 
     def __init__(self, tmp_path: Path) -> None:
         self._tmp = tmp_path
         self._seq = itertools.count()
         self._open: list[Storage] = []
+        self._schemas: list[tuple[str, str]] = []  # (dsn, schema) to drop at the end
 
     def open(self, kind: str) -> Storage:
         storage: Storage
@@ -63,6 +99,10 @@ class Storages:
             storage = SqliteStorage(self._tmp / f"bench-{next(self._seq)}.db")
         elif kind == "sqlite-full":
             storage = SqliteStorage(self._tmp / f"bench-{next(self._seq)}.db", synchronous="full")
+        elif kind == "postgres":
+            dsn, schema = pg_dsn(), f"bench_{uuid.uuid4().hex[:16]}"
+            self._schemas.append((dsn, schema))
+            storage = PostgresStorage(dsn, schema=schema)
         else:
             raise ValueError(f"unknown storage kind {kind!r}")
         self._open.append(storage)
@@ -73,6 +113,9 @@ class Storages:
             if not storage.closed:
                 storage.close()
         self._open.clear()
+        for dsn, schema in self._schemas:
+            pg_drop_schema(dsn, schema)
+        self._schemas.clear()
 
 
 class Pool:

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from benches._support import Pool, Storages
+from benches._support import Pool, Storages, pg_dsn
+
+
+@pytest.fixture(autouse=True)
+def _postgres_server(request: pytest.FixtureRequest) -> None:
+    """Skip or fail a ``kind="postgres"`` benchmark before it starts when there is no server."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("kind") == "postgres":
+        pg_dsn()
 
 
 @pytest.fixture

@@ -11,8 +11,9 @@ from hauler import create_server
 
 BATCH = 1000
 
-# Every place a job can be stored: in memory, and SQLite with each durability setting.
-KINDS = ["memory", "sqlite", "sqlite-full"]
+# Every place a job can be stored: in memory, SQLite with each durability setting, and
+# PostgreSQL (a fresh schema for each benchmark, dropped when it ends).
+KINDS = ["memory", "sqlite", "sqlite-full", "postgres"]
 
 
 @pytest.mark.parametrize("kind", KINDS)

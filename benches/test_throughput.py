@@ -4,6 +4,9 @@ Each round gets a fresh storage and a started pool (not timed); the timed part q
 jobs in batches of ``CHUNK`` (the workers start on the first batch while the rest are being
 queued) and waits until the storage records every job as completed. Each job counts its
 run, so a round also checks that every job ran exactly once.
+
+PostgreSQL runs here in one process (the pool's threads and the producer share it); the
+multi-process picture, 1 and 3 worker processes, is ``benches/pg_fleet_bench.py``.
 """
 
 from __future__ import annotations
@@ -19,11 +22,11 @@ CHUNK = 1000
 
 # (jobs per round, rounds) when benchmarking; the smoke run (--benchmark-disable) does one
 # round of SMOKE_JOBS.
-SIZES = {"memory": (20_000, 5), "sqlite": (10_000, 3)}
+SIZES = {"memory": (20_000, 5), "sqlite": (10_000, 3), "postgres": (10_000, 3)}
 SMOKE_JOBS = 200
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@pytest.mark.parametrize("kind", list(SIZES))
 def test_throughput(benchmark: Any, pools: Callable[[str, int], Pool], kind: str) -> None:
     full, rounds = SIZES[kind]
     n = scale(benchmark, full, SMOKE_JOBS)
