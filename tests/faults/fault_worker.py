@@ -3,6 +3,7 @@
 Usage::
 
     python fault_worker.py DB [--threads N] [--stop-timeout S] [--no-sigterm]
+    python fault_worker.py DB --enqueue LOG N    (queue N Step jobs in one batch, then exit)
 
 It runs one worker pool on the SQLite file DB with every job class below registered,
 prints ``ready <worker_id>`` once the pool runs, then blocks in ``worker.join()``. SIGTERM
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from hauler import Job, MaxRetries, WorkerConfig
+from hauler import Backoff, Job, MaxRetries, WorkerConfig, create_server
 from hauler.storage import SqliteStorage
 
 
@@ -48,6 +49,27 @@ class Step(Job[None]):
     def run(self, state: None) -> None:
         log_event(self.log, "start", self.n)
         time.sleep(self.seconds)
+        log_event(self.log, "end", self.n)
+
+
+class Flaky(Job[None]):
+    """Log ``start``; the first run (no file ``marker`` yet) creates it and raises, later
+    runs log ``end``. Retried at once, with the same short lease as :class:`Step`."""
+
+    NAME = "flaky"
+    HEARTBEAT_INTERVAL = 250
+    MAX_RETRIES = MaxRetries.count(3)
+    BACKOFF = Backoff.fixed(0)
+    log: str
+    n: int
+    marker: str
+
+    def run(self, state: None) -> None:
+        log_event(self.log, "start", self.n)
+        marker = Path(self.marker)
+        if not marker.exists():
+            marker.touch()
+            raise RuntimeError("first attempt fails")
         log_event(self.log, "end", self.n)
 
 
@@ -77,14 +99,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=4)
     parser.add_argument("--stop-timeout", type=float, default=30.0)
     parser.add_argument("--no-sigterm", action="store_true")
+    parser.add_argument("--enqueue", nargs=2, metavar=("LOG", "N"))
     args = parser.parse_args()
+    if args.enqueue:
+        log, count = args.enqueue
+        handle = create_server(SqliteStorage(args.db))
+        ids = handle.queue_many(Step(log, n, 0.05) for n in range(int(count)))
+        print(" ".join(str(i) for i in ids), flush=True)
+        return
     config = WorkerConfig(
         storage=SqliteStorage(args.db, poll_interval=0.05),
         reclaim_interval=0.1,
         stop_timeout=args.stop_timeout,
         handle_sigterm=not args.no_sigterm,
     )
-    worker = config.register(Step).register(Hold).set_worker_count("default", args.threads).start()
+    config.register(Step).register(Flaky).register(Hold)
+    worker = config.set_worker_count("default", args.threads).start()
     print(f"ready {worker.worker_id}", flush=True)
     worker.join()
 

@@ -18,6 +18,13 @@ from hauler.info import AttemptInfo
 WORKER = Path(__file__).with_name("fault_worker.py")
 
 
+def _no_core_dumps() -> None:
+    """In the child: an abort (the crash-point hook) must not leave a core file behind."""
+    import resource  # POSIX only, like every fault test
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def pid_of(worker_id: str) -> int:
     """The process id inside a worker id (``host:pid:random``)."""
     return int(worker_id.rsplit(":", 2)[-2])
@@ -54,19 +61,24 @@ class Processes:
     db: Path
     started: list[subprocess.Popen[str]] = field(default_factory=list)
 
-    def start(self, *args: str) -> subprocess.Popen[str]:
+    def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        """Start ``fault_worker.py DB *args``, with ``env`` added to the environment."""
         proc = subprocess.Popen(
             [sys.executable, str(WORKER), str(self.db), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env={**os.environ, **(env or {})},
+            preexec_fn=_no_core_dumps,
         )
         self.started.append(proc)
         return proc
 
-    def start_ready(self, *args: str, timeout: float = 30.0) -> subprocess.Popen[str]:
+    def start_ready(
+        self, *args: str, env: dict[str, str] | None = None, timeout: float = 30.0
+    ) -> subprocess.Popen[str]:
         """Start a worker process and wait until its pool runs."""
-        proc = self.start(*args)
+        proc = self.start(*args, env=env)
         assert proc.stdout is not None
         line = proc.stdout.readline()  # bounded by the test timeout; ready comes in < 1 s
         if not line.startswith("ready "):

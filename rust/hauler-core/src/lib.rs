@@ -13,6 +13,7 @@ pub mod model;
 pub mod queue;
 pub mod retry;
 pub mod storage;
+pub mod testhook;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -27,6 +27,7 @@ use crate::storage::{
     FinishOutcome, JobClaimParams, JobFinish, JobFinishManyParams, JobHeartbeatParams,
     JobNextRunAtParams, JobReclaimParams, JobReleaseParams,
 };
+use crate::testhook::{crash_point, CrashPoint};
 
 /// How a job's attempt ended, as its executor reports it.
 #[derive(Debug, Clone, PartialEq)]
@@ -347,6 +348,9 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
                 }
             };
             let got = claimed.len();
+            if got > 0 {
+                crash_point(CrashPoint::AfterClaim);
+            }
             for job in claimed {
                 start_job(&shared, &slots, job);
             }
@@ -624,6 +628,7 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
         if due.is_empty() {
             continue;
         }
+        crash_point(CrashPoint::DuringRun);
         let now = shared.queue.clock().now();
         match shared
             .queue

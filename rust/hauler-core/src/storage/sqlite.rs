@@ -46,6 +46,7 @@ use crate::model::{
     QueueCount, Timestamp,
 };
 use crate::retry::{MaxRetries, RetryPolicy};
+use crate::testhook::{crash_point, CrashPoint};
 
 /// How hard SQLite works to make a commit survive a power cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -811,6 +812,7 @@ fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<()> {
             }
             other => other?,
         };
+        crash_point(CrashPoint::DuringEnqueue);
     }
     Ok(())
 }
@@ -958,6 +960,13 @@ fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bo
             outcome_name(outcome),
         ])?;
         accepted.push(changed == 1);
+    }
+    for f in &p.finishes {
+        match f.outcome {
+            FinishOutcome::Completed => crash_point(CrashPoint::BeforeCompleteCommit),
+            FinishOutcome::Retry { .. } => crash_point(CrashPoint::DuringRetryReschedule),
+            FinishOutcome::Failed { .. } => {}
+        }
     }
     Ok(accepted)
 }
