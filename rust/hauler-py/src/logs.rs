@@ -63,7 +63,10 @@ impl Log for QueueLogger {
             None => format!("hauler.deps.{}", target.replace("::", ".")),
         };
         let b = bridge();
-        if b.tx.try_send((level, name, record.args().to_string())).is_err() {
+        if b.tx
+            .try_send((level, name, record.args().to_string()))
+            .is_err()
+        {
             b.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

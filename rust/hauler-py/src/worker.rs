@@ -476,9 +476,8 @@ impl PyWorker {
         // The stop runs as its own task: if the wait is interrupted (Ctrl-C, SIGTERM), the
         // drain and the release still complete, and a later stop() or join() waits for it.
         let pool = self.pool.clone();
-        let stopping = runtime()?.spawn(async move {
-            pool.stop(Duration::from_secs_f64(timeout)).await
-        });
+        let stopping =
+            runtime()?.spawn(async move { pool.stop(Duration::from_secs_f64(timeout)).await });
         let result = wait(py, async move {
             stopping.await.unwrap_or_else(|e| {
                 Err(hauler_core::Error::Storage(format!(
