@@ -7,6 +7,7 @@ export VIRTUAL_ENV := $(abspath $(VENV))
 export PATH := $(VIRTUAL_ENV)/bin:$(PATH)
 
 .DEFAULT_GOAL := help
+comma := ,
 .PHONY: help dev quickstart test test-rust test-python bench lint fmt clean postgres-start postgres-stop
 
 help: ## List the targets
@@ -23,14 +24,20 @@ dev: $(VENV)/.created ## Build the native module (release) into the virtualenv w
 quickstart: dev ## Run examples/quickstart.py: jobs queued into SQLite and processed
 	$(PY) examples/quickstart.py
 
-test: dev ## The whole suite: cargo test, then pytest, with a throwaway PostgreSQL (what CI runs)
+# Run $(1) with HAULER_TEST_POSTGRES_DSN set: the caller's server, or a throwaway one
+# started by .ci/postgres.sh for the duration (skipped with HAULER_TEST_POSTGRES=skip).
+define with_postgres
 	@if [ -n "$$HAULER_TEST_POSTGRES_DSN" ] || [ "$$HAULER_TEST_POSTGRES" = skip ]; then \
-		$(MAKE) --no-print-directory test-rust test-python; \
+		$(1); \
 	else \
 		pg_env=$$(bash .ci/postgres.sh start) || exit 1; eval "$$pg_env"; \
 		trap 'bash .ci/postgres.sh stop' EXIT; \
-		$(MAKE) --no-print-directory test-rust test-python; \
+		$(1); \
 	fi
+endef
+
+test: dev ## The whole suite: cargo test, then pytest, with a throwaway PostgreSQL (what CI runs)
+	$(call with_postgres,$(MAKE) --no-print-directory test-rust test-python)
 
 test-rust: ## cargo test for the engine and the bindings (needs HAULER_TEST_POSTGRES_DSN)
 	cargo test --workspace --quiet
@@ -38,8 +45,8 @@ test-rust: ## cargo test for the engine and the bindings (needs HAULER_TEST_POST
 test-python: ## pytest against the built package (needs HAULER_TEST_POSTGRES_DSN)
 	$(PY) -m pytest -q
 
-bench: dev ## pytest-benchmark micro benchmarks (enqueue, end-to-end throughput)
-	$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+bench: dev ## pytest-benchmark micro benchmarks (enqueue, end-to-end throughput), all storages
+	$(call with_postgres,$(PY) -m pytest benches -q --benchmark-only --benchmark-columns=min$(comma)median$(comma)mean$(comma)ops$(comma)rounds)
 
 lint: dev ## clippy, rustfmt --check, ruff, ruff format --check, mypy --strict, stubtest
 	cargo clippy --workspace --all-targets --quiet -- -D warnings
