@@ -29,7 +29,14 @@ pub struct PoolConfig {
     pub reclaim_interval: Duration,
     /// The most finished attempts recorded in one storage transaction.
     pub finish_batch: usize,
+    /// Completed jobs are deleted this long after they finished (`None`: kept forever).
+    pub retention: Option<Duration>,
+    /// How often the pool deletes the completed jobs past `retention`.
+    pub retention_interval: Duration,
 }
+
+/// How long completed jobs are kept by default: 24 hours.
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 60 * 60);
 
 impl PoolConfig {
     /// A config with defaults for everything but the id and the queues.
@@ -40,6 +47,8 @@ impl PoolConfig {
             poll_interval: None,
             reclaim_interval: Duration::from_secs(1),
             finish_batch: 512,
+            retention: Some(DEFAULT_RETENTION),
+            retention_interval: Duration::from_secs(60),
         }
     }
 
@@ -79,6 +88,12 @@ impl PoolConfig {
         if self.finish_batch == 0 {
             problems.push("finish_batch must be at least 1".to_owned());
         }
+        if self.retention.is_some_and(|d| d.is_zero()) {
+            problems.push("retention must be greater than zero (or None: keep forever)".to_owned());
+        }
+        if self.retention_interval.is_zero() {
+            problems.push("retention_interval must be greater than zero".to_owned());
+        }
         if problems.is_empty() {
             Ok(())
         } else {
@@ -109,6 +124,7 @@ mod tests {
             ],
         );
         c.reclaim_interval = Duration::ZERO;
+        c.retention = Some(Duration::ZERO);
         let msg = c.validate().unwrap_err().to_string();
         for part in [
             "worker_id",
@@ -116,6 +132,7 @@ mod tests {
             "at least 1",
             "no job registered",
             "reclaim",
+            "retention",
         ] {
             assert!(msg.contains(part), "{part} missing from {msg}");
         }

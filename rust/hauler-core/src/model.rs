@@ -31,6 +31,11 @@ impl Timestamp {
         let us = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
         Timestamp(self.0.saturating_add(us))
     }
+    /// This time moved back by `d` (saturating).
+    pub fn minus(self, d: std::time::Duration) -> Self {
+        let us = i64::try_from(d.as_micros()).unwrap_or(i64::MAX);
+        Timestamp(self.0.saturating_sub(us))
+    }
     /// How long from `self` until `later` (zero if `later` is not later).
     pub fn until(self, later: Timestamp) -> std::time::Duration {
         std::time::Duration::from_micros(u64::try_from(later.0.saturating_sub(self.0)).unwrap_or(0))
@@ -188,6 +193,37 @@ pub enum AttemptOutcome {
     LeaseExpired,
     /// The worker shut down before the job finished and handed it back (not counted).
     Released,
+    /// A cancel was requested while the attempt ran; the job ended `cancelled` however the
+    /// attempt itself ended (the entry's error is what it raised, if anything).
+    Cancelled,
+    /// Not an attempt: an operator retried the failed or cancelled job, and its attempt
+    /// count started again from 0. `attempt` is the count before the reset;
+    /// `started_at` and `finished_at` are the time of the retry; `worker_id` is empty.
+    Retried,
+}
+
+impl AttemptOutcome {
+    /// Every outcome.
+    pub const ALL: [AttemptOutcome; 6] = [
+        AttemptOutcome::Completed,
+        AttemptOutcome::Failed,
+        AttemptOutcome::LeaseExpired,
+        AttemptOutcome::Released,
+        AttemptOutcome::Cancelled,
+        AttemptOutcome::Retried,
+    ];
+
+    /// The snake_case name used in storage and in Python (as serde writes it).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Completed => "completed",
+            AttemptOutcome::Failed => "failed",
+            AttemptOutcome::LeaseExpired => "lease_expired",
+            AttemptOutcome::Released => "released",
+            AttemptOutcome::Cancelled => "cancelled",
+            AttemptOutcome::Retried => "retried",
+        }
+    }
 }
 
 /// One attempt in a job's history.
@@ -273,6 +309,9 @@ pub struct JobRecord {
     pub worker_id: Option<String>,
     /// When the lease ends unless renewed (running jobs).
     pub lease_expires_at: Option<Timestamp>,
+    /// When a cancel was requested while the job was running (it then ends `cancelled`);
+    /// `None` otherwise. Cleared by a manual retry.
+    pub cancel_requested_at: Option<Timestamp>,
     /// The most recent error.
     pub last_error: Option<ErrorInfo>,
     /// Every finished attempt, oldest first.

@@ -8,14 +8,17 @@ use tokio::sync::watch;
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::Result;
 use crate::model::{JobId, NewJob};
-use crate::storage::{JobInsertManyParams, Storage};
+use crate::storage::{
+    JobCancelParams, JobCancelResult, JobFilter, JobInsertManyParams, JobRetryParams, Storage,
+};
 
-/// A storage plus the wake-up signal of the workers attached to it in this process.
+/// A storage plus the wake-up signals of the workers attached to it in this process.
 #[derive(Debug)]
 pub struct Queue {
     storage: Arc<dyn Storage>,
     clock: SharedClock,
     wake: watch::Sender<u64>,
+    cancels: watch::Sender<u64>,
 }
 
 impl Queue {
@@ -27,10 +30,12 @@ impl Queue {
     /// Wrap `storage` with an injected clock (tests).
     pub fn with_clock(storage: Arc<dyn Storage>, clock: SharedClock) -> Self {
         let (wake, _) = watch::channel(0);
+        let (cancels, _) = watch::channel(0);
         Queue {
             storage,
             clock,
             wake,
+            cancels,
         }
     }
 
@@ -54,6 +59,40 @@ impl Queue {
             .await?;
         self.wake();
         Ok(ids)
+    }
+
+    /// Cancel the jobs matching `filter` (see [`Storage::job_cancel`]). When running jobs
+    /// were asked to stop, this process's workers check at once instead of at their next
+    /// heartbeat (workers in other processes learn it at their next heartbeat).
+    pub async fn cancel_many(&self, filter: JobFilter) -> Result<JobCancelResult> {
+        let now = self.clock.now();
+        let result = self
+            .storage
+            .job_cancel(JobCancelParams { filter, now })
+            .await?;
+        if result.requested > 0 {
+            self.cancels.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        Ok(result)
+    }
+
+    /// Retry the failed and cancelled jobs matching `filter` (see [`Storage::job_retry`])
+    /// and wake this process's idle workers.
+    pub async fn retry_many(&self, filter: JobFilter) -> Result<u64> {
+        let now = self.clock.now();
+        let n = self
+            .storage
+            .job_retry(JobRetryParams { filter, now })
+            .await?;
+        if n > 0 {
+            self.wake();
+        }
+        Ok(n)
+    }
+
+    /// A receiver that changes whenever [`Queue::cancel_many`] asked running jobs to stop.
+    pub fn subscribe_cancels(&self) -> watch::Receiver<u64> {
+        self.cancels.subscribe()
     }
 
     /// Tell this process's workers that something may have become runnable.

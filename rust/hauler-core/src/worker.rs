@@ -6,10 +6,11 @@
 //! ([`Queue::wake`]), a notification of jobs queued by other processes
 //! ([`crate::storage::Storage::subscribe`]), the next scheduled run time, the storage's poll
 //! interval (the fallback for those notifications), or stop. A completer task writes
-//! finished attempts many per transaction; a heartbeat task renews leases; a reclaim task
-//! takes back jobs whose worker died.
+//! finished attempts many per transaction; a heartbeat task renews leases and learns which
+//! running jobs were asked to stop (cancelled); a reclaim task takes back jobs whose worker
+//! died; a retention task deletes old completed jobs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -20,12 +21,12 @@ use tokio::time::Instant;
 
 use crate::config::{PoolConfig, QueueConfig};
 use crate::error::{Error, Result};
-use crate::model::{ClaimedJob, ErrorInfo, JobId, LeaseToken};
+use crate::model::{ClaimedJob, ErrorInfo, JobId, JobStatus, LeaseToken};
 use crate::queue::Queue;
 use crate::retry::RetryPolicy;
 use crate::storage::{
     FinishOutcome, JobClaimParams, JobFinish, JobFinishManyParams, JobHeartbeatParams,
-    JobNextRunAtParams, JobReclaimParams, JobReleaseParams,
+    JobNextRunAtParams, JobPruneParams, JobReclaimParams, JobReleaseParams,
 };
 use crate::testhook::{crash_point, CrashPoint};
 
@@ -43,15 +44,41 @@ pub enum Outcome {
     },
 }
 
-/// The one-shot channel an executor reports a job's outcome on.
+/// Set once a cancel of a running job was requested; the job's code may poll it to stop
+/// early (cooperative cancellation, for jobs that cannot be interrupted).
+#[derive(Debug, Clone, Default)]
+pub struct CancelFlag(Arc<AtomicBool>);
+
+impl CancelFlag {
+    /// Whether a cancel was requested.
+    pub fn is_set(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+
+    fn set(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The one-shot channel an executor reports a job's outcome on, with the job's
+/// [`CancelFlag`].
 #[derive(Debug)]
-pub struct Completion(oneshot::Sender<Outcome>);
+pub struct Completion {
+    tx: oneshot::Sender<Outcome>,
+    cancel: CancelFlag,
+}
 
 impl Completion {
     /// Report the outcome. Reporting after the engine gave up on the job (timeout, lost
     /// lease, shutdown) is harmless: the report is ignored.
     pub fn send(self, outcome: Outcome) {
-        let _ = self.0.send(outcome);
+        let _ = self.tx.send(outcome);
+    }
+
+    /// The job's cancel flag, set when a cancel of the running job is requested. Hand it
+    /// to the job's code so it can stop early.
+    pub fn cancel_flag(&self) -> CancelFlag {
+        self.cancel.clone()
     }
 }
 
@@ -67,6 +94,15 @@ pub trait Executor: Send + Sync + 'static {
     fn abandon(&self, job_id: JobId) {
         let _ = job_id;
     }
+
+    /// A cancel of the running `job_id` was requested; its [`CancelFlag`] is already set.
+    /// Interrupt it if possible (an async job can be cancelled). Unlike [`abandon`], the
+    /// engine still waits for its outcome; whatever it is, the job ends `cancelled`.
+    ///
+    /// [`abandon`]: Executor::abandon
+    fn cancel(&self, job_id: JobId) {
+        let _ = job_id;
+    }
 }
 
 /// A running job's lease, as the heartbeat task sees it.
@@ -79,7 +115,12 @@ struct LeaseEntry {
     executing: bool,
     /// A heartbeat found the lease taken over: stop renewing it.
     lost: bool,
+    /// Set when a heartbeat finds the job's cancel requested.
+    cancel: CancelFlag,
 }
+
+/// Completed jobs deleted per storage call by the retention task.
+const RETENTION_BATCH: u32 = 1000;
 
 /// A finished attempt on its way to storage, or a flush marker.
 enum FinishMsg {
@@ -177,6 +218,9 @@ impl WorkerPool {
         tasks.push(tokio::spawn(complete_loop(shared.clone(), finish_rx)));
         tasks.push(tokio::spawn(heartbeat_loop(shared.clone())));
         tasks.push(tokio::spawn(reclaim_loop(shared.clone())));
+        if shared.config.retention.is_some() {
+            tasks.push(tokio::spawn(retention_loop(shared.clone())));
+        }
         let (stopped, _) = watch::channel(false);
         Ok(WorkerPool {
             shared,
@@ -409,6 +453,7 @@ fn start_job(shared: &Arc<Shared>, slots: &Arc<Slots>, job: ClaimedJob) {
     slots.busy.fetch_add(1, Ordering::SeqCst);
     shared.executing.fetch_add(1, Ordering::SeqCst);
     let heartbeat = Duration::from_millis(job.heartbeat_ms.max(1));
+    let cancel = CancelFlag::default();
     shared.leases().insert(
         job.id,
         LeaseEntry {
@@ -417,20 +462,21 @@ fn start_job(shared: &Arc<Shared>, slots: &Arc<Slots>, job: ClaimedJob) {
             next_beat: Instant::now() + heartbeat,
             executing: true,
             lost: false,
+            cancel: cancel.clone(),
         },
     );
     shared.leases_changed.notify_one();
-    tokio::spawn(run_job(shared.clone(), slots.clone(), job));
+    tokio::spawn(run_job(shared.clone(), slots.clone(), job, cancel));
 }
 
-async fn run_job(shared: Arc<Shared>, slots: Arc<Slots>, job: ClaimedJob) {
+async fn run_job(shared: Arc<Shared>, slots: Arc<Slots>, job: ClaimedJob, cancel: CancelFlag) {
     let (tx, rx) = oneshot::channel();
     let id = job.id;
     let lease = job.lease;
     let attempt = job.attempt;
     let retry = job.retry;
     let timeout = job.timeout_ms.map(Duration::from_millis);
-    shared.executor.execute(job, Completion(tx));
+    shared.executor.execute(job, Completion { tx, cancel });
     let outcome = match timeout {
         None => rx.await,
         Some(limit) => match tokio::time::timeout(limit, rx).await {
@@ -594,6 +640,9 @@ async fn write_finishes(shared: &Shared, batch: Vec<JobFinish>) {
 }
 
 async fn heartbeat_loop(shared: Arc<Shared>) {
+    // Cancels requested through this process's queue: beat every lease at once, so a job
+    // running here learns of its cancel now rather than at its next heartbeat.
+    let mut cancels = shared.queue.subscribe_cancels();
     loop {
         let next = shared
             .leases()
@@ -601,15 +650,20 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             .filter(|e| !e.lost)
             .map(|e| e.next_beat)
             .min();
+        let mut all = false;
         match next {
             Some(at) => {
                 tokio::select! {
                     _ = tokio::time::sleep_until(at) => {}
                     _ = shared.leases_changed.notified() => continue,
+                    Ok(()) = cancels.changed() => all = true,
                 }
             }
             None => {
-                shared.leases_changed.notified().await;
+                tokio::select! {
+                    _ = shared.leases_changed.notified() => {}
+                    Ok(()) = cancels.changed() => {}
+                }
                 continue;
             }
         }
@@ -618,7 +672,7 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             let mut leases = shared.leases();
             leases
                 .iter_mut()
-                .filter(|(_, e)| !e.lost && e.next_beat <= now_i)
+                .filter(|(_, e)| !e.lost && (all || e.next_beat <= now_i))
                 .map(|(id, e)| {
                     e.next_beat = now_i + e.heartbeat;
                     (*id, e.token)
@@ -639,30 +693,97 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             })
             .await
         {
-            Ok(kept) => {
-                if kept.len() < due.len() {
-                    let kept: std::collections::HashSet<JobId> = kept.into_iter().collect();
-                    let mut leases = shared.leases();
-                    for (id, token) in due.iter().filter(|(id, _)| !kept.contains(id)) {
-                        log::warn!(
-                            "worker {}: lost the lease of job {id}; another worker may run it",
-                            shared.config.worker_id
-                        );
-                        if let Some(e) = leases.get_mut(id).filter(|e| e.token == *token) {
-                            e.lost = true;
-                            if e.executing {
-                                shared.executor.abandon(*id);
-                            }
+            Ok(result) => {
+                let kept: HashSet<JobId> = result.extended.iter().copied().collect();
+                let mut leases = shared.leases();
+                for (id, token) in due.iter().filter(|(id, _)| !kept.contains(id)) {
+                    log::warn!(
+                        "worker {}: lost the lease of job {id}; another worker may run it",
+                        shared.config.worker_id
+                    );
+                    if let Some(e) = leases.get_mut(id).filter(|e| e.token == *token) {
+                        e.lost = true;
+                        if e.executing {
+                            shared.executor.abandon(*id);
                         }
                     }
-                    // Entries stay until the job ends (run_job and the completer remove
-                    // them); its outcome will be refused by the storage's fence.
-                    drop(leases);
+                }
+                // Entries stay until the job ends (run_job and the completer remove
+                // them); its outcome will be refused by the storage's fence.
+                let tokens: HashMap<JobId, LeaseToken> = due.iter().copied().collect();
+                for id in &result.cancel_requested {
+                    let Some(e) = leases
+                        .get_mut(id)
+                        .filter(|e| Some(&e.token) == tokens.get(id))
+                    else {
+                        continue;
+                    };
+                    if e.cancel.is_set() {
+                        continue;
+                    }
+                    e.cancel.set();
+                    if e.executing {
+                        log::info!(
+                            "worker {}: job {id} was cancelled; stopping it",
+                            shared.config.worker_id
+                        );
+                        shared.executor.cancel(*id);
+                    }
                 }
             }
             Err(e) => {
                 log::error!("worker {}: heartbeat failed: {e}", shared.config.worker_id);
             }
+        }
+    }
+}
+
+/// Delete completed jobs that finished more than `retention` ago, a batch at a time, every
+/// `retention_interval` (and once at start).
+async fn retention_loop(shared: Arc<Shared>) {
+    let Some(keep) = shared.config.retention else {
+        return;
+    };
+    let mut interval = tokio::time::interval(shared.config.retention_interval);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        interval.tick().await;
+        let mut pruned = 0;
+        loop {
+            let cutoff = shared.queue.clock().now().minus(keep);
+            let deleted = shared
+                .queue
+                .storage()
+                .job_prune(JobPruneParams {
+                    statuses: vec![JobStatus::Completed],
+                    finished_before: cutoff,
+                    limit: RETENTION_BATCH,
+                })
+                .await;
+            match deleted {
+                Ok(n) => {
+                    pruned += n;
+                    if n < u64::from(RETENTION_BATCH) {
+                        break;
+                    }
+                    // Let other writers in between batches.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(Error::StorageClosed) => return,
+                Err(e) => {
+                    log::error!(
+                        "worker {}: deleting old completed jobs failed: {e}",
+                        shared.config.worker_id
+                    );
+                    break;
+                }
+            }
+        }
+        if pruned > 0 {
+            log::info!(
+                "worker {}: deleted {pruned} completed job(s) older than the retention of {keep:?}",
+                shared.config.worker_id
+            );
         }
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hauler_core::model::{ClaimedJob, ErrorInfo, JobId, JobStatus, NewJob, QueueCount, Timestamp};
 use hauler_core::storage::conformance::{self, new_job, NAME, QUEUE, T0};
 use hauler_core::storage::{
-    FinishOutcome, JobClaimParams, JobFinish, JobFinishManyParams, JobInsertManyParams,
+    FinishOutcome, JobClaimParams, JobFilter, JobFinish, JobFinishManyParams, JobInsertManyParams,
     JobListParams, SqliteOptions, SqliteStorage, Storage, Synchronous,
 };
 use hauler_core::Error;
@@ -281,7 +281,7 @@ fn concurrent_opens_of_a_new_file() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, "1");
+    assert_eq!(version, "2");
 }
 
 #[tokio::test]
@@ -327,7 +327,7 @@ fn newer_schema_version_is_refused() {
     let msg = storage_error(SqliteStorage::open(&path, SqliteOptions::default()));
     assert!(
         msg.contains(
-            "database schema version 999 is newer than this hauler supports (1); upgrade hauler"
+            "database schema version 999 is newer than this hauler supports (2); upgrade hauler"
         ),
         "{msg}"
     );
@@ -542,7 +542,10 @@ async fn claim_stays_correct_with_10k_completed_jobs() {
     );
     let listed = s
         .job_list(JobListParams {
-            statuses: vec![JobStatus::Scheduled],
+            filter: JobFilter {
+                statuses: vec![JobStatus::Scheduled],
+                ..JobFilter::default()
+            },
             limit: 10,
             ..JobListParams::default()
         })

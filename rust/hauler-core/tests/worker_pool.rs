@@ -14,7 +14,9 @@ use hauler_core::model::{
 use hauler_core::queue::Queue;
 use hauler_core::retry::{Backoff, BackoffKind, MaxRetries, RetryPolicy};
 use hauler_core::storage::conformance::new_job;
-use hauler_core::storage::{MemoryStorage, SqliteOptions, SqliteStorage, Storage};
+use hauler_core::storage::{
+    JobCancelResult, JobFilter, MemoryStorage, SqliteOptions, SqliteStorage, Storage,
+};
 use hauler_core::worker::{Completion, Executor, Outcome, WorkerPool};
 
 type Handler =
@@ -485,4 +487,174 @@ async fn invalid_config_is_refused() {
     let exec = FnExecutor::new(|_| async { Outcome::Success });
     let err = WorkerPool::start(queue, pool_config(0, &["a"]), exec).unwrap_err();
     assert!(err.to_string().contains("at least 1"), "{err}");
+}
+
+/// Runs each job until its cancel flag is set, then reports a failure; records the jobs
+/// the engine asked to cancel.
+#[derive(Default)]
+struct CancellableExecutor {
+    cancelled: Mutex<Vec<JobId>>,
+}
+
+impl Executor for CancellableExecutor {
+    fn execute(&self, _job: ClaimedJob, done: Completion) {
+        let flag = done.cancel_flag();
+        tokio::spawn(async move {
+            while !flag.is_set() {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            done.send(fail("stopped on request"));
+        });
+    }
+    fn cancel(&self, job_id: JobId) {
+        self.cancelled.lock().unwrap().push(job_id);
+    }
+}
+
+async fn wait_status(storage: &Arc<dyn Storage>, id: JobId, want: JobStatus, limit: Duration) {
+    let start = Instant::now();
+    while storage.job_get(id).await.unwrap().unwrap().status != want {
+        assert!(
+            start.elapsed() < limit,
+            "job {id} not {want} within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn by_ids(ids: &[JobId]) -> JobFilter {
+    JobFilter {
+        ids: Some(ids.to_vec()),
+        ..JobFilter::default()
+    }
+}
+
+/// A cancel through the pool's own queue reaches a running job at once (not at its next
+/// heartbeat, a minute away here): its flag is set, the executor is asked to stop it, and
+/// the job ends `cancelled` though it reported a failure with retries left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_running_job_stops_and_ends_cancelled() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        let exec = Arc::new(CancellableExecutor::default());
+        let pool = WorkerPool::start(queue.clone(), pool_config(2, &["a"]), exec.clone()).unwrap();
+        let slow = NewJob {
+            heartbeat_ms: 60_000,
+            ..job("a")
+        };
+        let other = NewJob {
+            heartbeat_ms: 60_000,
+            ..job("a")
+        };
+        let ids = queue
+            .push_many(vec![slow.clone(), other.clone()])
+            .await
+            .unwrap();
+        wait_in_flight(&pool, 2).await;
+        let result = queue.cancel_many(by_ids(&ids[..1])).await.unwrap();
+        assert_eq!(
+            result,
+            JobCancelResult {
+                cancelled: 0,
+                requested: 1
+            },
+            "{kind}"
+        );
+        wait_status(
+            &storage,
+            slow.id,
+            JobStatus::Cancelled,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(*exec.cancelled.lock().unwrap(), vec![slow.id], "{kind}");
+        let rec = storage.job_get(slow.id).await.unwrap().unwrap();
+        assert_eq!(rec.history.len(), 1, "{kind}");
+        assert_eq!(rec.history[0].outcome, AttemptOutcome::Cancelled, "{kind}");
+        assert_eq!(
+            rec.history[0].error.as_ref().map(|e| e.message.as_str()),
+            Some("stopped on request"),
+            "{kind}"
+        );
+        assert_eq!(
+            storage.job_get(other.id).await.unwrap().unwrap().status,
+            JobStatus::Running,
+            "{kind}: the other job runs on"
+        );
+        queue.cancel_many(by_ids(&ids[1..])).await.unwrap();
+        wait_final(&storage, &ids, Duration::from_secs(5)).await;
+        pool.stop(Duration::from_secs(1)).await.unwrap();
+    }
+}
+
+/// A cancel made through another queue on the same storage (as another process would)
+/// reaches the running job at its next heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_from_elsewhere_arrives_with_the_next_heartbeat() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        let elsewhere = Queue::new(storage.clone());
+        let exec = Arc::new(CancellableExecutor::default());
+        let pool = WorkerPool::start(queue.clone(), pool_config(1, &["a"]), exec.clone()).unwrap();
+        let j = NewJob {
+            heartbeat_ms: 100,
+            ..job("a")
+        };
+        queue.push_many(vec![j.clone()]).await.unwrap();
+        wait_in_flight(&pool, 1).await;
+        let result = elsewhere.cancel_many(by_ids(&[j.id])).await.unwrap();
+        assert_eq!(result.requested, 1, "{kind}");
+        wait_status(&storage, j.id, JobStatus::Cancelled, Duration::from_secs(5)).await;
+        assert_eq!(*exec.cancelled.lock().unwrap(), vec![j.id], "{kind}");
+        pool.stop(Duration::from_secs(1)).await.unwrap();
+    }
+}
+
+/// The retention task deletes completed jobs once they are older than the retention; it
+/// leaves failed jobs, and a pool with no retention deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_deletes_old_completed_jobs() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        let exec = FnExecutor::new(|j: ClaimedJob| async move {
+            if j.name == "bad" {
+                Outcome::Failure {
+                    error: ErrorInfo::engine("TestError", "no"),
+                    permanent: true,
+                }
+            } else {
+                Outcome::Success
+            }
+        });
+        let mut keep = pool_config(4, &["a", "bad"]);
+        keep.retention = None;
+        let pool = WorkerPool::start(queue.clone(), keep, exec.clone()).unwrap();
+        let ids = queue
+            .push_many(vec![job("a"), job("a"), job("bad")])
+            .await
+            .unwrap();
+        wait_final(&storage, &ids, Duration::from_secs(5)).await;
+        pool.stop(Duration::from_secs(1)).await.unwrap();
+
+        let mut prune = pool_config(4, &["a", "bad"]);
+        prune.retention = Some(Duration::from_millis(100));
+        prune.retention_interval = Duration::from_millis(20);
+        let pool = WorkerPool::start(queue.clone(), prune, exec).unwrap();
+        let start = Instant::now();
+        while storage.job_get(ids[1]).await.unwrap().is_some() {
+            assert!(
+                start.elapsed() < Duration::from_secs(5),
+                "{kind}: not pruned"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(storage.job_get(ids[0]).await.unwrap().is_none(), "{kind}");
+        let failed = storage.job_get(ids[2]).await.unwrap().unwrap();
+        assert_eq!(
+            failed.status,
+            JobStatus::Failed,
+            "{kind}: failed jobs are kept"
+        );
+        pool.stop(Duration::from_secs(1)).await.unwrap();
+    }
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 use hauler_core::model::{JobId, JobStatus, NewJob, Timestamp};
 use hauler_core::queue::Queue;
 use hauler_core::storage::{
-    postgres, JobListParams, MemoryStorage, PostgresOptions, PostgresStorage, SqliteOptions,
-    SqliteStorage, Synchronous,
+    postgres, JobFilter, JobListParams, MemoryStorage, PostgresOptions, PostgresStorage,
+    SqliteOptions, SqliteStorage, Synchronous,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -311,9 +311,12 @@ impl PyStorage {
         let cursor = cursor.map(parse_id).transpose()?;
         let storage = self.queue.storage().clone();
         let params = JobListParams {
-            statuses,
-            name,
-            queue,
+            filter: JobFilter {
+                statuses,
+                name,
+                queue,
+                ..JobFilter::default()
+            },
             cursor,
             limit,
         };

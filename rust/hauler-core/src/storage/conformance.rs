@@ -29,9 +29,10 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::{
-    lease_duration, FinishOutcome, JobClaimParams, JobFinish, JobFinishManyParams,
-    JobHeartbeatParams, JobInsertManyParams, JobListParams, JobNextRunAtParams, JobReclaimParams,
-    JobReleaseParams, Storage,
+    lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
+    JobCountParams, JobDeleteParams, JobFilter, JobFinish, JobFinishManyParams, JobHeartbeatParams,
+    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams, JobPruneParams,
+    JobReclaimParams, JobReleaseParams, JobRetryParams, Storage,
 };
 use crate::error::Error;
 use crate::model::{
@@ -104,6 +105,14 @@ cases![
     list_pages_newest_first_with_cursor,
     counts_per_queue_and_status,
     next_run_at_is_earliest_pending,
+    cancel_stops_pending_jobs_at_once,
+    cancel_of_a_running_job_is_a_request_that_ends_cancelled,
+    cancel_requested_job_released_or_reclaimed_is_cancelled,
+    cancel_leaves_finished_jobs_alone,
+    retry_makes_failed_and_cancelled_jobs_available_again,
+    delete_removes_jobs_but_not_running_ones,
+    prune_deletes_old_finished_jobs_in_batches,
+    filters_by_time_text_and_ids_for_list_count_and_admin,
     empty_batches,
     close_is_final_and_idempotent,
 ];
@@ -252,6 +261,7 @@ fn expected_record(job: &NewJob, now: Timestamp) -> JobRecord {
         finished_at: None,
         worker_id: None,
         lease_expires_at: None,
+        cancel_requested_at: None,
         last_error: None,
         history: Vec::new(),
     }
@@ -325,11 +335,20 @@ async fn finish_with(
     got[0]
 }
 
+/// The ids whose lease a heartbeat extended.
 async fn heartbeat(
     s: &dyn Storage,
     leases: Vec<(JobId, LeaseToken)>,
     now: Timestamp,
 ) -> Vec<JobId> {
+    beat(s, leases, now).await.extended
+}
+
+async fn beat(
+    s: &dyn Storage,
+    leases: Vec<(JobId, LeaseToken)>,
+    now: Timestamp,
+) -> JobHeartbeatResult {
     s.job_heartbeat(JobHeartbeatParams { leases, now })
         .await
         .expect("job_heartbeat failed")
@@ -383,6 +402,55 @@ fn lease_expired_error(worker: &str) -> ErrorInfo {
         "LeaseExpired",
         format!("lease expired: worker {worker} stopped heartbeating"),
     )
+}
+
+/// A filter on these ids only.
+fn by_ids(ids: &[JobId]) -> JobFilter {
+    JobFilter {
+        ids: Some(ids.to_vec()),
+        ..JobFilter::default()
+    }
+}
+
+async fn count(s: &dyn Storage, filter: JobFilter) -> u64 {
+    s.job_count(JobCountParams { filter })
+        .await
+        .expect("job_count failed")
+}
+
+async fn cancel(s: &dyn Storage, filter: JobFilter, now: Timestamp) -> JobCancelResult {
+    s.job_cancel(JobCancelParams { filter, now })
+        .await
+        .expect("job_cancel failed")
+}
+
+async fn retry(s: &dyn Storage, filter: JobFilter, now: Timestamp) -> u64 {
+    s.job_retry(JobRetryParams { filter, now })
+        .await
+        .expect("job_retry failed")
+}
+
+async fn delete(s: &dyn Storage, filter: JobFilter) -> u64 {
+    s.job_delete(JobDeleteParams { filter })
+        .await
+        .expect("job_delete failed")
+}
+
+async fn prune(s: &dyn Storage, statuses: &[JobStatus], before: Timestamp, limit: u32) -> u64 {
+    s.job_prune(JobPruneParams {
+        statuses: statuses.to_vec(),
+        finished_before: before,
+        limit,
+    })
+    .await
+    .expect("job_prune failed")
+}
+
+fn cancelled(cancelled: u64, requested: u64) -> JobCancelResult {
+    JobCancelResult {
+        cancelled,
+        requested,
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -466,6 +534,7 @@ pub async fn insert_and_get_round_trip(s: Arc<dyn Storage>) {
         finished_at: None,
         worker_id: None,
         lease_expires_at: None,
+        cancel_requested_at: None,
         last_error: None,
         history: Vec::new(),
     };
@@ -1718,9 +1787,12 @@ pub async fn list_filters(s: Arc<dyn Storage>) {
     assert!(finish(s, &c2, retry, at(2)).await);
 
     let q = |statuses: Vec<JobStatus>, name: Option<&str>, queue: Option<&str>| JobListParams {
-        statuses,
-        name: name.map(str::to_owned),
-        queue: queue.map(str::to_owned),
+        filter: JobFilter {
+            statuses,
+            name: name.map(str::to_owned),
+            queue: queue.map(str::to_owned),
+            ..JobFilter::default()
+        },
         cursor: None,
         limit: 100,
     };
@@ -1831,10 +1903,12 @@ pub async fn list_pages_newest_first_with_cursor(s: Arc<dyn Storage>) {
         let (mut seen, mut sizes) = (Vec::new(), Vec::new());
         loop {
             let params = JobListParams {
-                queue: queue.map(str::to_owned),
+                filter: JobFilter {
+                    queue: queue.map(str::to_owned),
+                    ..JobFilter::default()
+                },
                 cursor,
                 limit,
-                ..Default::default()
             };
             let page = list(s, params).await;
             sizes.push(page.len());
@@ -2010,6 +2084,649 @@ async fn claim_one_from(s: &dyn Storage, queue: &str, name: &str) -> ClaimedJob 
     got.remove(0)
 }
 
+/// Cancelling pending jobs (scheduled, available, retryable) makes them `cancelled` at
+/// once with `finished_at = now`: never claimed, not pending for `next_run_at`.
+pub async fn cancel_stops_pending_jobs_at_once(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let available = new_job(NAME, QUEUE);
+    let scheduled = NewJob {
+        run_at: Some(at(100)),
+        ..new_job(NAME, QUEUE)
+    };
+    let retried = new_job(NAME, QUEUE);
+    let other = new_job(NAME, QUEUE);
+    insert(s, vec![retried.clone()], at(0)).await;
+    let c = claim_one(s, "w1", at(1)).await;
+    let back = FinishOutcome::Retry {
+        retry_at: at(50),
+        error: boom("x"),
+    };
+    assert!(finish(s, &c, back, at(2)).await);
+    insert(
+        s,
+        vec![available.clone(), scheduled.clone(), other.clone()],
+        at(3),
+    )
+    .await;
+
+    let ids = [available.id, scheduled.id, retried.id];
+    assert_eq!(
+        cancel(s, by_ids(&ids), at(4)).await,
+        cancelled(3, 0),
+        "three pending jobs cancelled"
+    );
+    let mut want = expected_record(&available, at(3));
+    want.status = JobStatus::Cancelled;
+    want.finished_at = Some(at(4));
+    assert_eq!(get(s, available.id).await, want, "record after cancel");
+    let r = get(s, retried.id).await;
+    assert_eq!(
+        (r.status, r.finished_at, r.attempt, r.history.len()),
+        (JobStatus::Cancelled, Some(at(4)), 1, 1),
+        "a retryable job keeps its history"
+    );
+    assert_eq!(
+        cancel(s, by_ids(&ids), at(5)).await,
+        cancelled(0, 0),
+        "cancelling again changes nothing"
+    );
+    assert_eq!(get(s, available.id).await, want, "nor its record");
+
+    let got = claim(s, 10, "w2", at(200)).await;
+    assert_eq!(
+        claimed_ids(&got),
+        HashSet::from([other.id]),
+        "cancelled jobs are never claimed"
+    );
+    assert_eq!(
+        next_run_at(s, &[QUEUE], &[NAME]).await,
+        None,
+        "cancelled jobs are not pending"
+    );
+    assert_eq!(
+        count(
+            s,
+            JobFilter {
+                statuses: vec![JobStatus::Cancelled],
+                ..JobFilter::default()
+            }
+        )
+        .await,
+        3
+    );
+}
+
+/// Cancelling a running job marks it cancel-requested (heartbeats report it, the lease
+/// stays); however its attempt then ends, completed or failed with retries left, the job
+/// becomes `cancelled` with a `cancelled` history entry carrying the attempt's error.
+pub async fn cancel_of_a_running_job_is_a_request_that_ends_cancelled(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let all = jobs(3);
+    insert(s, all.clone(), at(0)).await;
+    let mut cs = claim(s, 3, "w1", at(1)).await;
+    cs.sort_by_key(|c| c.id);
+    let ids: Vec<JobId> = cs.iter().map(|c| c.id).collect();
+    let leases: Vec<(JobId, LeaseToken)> = cs.iter().map(|c| (c.id, c.lease)).collect();
+
+    assert_eq!(
+        cancel(s, by_ids(&ids[..2]), at(2)).await,
+        cancelled(0, 2),
+        "two running jobs asked to stop"
+    );
+    let r = get(s, ids[0]).await;
+    assert_eq!(
+        (r.status, r.cancel_requested_at, r.finished_at),
+        (JobStatus::Running, Some(at(2)), None),
+        "still running, cancel requested"
+    );
+    assert_eq!(
+        cancel(s, by_ids(&ids[..1]), at(3)).await,
+        cancelled(0, 1),
+        "asking again still says requested"
+    );
+    assert_eq!(
+        get(s, ids[0]).await.cancel_requested_at,
+        Some(at(2)),
+        "the first request's time is kept"
+    );
+
+    let hb = beat(s, leases.clone(), at(4)).await;
+    assert_eq!(
+        hb.extended, ids,
+        "cancel-requested leases are still extended"
+    );
+    assert_eq!(
+        hb.cancel_requested,
+        ids[..2].to_vec(),
+        "the heartbeat says which to stop"
+    );
+    let lease = lease_duration(5000);
+    assert_eq!(
+        get(s, ids[0]).await.lease_expires_at,
+        Some(at(4).plus(lease))
+    );
+
+    // It returned normally anyway: still cancelled (the request wins).
+    assert!(finish(s, &cs[0], FinishOutcome::Completed, at(5)).await);
+    let mut want = expected_record(&all[0], at(0));
+    want.status = JobStatus::Cancelled;
+    want.attempt = 1;
+    want.started_at = Some(at(1));
+    want.finished_at = Some(at(5));
+    want.cancel_requested_at = Some(at(2));
+    want.history = vec![AttemptRecord {
+        attempt: 1,
+        worker_id: "w1".to_owned(),
+        started_at: at(1),
+        finished_at: at(5),
+        outcome: AttemptOutcome::Cancelled,
+        error: None,
+    }];
+    assert_eq!(get(s, ids[0]).await, want, "completed after the request");
+
+    // It raised (asyncio.CancelledError, say) with retries left: cancelled, not retried.
+    let error = ErrorInfo::engine("CancelledError", "the attempt was cancelled");
+    let back = FinishOutcome::Retry {
+        retry_at: at(60),
+        error: error.clone(),
+    };
+    assert!(finish(s, &cs[1], back, at(6)).await);
+    let r = get(s, ids[1]).await;
+    assert_eq!(
+        (r.status, r.finished_at, r.run_at, r.last_error.clone()),
+        (
+            JobStatus::Cancelled,
+            Some(at(6)),
+            at(0),
+            Some(error.clone())
+        ),
+        "failed after the request"
+    );
+    assert_eq!(r.history.len(), 1);
+    assert_eq!(
+        (r.history[0].outcome, r.history[0].error.clone()),
+        (AttemptOutcome::Cancelled, Some(error))
+    );
+    assert!(
+        claim(s, 10, "w2", at(100)).await.is_empty(),
+        "never claimed again"
+    );
+
+    let hb = beat(s, vec![leases[2]], at(7)).await;
+    assert!(
+        hb.cancel_requested.is_empty(),
+        "an unrelated job is not cancelled"
+    );
+    assert!(finish(s, &cs[2], FinishOutcome::Completed, at(8)).await);
+    assert_eq!(get(s, ids[2]).await.status, JobStatus::Completed);
+    assert_eq!(get(s, ids[2]).await.cancel_requested_at, None);
+}
+
+/// A cancel-requested job handed back at shutdown, or whose lease expired, becomes
+/// `cancelled` instead of runnable again.
+pub async fn cancel_requested_job_released_or_reclaimed_is_cancelled(s: Arc<dyn Storage>) {
+    let s = &*s;
+    insert(s, jobs(2), at(0)).await;
+    let mut cs = claim(s, 2, "w1", at(1)).await;
+    cs.sort_by_key(|c| c.id);
+    let ids: Vec<JobId> = cs.iter().map(|c| c.id).collect();
+    assert_eq!(cancel(s, by_ids(&ids), at(2)).await, cancelled(0, 2));
+
+    assert_eq!(release(s, vec![(cs[0].id, cs[0].lease)], at(3)).await, 1);
+    let r = get(s, ids[0]).await;
+    assert_eq!(
+        (r.status, r.attempt, r.finished_at, r.run_at),
+        (JobStatus::Cancelled, 1, Some(at(3)), at(0)),
+        "released: cancelled, the attempt counted"
+    );
+    assert_eq!(
+        r.history.iter().map(|h| h.outcome).collect::<Vec<_>>(),
+        vec![AttemptOutcome::Cancelled]
+    );
+
+    let expiry = at(1).plus(lease_duration(5000));
+    assert_eq!(reclaim(s, just_after(expiry)).await, 1);
+    let r = get(s, ids[1]).await;
+    assert_eq!(
+        (r.status, r.finished_at),
+        (JobStatus::Cancelled, Some(just_after(expiry))),
+        "reclaimed: cancelled"
+    );
+    assert_eq!(
+        r.history.iter().map(|h| h.outcome).collect::<Vec<_>>(),
+        vec![AttemptOutcome::LeaseExpired]
+    );
+    assert!(claim(s, 10, "w2", at(1000)).await.is_empty());
+}
+
+/// Completed, failed and cancelled jobs are left alone by a cancel.
+pub async fn cancel_leaves_finished_jobs_alone(s: Arc<dyn Storage>) {
+    let s = &*s;
+    insert(s, jobs(2), at(0)).await;
+    let mut cs = claim(s, 2, "w1", at(1)).await;
+    cs.sort_by_key(|c| c.id);
+    assert!(finish(s, &cs[0], FinishOutcome::Completed, at(2)).await);
+    let failed = FinishOutcome::Failed { error: boom("x") };
+    assert!(finish(s, &cs[1], failed, at(2)).await);
+    let before = list(
+        s,
+        JobListParams {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    let ids = id_list(&before);
+    assert_eq!(cancel(s, by_ids(&ids), at(3)).await, cancelled(0, 0));
+    assert_eq!(
+        cancel(s, JobFilter::default(), at(3)).await,
+        cancelled(0, 0)
+    );
+    let after = list(
+        s,
+        JobListParams {
+            limit: 10,
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(after, before, "nothing changed");
+    assert_eq!(
+        cancel(s, by_ids(&[JobId::new()]), at(3)).await,
+        cancelled(0, 0),
+        "an unknown id"
+    );
+}
+
+/// A retry makes failed and cancelled jobs `available` at `now` with the attempt count
+/// back to 0 and `finished_at`/`cancel_requested_at` cleared; the history is kept and gets
+/// a `retried` entry. Other statuses are left alone.
+pub async fn retry_makes_failed_and_cancelled_jobs_available_again(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let all = jobs(5);
+    insert(s, all.clone(), at(0)).await;
+    let mut cs = claim(s, 4, "w1", at(1)).await;
+    cs.sort_by_key(|c| c.id);
+    let ids: Vec<JobId> = all.iter().map(|j| j.id).collect();
+    // 0: failed, 1: cancelled while running, 2: completed, 3: running, 4: cancelled pending.
+    let failed = FinishOutcome::Failed { error: boom("no") };
+    assert!(finish(s, &cs[0], failed, at(2)).await);
+    assert_eq!(cancel(s, by_ids(&ids[1..2]), at(2)).await, cancelled(0, 1));
+    assert!(finish(s, &cs[1], FinishOutcome::Completed, at(3)).await);
+    assert!(finish(s, &cs[2], FinishOutcome::Completed, at(3)).await);
+    assert_eq!(cancel(s, by_ids(&ids[4..]), at(3)).await, cancelled(1, 0));
+
+    assert_eq!(
+        retry(s, by_ids(&ids), at(10)).await,
+        3,
+        "the failed and the two cancelled jobs"
+    );
+    let mut want = expected_record(&all[0], at(0));
+    want.run_at = at(10);
+    want.started_at = Some(at(1));
+    want.last_error = Some(boom("no"));
+    want.history = vec![
+        AttemptRecord {
+            attempt: 1,
+            worker_id: "w1".to_owned(),
+            started_at: at(1),
+            finished_at: at(2),
+            outcome: AttemptOutcome::Failed,
+            error: Some(boom("no")),
+        },
+        AttemptRecord {
+            attempt: 1,
+            worker_id: String::new(),
+            started_at: at(10),
+            finished_at: at(10),
+            outcome: AttemptOutcome::Retried,
+            error: None,
+        },
+    ];
+    assert_eq!(get(s, ids[0]).await, want, "record after a manual retry");
+    let r = get(s, ids[1]).await;
+    assert_eq!(
+        (r.status, r.attempt, r.finished_at, r.cancel_requested_at),
+        (JobStatus::Available, 0, None, None),
+        "the cancel request is cleared"
+    );
+    let r = get(s, ids[4]).await;
+    assert_eq!(
+        r.history
+            .iter()
+            .map(|h| (h.attempt, h.outcome))
+            .collect::<Vec<_>>(),
+        vec![(0, AttemptOutcome::Retried)],
+        "a job cancelled before it ran"
+    );
+    assert_eq!(get(s, ids[2]).await.status, JobStatus::Completed);
+    assert_eq!(get(s, ids[3]).await.status, JobStatus::Running);
+
+    assert_eq!(
+        retry(s, by_ids(&ids), at(11)).await,
+        0,
+        "nothing left to retry"
+    );
+    let again = claim(s, 10, "w2", at(10)).await;
+    assert_eq!(
+        claimed_ids(&again),
+        HashSet::from([ids[0], ids[1], ids[4]]),
+        "retried jobs are claimable at once"
+    );
+    assert!(
+        again.iter().all(|c| c.attempt == 1),
+        "attempts counted from 1 again"
+    );
+    assert_eq!(
+        retry(
+            s,
+            JobFilter {
+                statuses: vec![JobStatus::Running, JobStatus::Completed],
+                ..JobFilter::default()
+            },
+            at(12)
+        )
+        .await,
+        0,
+        "running and completed jobs are never retried"
+    );
+}
+
+/// Deleting removes matching jobs and their history, but never a running one.
+pub async fn delete_removes_jobs_but_not_running_ones(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let all = jobs(4);
+    insert(s, all.clone(), at(0)).await;
+    let mut cs = claim(s, 2, "w1", at(1)).await;
+    cs.sort_by_key(|c| c.id);
+    assert!(finish(s, &cs[0], FinishOutcome::Completed, at(2)).await);
+    let ids: Vec<JobId> = all.iter().map(|j| j.id).collect();
+    // 0: completed, 1: running, 2 and 3: available.
+
+    assert_eq!(
+        delete(s, by_ids(&ids[..3])).await,
+        2,
+        "completed and available"
+    );
+    assert_eq!(s.job_get(ids[0]).await.expect("job_get failed"), None);
+    assert_eq!(s.job_get(ids[2]).await.expect("job_get failed"), None);
+    assert_eq!(get(s, ids[1]).await.status, JobStatus::Running);
+    assert_eq!(
+        sorted_counts(s).await,
+        vec![
+            (QUEUE.to_owned(), JobStatus::Available, 1),
+            (QUEUE.to_owned(), JobStatus::Running, 1),
+        ],
+        "counts follow deletes"
+    );
+    assert_eq!(delete(s, by_ids(&ids[..3])).await, 0, "deleted once");
+    assert!(
+        finish(s, &cs[1], FinishOutcome::Completed, at(3)).await,
+        "the running job finishes normally"
+    );
+    assert_eq!(
+        delete(
+            s,
+            JobFilter {
+                queue: Some(QUEUE.to_owned()),
+                ..JobFilter::default()
+            }
+        )
+        .await,
+        2
+    );
+    assert!(sorted_counts(s).await.is_empty(), "everything deleted");
+    let r = claim(s, 10, "w1", at(4)).await;
+    assert!(r.is_empty(), "deleted jobs are never claimed");
+}
+
+/// Prune deletes finished jobs of the given statuses that finished strictly before the
+/// cutoff, at most `limit` per call; other statuses and newer jobs stay.
+pub async fn prune_deletes_old_finished_jobs_in_batches(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let all = jobs(8);
+    insert(s, all.clone(), at(0)).await;
+    let mut cs = claim(s, 7, "w1", at(1)).await;
+    cs.sort_by_key(|c| c.id);
+    // 0-3: completed at 10, 11, 12, 13; 4: failed at 10; 5: cancelled at 10; 6: running;
+    // 7: available.
+    for (i, c) in cs.iter().take(4).enumerate() {
+        let when = at(10 + i as i64);
+        assert!(finish(s, c, FinishOutcome::Completed, when).await);
+    }
+    let failed = FinishOutcome::Failed { error: boom("x") };
+    assert!(finish(s, &cs[4], failed, at(10)).await);
+    assert_eq!(
+        cancel(s, by_ids(&[cs[5].id]), at(10)).await,
+        cancelled(0, 1)
+    );
+    assert!(finish(s, &cs[5], FinishOutcome::Completed, at(10)).await);
+
+    let completed = [JobStatus::Completed];
+    assert_eq!(
+        prune(s, &completed, at(10), 100).await,
+        0,
+        "finished_at must be strictly before the cutoff"
+    );
+    assert_eq!(prune(s, &completed, at(13), 2).await, 2, "at most `limit`");
+    assert_eq!(prune(s, &completed, at(13), 2).await, 1, "then the rest");
+    assert_eq!(prune(s, &completed, at(13), 2).await, 0);
+    for (i, job) in all.iter().enumerate() {
+        let gone = s.job_get(job.id).await.expect("job_get failed").is_none();
+        assert_eq!(gone, i < 3, "job {i}: the three oldest completed are gone");
+    }
+    assert_eq!(
+        prune(
+            s,
+            &[JobStatus::Running, JobStatus::Available],
+            at(1000),
+            100
+        )
+        .await,
+        0,
+        "statuses that are not final are ignored"
+    );
+    assert_eq!(
+        prune(
+            s,
+            &[
+                JobStatus::Completed,
+                JobStatus::Failed,
+                JobStatus::Cancelled
+            ],
+            at(1000),
+            100
+        )
+        .await,
+        3
+    );
+    assert_eq!(
+        sorted_counts(s).await,
+        vec![
+            (QUEUE.to_owned(), JobStatus::Available, 1),
+            (QUEUE.to_owned(), JobStatus::Running, 1),
+        ]
+    );
+    assert_eq!(prune(s, &completed, at(1000), 0).await, 0, "limit 0");
+}
+
+/// Filters by creation time (from inclusive, to exclusive), text in the arguments and
+/// ids, combined with each other and with status, name and queue, select the same jobs in
+/// list (paged), count and every admin operation.
+pub async fn filters_by_time_text_and_ids_for_list_count_and_admin(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let ids = sorted_ids(6);
+    let args = [
+        r#"{"to":"alice@example.com","n":1}"#,
+        r#"{"to":"bob@example.com","n":2}"#,
+        r#"{"to":"alice@example.org","n":3}"#,
+        r#"{"to":"Alice@example.com","n":4}"#,
+        r#"{"to":"zoë@example.com","n":5}"#,
+        r#"{"to":"100% \"real\"","n":6}"#,
+    ];
+    for (i, (&id, a)) in ids.iter().zip(args).enumerate() {
+        let job = NewJob {
+            id,
+            args: a.to_owned(),
+            ..new_job(if i % 2 == 0 { "a" } else { "b" }, QUEUE)
+        };
+        insert(s, vec![job], at(i as i64 * 10)).await;
+    }
+    let pick = |idx: &[usize]| idx.iter().map(|&i| ids[i]).collect::<Vec<_>>();
+    let text = |t: &str| JobFilter {
+        args_contains: Some(t.to_owned()),
+        ..JobFilter::default()
+    };
+    let cases: Vec<(JobFilter, Vec<usize>, &str)> = vec![
+        (JobFilter::default(), vec![5, 4, 3, 2, 1, 0], "no filter"),
+        (
+            JobFilter {
+                created_from: Some(at(10)),
+                ..JobFilter::default()
+            },
+            vec![5, 4, 3, 2, 1],
+            "created_from is inclusive",
+        ),
+        (
+            JobFilter {
+                created_to: Some(at(30)),
+                ..JobFilter::default()
+            },
+            vec![2, 1, 0],
+            "created_to is exclusive",
+        ),
+        (
+            JobFilter {
+                created_from: Some(at(10)),
+                created_to: Some(at(31)),
+                ..JobFilter::default()
+            },
+            vec![3, 2, 1],
+            "a range",
+        ),
+        (text("alice"), vec![2, 0], "text is case-sensitive"),
+        (text("example.com"), vec![4, 3, 1, 0], "a substring"),
+        (text("zoë"), vec![4], "non-ASCII text"),
+        (text("100%"), vec![5], "% is not a wildcard"),
+        (
+            text(r#"\"real\""#),
+            vec![5],
+            "text as stored (JSON-escaped)",
+        ),
+        (text("_"), vec![], "_ is not a wildcard"),
+        (
+            JobFilter {
+                args_contains: Some("example".to_owned()),
+                name: Some("a".to_owned()),
+                created_from: Some(at(20)),
+                ..JobFilter::default()
+            },
+            vec![4, 2],
+            "text, name and time",
+        ),
+        (by_ids(&pick(&[4, 1, 0])), vec![4, 1, 0], "ids"),
+        (by_ids(&[]), vec![], "an empty id list matches nothing"),
+        (by_ids(&[JobId::new()]), vec![], "an unknown id"),
+        (
+            JobFilter {
+                ids: Some(pick(&[0, 1, 2])),
+                args_contains: Some("alice".to_owned()),
+                ..JobFilter::default()
+            },
+            vec![2, 0],
+            "ids and text",
+        ),
+        (
+            JobFilter {
+                ids: Some(pick(&[0, 1, 2])),
+                statuses: vec![JobStatus::Available],
+                name: Some("b".to_owned()),
+                ..JobFilter::default()
+            },
+            vec![1],
+            "ids, status and name",
+        ),
+        (
+            JobFilter {
+                statuses: vec![JobStatus::Available],
+                created_to: Some(at(20)),
+                queue: Some(QUEUE.to_owned()),
+                ..JobFilter::default()
+            },
+            vec![1, 0],
+            "status, queue and time",
+        ),
+        (
+            JobFilter {
+                statuses: vec![JobStatus::Failed],
+                ..JobFilter::default()
+            },
+            vec![],
+            "no such status",
+        ),
+    ];
+    for (filter, want, what) in &cases {
+        let params = JobListParams {
+            filter: filter.clone(),
+            cursor: None,
+            limit: 100,
+        };
+        assert_eq!(id_list(&list(s, params).await), pick(want), "list: {what}");
+        assert_eq!(
+            count(s, filter.clone()).await,
+            want.len() as u64,
+            "count: {what}"
+        );
+    }
+
+    // Paging a filtered listing with the cursor.
+    let filter = text("example");
+    let mut cursor = None;
+    let mut seen = Vec::new();
+    loop {
+        let page = list(
+            s,
+            JobListParams {
+                filter: filter.clone(),
+                cursor,
+                limit: 2,
+            },
+        )
+        .await;
+        let Some(last) = page.last() else { break };
+        cursor = Some(last.id);
+        seen.extend(id_list(&page));
+        assert!(seen.len() <= 10, "paging does not end");
+    }
+    assert_eq!(seen, pick(&[4, 3, 2, 1, 0]), "filtered pages");
+
+    // The admin operations select the same jobs.
+    let range = JobFilter {
+        created_from: Some(at(10)),
+        created_to: Some(at(30)),
+        ..JobFilter::default()
+    };
+    assert_eq!(cancel(s, range.clone(), at(100)).await, cancelled(2, 0));
+    assert_eq!(get(s, ids[1]).await.status, JobStatus::Cancelled);
+    assert_eq!(get(s, ids[3]).await.status, JobStatus::Available);
+    assert_eq!(retry(s, text("alice"), at(101)).await, 1, "only job 2");
+    assert_eq!(get(s, ids[2]).await.status, JobStatus::Available);
+    assert_eq!(delete(s, text("example.com")).await, 4);
+    assert_eq!(
+        id_list(
+            &list(
+                s,
+                JobListParams {
+                    limit: 10,
+                    ..Default::default()
+                }
+            )
+            .await
+        ),
+        pick(&[5, 2])
+    );
+}
+
 /// Empty batches and an empty storage are fine everywhere.
 pub async fn empty_batches(s: Arc<dyn Storage>) {
     let s = &*s;
@@ -2037,6 +2754,14 @@ pub async fn empty_batches(s: Arc<dyn Storage>) {
     .is_empty());
     assert!(sorted_counts(s).await.is_empty());
     assert_eq!(next_run_at(s, &[QUEUE], &[NAME]).await, None);
+    assert_eq!(count(s, JobFilter::default()).await, 0);
+    assert_eq!(
+        cancel(s, JobFilter::default(), at(0)).await,
+        cancelled(0, 0)
+    );
+    assert_eq!(retry(s, JobFilter::default(), at(0)).await, 0);
+    assert_eq!(delete(s, JobFilter::default()).await, 0);
+    assert_eq!(prune(s, &[JobStatus::Completed], at(0), 10).await, 0);
 }
 
 /// After close every call fails with `StorageClosed`; closing again is fine.
@@ -2118,6 +2843,45 @@ pub async fn close_is_final_and_idempotent(s: Arc<dyn Storage>) {
         .await,
     );
     closed("job_counts", s.job_counts().await);
+    closed(
+        "job_count",
+        s.job_count(JobCountParams {
+            filter: JobFilter::default(),
+        })
+        .await,
+    );
+    closed(
+        "job_cancel",
+        s.job_cancel(JobCancelParams {
+            filter: by_ids(&[c.id]),
+            now: at(1),
+        })
+        .await,
+    );
+    closed(
+        "job_retry",
+        s.job_retry(JobRetryParams {
+            filter: by_ids(&[c.id]),
+            now: at(1),
+        })
+        .await,
+    );
+    closed(
+        "job_delete",
+        s.job_delete(JobDeleteParams {
+            filter: by_ids(&[c.id]),
+        })
+        .await,
+    );
+    closed(
+        "job_prune",
+        s.job_prune(JobPruneParams {
+            statuses: vec![JobStatus::Completed],
+            finished_before: at(1),
+            limit: 10,
+        })
+        .await,
+    );
     closed(
         "job_next_run_at",
         s.job_next_run_at(JobNextRunAtParams {

@@ -9,6 +9,7 @@
 //!   has come. A claim first moves the jobs that became due since the lane's last claim
 //!   into the ready set, then merges the first entries of the lanes it asked for;
 //! - running jobs are indexed by lease expiry, so reclaiming reads only expired leases;
+//! - finished jobs are indexed by finish time, so pruning reads only the jobs it deletes;
 //! - counts per queue and status are kept up to date on every transition.
 //!
 //! Every change to a job goes through [`Inner::update`], which takes the job out of the
@@ -25,9 +26,10 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    lease_duration, FinishOutcome, JobClaimParams, JobFinishManyParams, JobHeartbeatParams,
-    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobReclaimParams, JobReleaseParams,
-    Storage,
+    lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
+    JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams,
+    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams, JobPruneParams,
+    JobReclaimParams, JobReleaseParams, JobRetryParams, Storage,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -161,6 +163,8 @@ struct Indexes {
     lanes: HashMap<String, HashMap<String, Lane>>,
     /// Running jobs by lease expiry.
     running: BTreeSet<(Timestamp, JobId)>,
+    /// Finished jobs by finish time.
+    finished: BTreeSet<(Timestamp, JobId)>,
     /// Jobs per queue and status (indexed by `JobStatus as usize`).
     counts: BTreeMap<String, [u64; JobStatus::ALL.len()]>,
 }
@@ -181,6 +185,8 @@ impl Indexes {
             if let Some(expires) = r.lease_expires_at {
                 self.running.insert((expires, r.id));
             }
+        } else if let Some(finished) = r.finished_at {
+            self.finished.insert((finished, r.id));
         }
         let counts = match self.counts.get_mut(r.queue.as_str()) {
             Some(c) => c,
@@ -202,6 +208,8 @@ impl Indexes {
             if let Some(expires) = r.lease_expires_at {
                 self.running.remove(&(expires, r.id));
             }
+        } else if let Some(finished) = r.finished_at {
+            self.finished.remove(&(finished, r.id));
         }
         if let Some(counts) = self.counts.get_mut(r.queue.as_str()) {
             counts[r.status as usize] = counts[r.status as usize].saturating_sub(1);
@@ -247,6 +255,60 @@ impl Inner {
 
     fn lane(&self, queue: &str, name: &str) -> Option<&Lane> {
         self.idx.lanes.get(queue).and_then(|n| n.get(name))
+    }
+
+    /// The records matching `filter`, newest first, older than `cursor`. A filter by ids
+    /// reads only those ids; any other filter reads every job.
+    fn matching<'a>(
+        &'a self,
+        filter: &'a JobFilter,
+        cursor: Option<JobId>,
+    ) -> Box<dyn Iterator<Item = &'a JobRecord> + 'a> {
+        let older = move |id: &JobId| cursor.map_or(true, |c| *id < c);
+        match &filter.ids {
+            Some(ids) => {
+                let ids: BTreeSet<JobId> = ids.iter().copied().filter(older).collect();
+                Box::new(
+                    ids.into_iter()
+                        .rev()
+                        .filter_map(|id| self.jobs.get(&id))
+                        .map(|e| &e.record)
+                        .filter(|r| filter.matches(r)),
+                )
+            }
+            None => {
+                let upper = match cursor {
+                    Some(cursor) => Bound::Excluded(cursor),
+                    None => Bound::Unbounded,
+                };
+                Box::new(
+                    self.jobs
+                        .range((Bound::Unbounded, upper))
+                        .rev()
+                        .map(|(_, e)| &e.record)
+                        .filter(|r| filter.matches(r)),
+                )
+            }
+        }
+    }
+
+    /// The ids of the jobs matching `filter` whose status is one of `statuses`.
+    fn matching_ids(&self, filter: &JobFilter, statuses: &[JobStatus]) -> Vec<JobId> {
+        self.matching(filter, None)
+            .filter(|r| statuses.contains(&r.status))
+            .map(|r| r.id)
+            .collect()
+    }
+
+    /// Take a job out of the storage.
+    fn delete(&mut self, id: JobId) -> bool {
+        match self.jobs.remove(&id) {
+            Some(entry) => {
+                self.idx.remove(&entry.record);
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -313,6 +375,7 @@ impl Storage for MemoryStorage {
                 finished_at: None,
                 worker_id: None,
                 lease_expires_at: None,
+                cancel_requested_at: None,
                 last_error: None,
                 history: Vec::new(),
             };
@@ -406,20 +469,24 @@ impl Storage for MemoryStorage {
         Ok(claimed)
     }
 
-    async fn job_heartbeat(&self, params: JobHeartbeatParams) -> Result<Vec<JobId>> {
+    async fn job_heartbeat(&self, params: JobHeartbeatParams) -> Result<JobHeartbeatResult> {
         let mut inner = self.open()?;
-        let mut extended = Vec::with_capacity(params.leases.len());
+        let mut out = JobHeartbeatResult::default();
         for (id, lease) in params.leases {
             if !inner.held(id, lease) {
                 continue;
             }
-            inner.update(id, |e| {
+            let cancel = inner.update(id, |e| {
                 let hb = e.record.heartbeat_ms;
                 e.record.lease_expires_at = Some(params.now.plus(lease_duration(hb)));
+                e.record.cancel_requested_at.is_some()
             });
-            extended.push(id);
+            out.extended.push(id);
+            if cancel == Some(true) {
+                out.cancel_requested.push(id);
+            }
         }
-        Ok(extended)
+        Ok(out)
     }
 
     async fn job_finish_many(&self, params: JobFinishManyParams) -> Result<Vec<bool>> {
@@ -432,6 +499,17 @@ impl Storage for MemoryStorage {
                 continue;
             }
             inner.update(finish.id, |e| match finish.outcome {
+                _ if e.record.cancel_requested_at.is_some() => {
+                    let error = match finish.outcome {
+                        FinishOutcome::Completed => None,
+                        FinishOutcome::Retry { error, .. } | FinishOutcome::Failed { error } => {
+                            Some(error)
+                        }
+                    };
+                    end_attempt(e, now, AttemptOutcome::Cancelled, error);
+                    e.record.status = JobStatus::Cancelled;
+                    e.record.finished_at = Some(now);
+                }
                 FinishOutcome::Completed => {
                     end_attempt(e, now, AttemptOutcome::Completed, None);
                     e.record.status = JobStatus::Completed;
@@ -462,10 +540,16 @@ impl Storage for MemoryStorage {
                 continue;
             }
             inner.update(id, |e| {
-                end_attempt(e, now, AttemptOutcome::Released, None);
-                e.record.status = JobStatus::Available;
-                e.record.run_at = now;
-                e.record.attempt = e.record.attempt.saturating_sub(1);
+                if e.record.cancel_requested_at.is_some() {
+                    end_attempt(e, now, AttemptOutcome::Cancelled, None);
+                    e.record.status = JobStatus::Cancelled;
+                    e.record.finished_at = Some(now);
+                } else {
+                    end_attempt(e, now, AttemptOutcome::Released, None);
+                    e.record.status = JobStatus::Available;
+                    e.record.run_at = now;
+                    e.record.attempt = e.record.attempt.saturating_sub(1);
+                }
             });
             released += 1;
         }
@@ -492,7 +576,10 @@ impl Storage for MemoryStorage {
                 );
                 end_attempt(e, now, AttemptOutcome::LeaseExpired, Some(error));
                 let r = &mut e.record;
-                if r.retry.max_retries.allows_another(r.attempt) {
+                if r.cancel_requested_at.is_some() {
+                    r.status = JobStatus::Cancelled;
+                    r.finished_at = Some(now);
+                } else if r.retry.max_retries.allows_another(r.attempt) {
                     r.status = JobStatus::Available;
                     r.run_at = now;
                 } else {
@@ -513,24 +600,116 @@ impl Storage for MemoryStorage {
     async fn job_list(&self, params: JobListParams) -> Result<Vec<JobRecord>> {
         let inner = self.open()?;
         let limit = usize::try_from(params.limit).unwrap_or(usize::MAX);
-        let upper = match params.cursor {
-            Some(cursor) => Bound::Excluded(cursor),
-            None => Bound::Unbounded,
-        };
-        let wanted = |r: &JobRecord| {
-            (params.statuses.is_empty() || params.statuses.contains(&r.status))
-                && params.name.as_ref().map_or(true, |n| *n == r.name)
-                && params.queue.as_ref().map_or(true, |q| *q == r.queue)
-        };
         Ok(inner
-            .jobs
-            .range((Bound::Unbounded, upper))
-            .rev()
-            .map(|(_, e)| &e.record)
-            .filter(|r| wanted(r))
+            .matching(&params.filter, params.cursor)
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn job_count(&self, params: JobCountParams) -> Result<u64> {
+        let inner = self.open()?;
+        let f = &params.filter;
+        let by_counts = f.ids.is_none()
+            && f.name.is_none()
+            && f.created_from.is_none()
+            && f.created_to.is_none()
+            && f.args_contains.is_none();
+        if !by_counts {
+            return Ok(inner.matching(f, None).count() as u64);
+        }
+        // Only queue and status: the running counts answer without reading jobs.
+        let mut total = 0;
+        for (queue, counts) in &inner.idx.counts {
+            if f.queue.as_ref().is_some_and(|q| q != queue) {
+                continue;
+            }
+            for status in JobStatus::ALL {
+                if f.statuses.is_empty() || f.statuses.contains(&status) {
+                    total += counts[status as usize];
+                }
+            }
+        }
+        Ok(total)
+    }
+
+    async fn job_cancel(&self, params: JobCancelParams) -> Result<JobCancelResult> {
+        let mut inner = self.open()?;
+        let now = params.now;
+        let live = [
+            JobStatus::Scheduled,
+            JobStatus::Available,
+            JobStatus::Retryable,
+            JobStatus::Running,
+        ];
+        let mut result = JobCancelResult::default();
+        for id in inner.matching_ids(&params.filter, &live) {
+            inner.update(id, |e| {
+                let r = &mut e.record;
+                if r.status == JobStatus::Running {
+                    r.cancel_requested_at.get_or_insert(now);
+                    result.requested += 1;
+                } else {
+                    r.status = JobStatus::Cancelled;
+                    r.finished_at = Some(now);
+                    result.cancelled += 1;
+                }
+            });
+        }
+        Ok(result)
+    }
+
+    async fn job_retry(&self, params: JobRetryParams) -> Result<u64> {
+        let mut inner = self.open()?;
+        let now = params.now;
+        let ids = inner.matching_ids(&params.filter, &[JobStatus::Failed, JobStatus::Cancelled]);
+        for &id in &ids {
+            inner.update(id, |e| {
+                let r = &mut e.record;
+                r.history.push(AttemptRecord {
+                    attempt: r.attempt,
+                    worker_id: String::new(),
+                    started_at: now,
+                    finished_at: now,
+                    outcome: AttemptOutcome::Retried,
+                    error: None,
+                });
+                r.status = JobStatus::Available;
+                r.attempt = 0;
+                r.run_at = now;
+                r.finished_at = None;
+                r.cancel_requested_at = None;
+            });
+        }
+        Ok(ids.len() as u64)
+    }
+
+    async fn job_delete(&self, params: JobDeleteParams) -> Result<u64> {
+        let mut inner = self.open()?;
+        let not_running: Vec<JobStatus> = JobStatus::ALL
+            .into_iter()
+            .filter(|s| *s != JobStatus::Running)
+            .collect();
+        let ids = inner.matching_ids(&params.filter, &not_running);
+        Ok(ids.into_iter().filter(|&id| inner.delete(id)).count() as u64)
+    }
+
+    async fn job_prune(&self, params: JobPruneParams) -> Result<u64> {
+        let mut inner = self.open()?;
+        let limit = usize::try_from(params.limit).unwrap_or(usize::MAX);
+        let ids: Vec<JobId> = inner
+            .idx
+            .finished
+            .range(..(params.finished_before, MIN_ID))
+            .map(|&(_, id)| id)
+            .filter(|id| {
+                inner.jobs.get(id).is_some_and(|e| {
+                    e.record.status.is_final() && params.statuses.contains(&e.record.status)
+                })
+            })
+            .take(limit)
+            .collect();
+        Ok(ids.into_iter().filter(|&id| inner.delete(id)).count() as u64)
     }
 
     async fn job_counts(&self) -> Result<Vec<QueueCount>> {

@@ -72,6 +72,16 @@ pub struct JobHeartbeatParams {
     pub now: Timestamp,
 }
 
+/// What a heartbeat found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobHeartbeatResult {
+    /// The jobs whose lease was extended, in the order asked. A job missing here is no
+    /// longer held under that token and its runner should give it up.
+    pub extended: Vec<JobId>,
+    /// Of `extended`, the jobs whose cancel was requested: their runner should stop them.
+    pub cancel_requested: Vec<JobId>,
+}
+
 /// How an attempt ended, as the engine decided.
 #[derive(Debug, Clone, PartialEq)]
 pub enum FinishOutcome {
@@ -127,18 +137,106 @@ pub struct JobReclaimParams {
     pub now: Timestamp,
 }
 
-/// Which jobs to list.
-#[derive(Debug, Clone, Default)]
-pub struct JobListParams {
-    /// Only these statuses (empty: all).
+/// Which jobs a listing, a count or an admin operation applies to: every criterion given
+/// must hold. The default (nothing given) matches every job.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only these ids (`None`: any id; an empty list matches nothing).
+    pub ids: Option<Vec<JobId>>,
+    /// Only these statuses (empty: any).
     pub statuses: Vec<JobStatus>,
     /// Only this name.
     pub name: Option<String>,
     /// Only this queue.
     pub queue: Option<String>,
+    /// Only jobs stored at or after this time (`created_at >= created_from`).
+    pub created_from: Option<Timestamp>,
+    /// Only jobs stored before this time (`created_at < created_to`).
+    pub created_to: Option<Timestamp>,
+    /// Only jobs whose arguments, as the stored JSON text, contain this substring
+    /// (case-sensitive).
+    pub args_contains: Option<String>,
+}
+
+impl JobFilter {
+    /// Whether `job` meets every criterion (what each storage's SQL computes).
+    pub fn matches(&self, job: &JobRecord) -> bool {
+        self.ids.as_ref().map_or(true, |ids| ids.contains(&job.id))
+            && (self.statuses.is_empty() || self.statuses.contains(&job.status))
+            && self.name.as_ref().map_or(true, |n| *n == job.name)
+            && self.queue.as_ref().map_or(true, |q| *q == job.queue)
+            && self.created_from.map_or(true, |t| job.created_at >= t)
+            && self.created_to.map_or(true, |t| job.created_at < t)
+            && self
+                .args_contains
+                .as_ref()
+                .map_or(true, |text| job.args.contains(text.as_str()))
+    }
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobListParams {
+    /// The jobs to list.
+    pub filter: JobFilter,
     /// Newest first, starting strictly after (older than) this id.
     pub cursor: Option<JobId>,
     /// At most this many.
+    pub limit: u32,
+}
+
+/// Which jobs to count.
+#[derive(Debug, Clone, Default)]
+pub struct JobCountParams {
+    /// The jobs to count.
+    pub filter: JobFilter,
+}
+
+/// Cancel jobs.
+#[derive(Debug, Clone)]
+pub struct JobCancelParams {
+    /// The jobs to cancel; of those, only pending and running ones change.
+    pub filter: JobFilter,
+    /// The time of the cancel: `finished_at` of the jobs cancelled at once, and
+    /// `cancel_requested_at` of running ones.
+    pub now: Timestamp,
+}
+
+/// What a cancel changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobCancelResult {
+    /// Pending jobs (`scheduled`, `available`, `retryable`) that became `cancelled`.
+    pub cancelled: u64,
+    /// Running jobs now marked cancel-requested (including those already marked): each
+    /// ends `cancelled` when its attempt ends, is released, or its lease expires.
+    pub requested: u64,
+}
+
+/// Retry failed and cancelled jobs by hand.
+#[derive(Debug, Clone)]
+pub struct JobRetryParams {
+    /// The jobs to retry; of those, only `failed` and `cancelled` ones change.
+    pub filter: JobFilter,
+    /// They become `available` with `run_at = now`.
+    pub now: Timestamp,
+}
+
+/// Delete jobs and their history.
+#[derive(Debug, Clone)]
+pub struct JobDeleteParams {
+    /// The jobs to delete; running ones are left alone (cancel them first).
+    pub filter: JobFilter,
+}
+
+/// Delete finished jobs that ended long enough ago (retention).
+#[derive(Debug, Clone)]
+pub struct JobPruneParams {
+    /// Only jobs in these statuses; statuses that are not final are ignored.
+    pub statuses: Vec<JobStatus>,
+    /// Only jobs with `finished_at < finished_before`.
+    pub finished_before: Timestamp,
+    /// At most this many per call (call again while a call deletes `limit`), so one call
+    /// never holds the storage for long.
     pub limit: u32,
 }
 
@@ -168,28 +266,54 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// lease holds.
     async fn job_claim(&self, params: JobClaimParams) -> Result<Vec<ClaimedJob>>;
 
-    /// Extend leases. Returns the ids whose lease was extended; a job missing from the
-    /// result is no longer held under that token and its runner should give it up.
-    async fn job_heartbeat(&self, params: JobHeartbeatParams) -> Result<Vec<JobId>>;
+    /// Extend leases, and say which of the jobs have a cancel requested.
+    async fn job_heartbeat(&self, params: JobHeartbeatParams) -> Result<JobHeartbeatResult>;
 
     /// Record ended attempts, each appended to its job's history. Returns, in order,
-    /// whether each was accepted (`false`: the lease was lost; nothing changed).
+    /// whether each was accepted (`false`: the lease was lost; nothing changed). A job
+    /// whose cancel was requested becomes `cancelled` whatever the outcome, and its
+    /// history entry says `cancelled` (with the attempt's error, if it had one).
     async fn job_finish_many(&self, params: JobFinishManyParams) -> Result<Vec<bool>>;
 
     /// Hand running jobs back: `available` at once, attempt count restored, history gets
-    /// a `released` entry. Returns how many were released (fenced like finish).
+    /// a `released` entry. Returns how many were released (fenced like finish). A job
+    /// whose cancel was requested becomes `cancelled` instead (history: `cancelled`).
     async fn job_release(&self, params: JobReleaseParams) -> Result<u64>;
 
     /// Reclaim running jobs whose lease expired: the attempt is recorded as
     /// `lease_expired`; the job becomes `available` at once if its retries allow another
-    /// attempt, else `failed`. Returns how many were reclaimed.
+    /// attempt, else `failed`, or `cancelled` if its cancel was requested. Returns how
+    /// many were reclaimed.
     async fn job_reclaim_expired(&self, params: JobReclaimParams) -> Result<u64>;
 
     /// One job with its history.
     async fn job_get(&self, id: JobId) -> Result<Option<JobRecord>>;
 
-    /// Jobs, newest first.
+    /// Jobs matching the filter, newest first.
     async fn job_list(&self, params: JobListParams) -> Result<Vec<JobRecord>>;
+
+    /// How many jobs match the filter.
+    async fn job_count(&self, params: JobCountParams) -> Result<u64>;
+
+    /// Cancel the matching jobs in one transaction: pending ones become `cancelled` at
+    /// once (`finished_at = now`; they never run), running ones get `cancel_requested_at`
+    /// (kept if already set) and end `cancelled` (see [`Storage::job_finish_many`]).
+    /// Finished jobs are left alone.
+    async fn job_cancel(&self, params: JobCancelParams) -> Result<JobCancelResult>;
+
+    /// Retry the matching `failed` and `cancelled` jobs in one transaction: each becomes
+    /// `available` at `now` with its attempt count back to 0 and `finished_at` and
+    /// `cancel_requested_at` cleared; its history is kept and gains a `retried` entry.
+    /// Returns how many were retried.
+    async fn job_retry(&self, params: JobRetryParams) -> Result<u64>;
+
+    /// Delete the matching jobs that are not running, with their history, in one
+    /// transaction. Returns how many were deleted.
+    async fn job_delete(&self, params: JobDeleteParams) -> Result<u64>;
+
+    /// Delete up to `limit` finished jobs of the given statuses that finished before
+    /// `finished_before`, with their history. Returns how many were deleted.
+    async fn job_prune(&self, params: JobPruneParams) -> Result<u64>;
 
     /// Counts per queue and status (pairs with no jobs are left out).
     async fn job_counts(&self) -> Result<Vec<QueueCount>>;

@@ -53,9 +53,10 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 use uuid::Uuid;
 
 use super::{
-    FinishOutcome, JobClaimParams, JobFinishManyParams, JobHeartbeatParams, JobInsertManyParams,
-    JobListParams, JobNextRunAtParams, JobReclaimParams, JobReleaseParams, Storage,
-    LEASE_HEARTBEATS,
+    FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams, JobCountParams,
+    JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams, JobHeartbeatResult,
+    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobPruneParams, JobReclaimParams,
+    JobReleaseParams, JobRetryParams, Storage, LEASE_HEARTBEATS,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -176,9 +177,10 @@ struct Migration {
 /// Schema migrations, oldest first. A new schema version is a new entry appended here
 /// (never an edit of an old one). Every script runs with `search_path` set to hauler's
 /// schema, so unqualified names land there.
-const MIGRATIONS: &[Migration] = &[Migration {
-    description: "jobs and their attempts",
-    sql: "
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        description: "jobs and their attempts",
+        sql: "
     CREATE TABLE jobs (
         id               uuid        NOT NULL PRIMARY KEY,
         name             text        NOT NULL,
@@ -231,7 +233,22 @@ const MIGRATIONS: &[Migration] = &[Migration {
         error       text
     );
     CREATE INDEX attempts_job ON attempts (job_id, seq);",
-}];
+    },
+    Migration {
+        description: "cancelling running jobs, manual retries, pruning by age",
+        sql: "
+    -- Set while a running job is asked to stop; it then ends 'cancelled'.
+    ALTER TABLE jobs ADD COLUMN cancel_requested_at timestamptz;
+    -- Retention and prune walk finished jobs by status and age.
+    CREATE INDEX jobs_finished ON jobs (status, finished_at) WHERE finished_at IS NOT NULL;
+    -- Two more history outcomes. The old rows satisfy the narrower old check, so the new
+    -- one need not scan them (NOT VALID still checks every row written from now on).
+    ALTER TABLE attempts DROP CONSTRAINT attempts_outcome_check;
+    ALTER TABLE attempts ADD CONSTRAINT attempts_outcome_check CHECK (outcome IN (
+        'completed', 'failed', 'lease_expired', 'released', 'cancelled', 'retried'))
+        NOT VALID;",
+    },
+];
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: u32 = MIGRATIONS.len() as u32;
@@ -398,11 +415,12 @@ UPDATE jobs j
 SET lease_expires_at = $3::timestamptz + least(j.heartbeat_ms, $4) * $5 * interval '1 millisecond'
 FROM (SELECT DISTINCT id FROM held) h
 WHERE j.id = h.id
-RETURNING j.id, j.lease_token";
+RETURNING j.id, j.lease_token, j.cancel_requested_at IS NOT NULL";
 
 /// End the attempts given as parallel arrays (job, token, new status, retry time, error,
 /// history outcome) at time `$7`; answer the ordinals of the accepted ones. Of repeated
 /// (job, token) pairs only the first counts, so the batch behaves as if applied in order.
+/// A job whose cancel was requested becomes `cancelled` instead (history: `cancelled`).
 const JOB_FINISH: &str = "WITH f AS (
     SELECT DISTINCT ON (id, token) id, token, status, retry_at, error, outcome, ord
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[],
@@ -412,6 +430,7 @@ const JOB_FINISH: &str = "WITH f AS (
 ),
 held AS MATERIALIZED (
     SELECT j.id, j.queue, j.attempt, j.worker_id, j.started_at,
+           j.cancel_requested_at IS NOT NULL AS cancel,
            f.ord, f.status, f.retry_at, f.error, f.outcome
     FROM jobs j
     JOIN f ON j.id = f.id AND j.lease_token = f.token
@@ -421,9 +440,10 @@ held AS MATERIALIZED (
 ),
 done AS (
     UPDATE jobs j
-    SET status = h.status,
-        run_at = coalesce(h.retry_at, j.run_at),
-        finished_at = CASE WHEN h.status = 'retryable' THEN NULL ELSE $7::timestamptz END,
+    SET status = CASE WHEN h.cancel THEN 'cancelled' ELSE h.status END,
+        run_at = CASE WHEN h.cancel THEN j.run_at ELSE coalesce(h.retry_at, j.run_at) END,
+        finished_at = CASE WHEN h.status = 'retryable' AND NOT h.cancel THEN NULL
+                           ELSE $7::timestamptz END,
         last_error = coalesce(h.error, j.last_error),
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
     FROM held h
@@ -432,16 +452,19 @@ done AS (
 ),
 history AS (
     INSERT INTO attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
-    SELECT id, attempt, coalesce(worker_id, ''), coalesce(started_at, $7), $7, outcome, error
+    SELECT id, attempt, coalesce(worker_id, ''), coalesce(started_at, $7), $7,
+           CASE WHEN cancel THEN 'cancelled' ELSE outcome END, error
     FROM done
 )
-SELECT ord, CASE WHEN status = 'retryable' THEN pg_notify($8, left(queue, 1000))::text END
+SELECT ord, CASE WHEN status = 'retryable' AND NOT cancel
+                 THEN pg_notify($8, left(queue, 1000))::text END
 FROM done";
 
 /// Hand back at time `$3` the jobs `$1` running under tokens `$2`: available at once, the
-/// attempt not counted; notify channel `$4`.
+/// attempt not counted (or `cancelled`, if their cancel was requested); notify channel `$4`.
 const JOB_RELEASE: &str = "WITH held AS MATERIALIZED (
-    SELECT j.id, j.queue, j.attempt, j.worker_id, j.started_at
+    SELECT j.id, j.queue, j.attempt, j.worker_id, j.started_at,
+           j.cancel_requested_at IS NOT NULL AS cancel
     FROM jobs j
     JOIN (SELECT DISTINCT id, token FROM unnest($1::uuid[], $2::uuid[]) AS t(id, token)) l
       ON j.id = l.id AND j.lease_token = l.token
@@ -451,7 +474,10 @@ const JOB_RELEASE: &str = "WITH held AS MATERIALIZED (
 ),
 done AS (
     UPDATE jobs j
-    SET status = 'available', attempt = j.attempt - 1, run_at = $3::timestamptz,
+    SET status = CASE WHEN h.cancel THEN 'cancelled' ELSE 'available' END,
+        attempt = CASE WHEN h.cancel THEN j.attempt ELSE j.attempt - 1 END,
+        run_at = CASE WHEN h.cancel THEN j.run_at ELSE $3::timestamptz END,
+        finished_at = CASE WHEN h.cancel THEN $3::timestamptz ELSE j.finished_at END,
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
     FROM held h
     WHERE j.id = h.id
@@ -459,18 +485,22 @@ done AS (
 ),
 history AS (
     INSERT INTO attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
-    SELECT id, attempt, coalesce(worker_id, ''), coalesce(started_at, $3), $3, 'released', NULL
+    SELECT id, attempt, coalesce(worker_id, ''), coalesce(started_at, $3), $3,
+           CASE WHEN cancel THEN 'cancelled' ELSE 'released' END, NULL
     FROM done
 )
-SELECT pg_notify($4, left(queue, 1000))::text FROM done";
+SELECT CASE WHEN NOT cancel THEN pg_notify($4, left(queue, 1000))::text END FROM done";
 
 /// Reclaim every running job whose lease ended before `$1` (skipping rows another
 /// transaction holds: their holder is reporting right now). A job may make another attempt
-/// while `attempt <= max_retries` (as `MaxRetries::allows_another` counts); those are
-/// announced on channel `$2`.
+/// while `attempt <= max_retries` (as `MaxRetries::allows_another` counts), unless its
+/// cancel was requested (it becomes `cancelled`); those that may are announced on channel
+/// `$2`.
 const JOB_RECLAIM: &str = "WITH expired AS MATERIALIZED (
     SELECT id, queue, attempt, worker_id, started_at,
-           max_retries IS NULL OR attempt <= max_retries AS again,
+           cancel_requested_at IS NOT NULL AS cancel,
+           cancel_requested_at IS NULL AND (max_retries IS NULL OR attempt <= max_retries)
+               AS again,
            json_build_object('kind', 'LeaseExpired',
                'message', 'lease expired: worker ' || coalesce(worker_id, '')
                           || ' stopped heartbeating',
@@ -481,7 +511,8 @@ const JOB_RECLAIM: &str = "WITH expired AS MATERIALIZED (
 ),
 done AS (
     UPDATE jobs j
-    SET status = CASE WHEN e.again THEN 'available' ELSE 'failed' END,
+    SET status = CASE WHEN e.again THEN 'available' WHEN e.cancel THEN 'cancelled'
+                      ELSE 'failed' END,
         run_at = CASE WHEN e.again THEN $1::timestamptz ELSE j.run_at END,
         finished_at = CASE WHEN e.again THEN NULL ELSE $1::timestamptz END,
         last_error = e.error,
@@ -505,7 +536,8 @@ macro_rules! job_select {
         "SELECT j.id, j.name, j.queue, j.args, j.status, j.attempt, j.retry, j.priority,
             j.timeout_ms, j.heartbeat_ms, j.version, j.unique_key, j.created_at, j.run_at,
             j.started_at, j.finished_at, j.worker_id, j.lease_expires_at, j.last_error,
-            h.attempts, h.workers, h.started, h.finished, h.outcomes, h.errors
+            h.attempts, h.workers, h.started, h.finished, h.outcomes, h.errors,
+            j.cancel_requested_at
         FROM jobs j
         LEFT JOIN LATERAL (
             SELECT array_agg(a.attempt ORDER BY a.seq) AS attempts,
@@ -522,22 +554,126 @@ macro_rules! job_select {
 
 const JOB_GET: &str = concat!(job_select!(), " WHERE j.id = $1");
 
-// With no cursor the upper bound is the largest UUID, so `id <` stays an index range (a
-// job whose id is exactly that value is never listed: ids are UUID v7, and it is not one).
-const JOB_LIST: &str = concat!(
+/// The conditions of a [`JobFilter`] on `jobs j`, bound as `$1` ids, `$2` statuses, `$3`
+/// name, `$4` queue, `$5`/`$6` the `created_at` range and `$7` the text to find in `args`
+/// (each NULL when not filtered on).
+macro_rules! filter_conditions {
+    () => {
+        "($1::uuid[] IS NULL OR j.id = ANY($1::uuid[]))
+      AND ($2::text[] IS NULL OR j.status = ANY($2::text[]))
+      AND ($3::text IS NULL OR j.name = $3::text)
+      AND ($4::text IS NULL OR j.queue = $4::text)
+      AND ($5::timestamptz IS NULL OR j.created_at >= $5::timestamptz)
+      AND ($6::timestamptz IS NULL OR j.created_at < $6::timestamptz)
+      AND ($7::text IS NULL OR strpos(j.args, $7::text) > 0)"
+    };
+}
+
+/// `head WHERE <filter> tail`, in three forms that lead with what an index can use: by
+/// ids (primary key), by statuses (`jobs_status`), and neither. [`Filter::pick`] chooses;
+/// all three take the same parameters.
+macro_rules! filtered {
+    ($head:expr, $tail:expr) => {
+        [
+            concat!(
+                $head,
+                " WHERE j.id = ANY($1::uuid[]) AND ",
+                filter_conditions!(),
+                $tail
+            ),
+            concat!(
+                $head,
+                " WHERE j.status = ANY($2::text[]) AND ",
+                filter_conditions!(),
+                $tail
+            ),
+            concat!($head, " WHERE ", filter_conditions!(), $tail),
+        ]
+    };
+}
+
+// With no cursor (`$8`) the upper bound is the largest UUID, so `id <` stays an index
+// range (a job whose id is exactly that value is never listed: ids are UUID v7, and it is
+// not one).
+const JOB_LIST: [&str; 3] = filtered!(
     job_select!(),
-    " WHERE ($1::text IS NULL OR j.name = $1) AND ($2::text IS NULL OR j.queue = $2)
-      AND j.id < coalesce($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid)
-    ORDER BY j.id DESC LIMIT $4"
+    " AND j.id < coalesce($8::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid)
+    ORDER BY j.id DESC LIMIT $9"
 );
 
-const JOB_LIST_BY_STATUS: &str = concat!(
-    job_select!(),
-    " WHERE ($1::text IS NULL OR j.name = $1) AND ($2::text IS NULL OR j.queue = $2)
-      AND j.id < coalesce($3::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid)
-      AND j.status = ANY($5::text[])
-    ORDER BY j.id DESC LIMIT $4"
+const JOB_COUNT: [&str; 3] = filtered!("SELECT count(*) FROM jobs j", "");
+
+/// Cancel at `$8` the matching jobs: pending ones at once, running ones by request. Rows
+/// are locked in id order, as heartbeat and finish lock theirs.
+const JOB_CANCEL: [&str; 3] = filtered!(
+    "WITH picked AS MATERIALIZED (SELECT j.id FROM jobs j",
+    " AND j.status IN ('scheduled', 'available', 'retryable', 'running')
+    ORDER BY j.id
+    FOR UPDATE
+),
+done AS (
+    UPDATE jobs j
+    SET status = CASE WHEN j.status = 'running' THEN j.status ELSE 'cancelled' END,
+        finished_at = CASE WHEN j.status = 'running' THEN j.finished_at
+                           ELSE $8::timestamptz END,
+        cancel_requested_at = CASE WHEN j.status = 'running'
+                                   THEN coalesce(j.cancel_requested_at, $8::timestamptz)
+                                   ELSE j.cancel_requested_at END
+    FROM picked p
+    WHERE j.id = p.id
+    RETURNING j.status
+)
+SELECT count(*) FILTER (WHERE status = 'cancelled'), count(*) FILTER (WHERE status = 'running')
+FROM done"
 );
+
+/// Make the matching failed and cancelled jobs available at `$8`, attempts back to 0, with
+/// a `retried` history entry; notify channel `$9` once per queue. Answers (count, _) per
+/// queue.
+const JOB_RETRY: [&str; 3] = filtered!(
+    "WITH picked AS MATERIALIZED (SELECT j.id, j.attempt FROM jobs j",
+    " AND j.status IN ('failed', 'cancelled')
+    ORDER BY j.id
+    FOR UPDATE
+),
+done AS (
+    UPDATE jobs j
+    SET status = 'available', attempt = 0, run_at = $8::timestamptz, finished_at = NULL,
+        cancel_requested_at = NULL
+    FROM picked p
+    WHERE j.id = p.id
+    RETURNING j.id, j.queue, p.attempt
+),
+history AS (
+    INSERT INTO attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
+    SELECT id, attempt, '', $8::timestamptz, $8::timestamptz, 'retried', NULL
+    FROM done
+)
+SELECT q.n, pg_notify($9::text, left(q.queue, 1000))::text
+FROM (SELECT queue, count(*) AS n FROM done GROUP BY queue) q"
+);
+
+/// Delete the matching jobs that are not running (their attempts go with them).
+const JOB_DELETE: [&str; 3] = filtered!(
+    "WITH picked AS MATERIALIZED (SELECT j.id FROM jobs j",
+    " AND j.status <> 'running'
+    ORDER BY j.id
+    FOR UPDATE
+),
+done AS (DELETE FROM jobs j USING picked p WHERE j.id = p.id RETURNING 1)
+SELECT count(*) FROM done"
+);
+
+/// Delete up to `$3` jobs of statuses `$1` that finished before `$2`, skipping rows
+/// another transaction holds (a concurrent prune takes those).
+const JOB_PRUNE: &str = "WITH picked AS MATERIALIZED (
+    SELECT id FROM jobs
+    WHERE status = ANY($1::text[]) AND finished_at < $2::timestamptz
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+),
+done AS (DELETE FROM jobs j USING picked p WHERE j.id = p.id RETURNING 1)
+SELECT count(*) FROM done";
 
 const JOB_COUNTS: &str = "SELECT queue, status, count(*) FROM jobs GROUP BY queue, status";
 
@@ -1062,25 +1198,8 @@ fn to_bigint(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The stored name of an attempt outcome (as serde writes it in the model).
-const fn outcome_name(outcome: AttemptOutcome) -> &'static str {
-    match outcome {
-        AttemptOutcome::Completed => "completed",
-        AttemptOutcome::Failed => "failed",
-        AttemptOutcome::LeaseExpired => "lease_expired",
-        AttemptOutcome::Released => "released",
-    }
-}
-
 fn parse_outcome(name: &str) -> Option<AttemptOutcome> {
-    [
-        AttemptOutcome::Completed,
-        AttemptOutcome::Failed,
-        AttemptOutcome::LeaseExpired,
-        AttemptOutcome::Released,
-    ]
-    .into_iter()
-    .find(|o| outcome_name(*o) == name)
+    AttemptOutcome::ALL.into_iter().find(|o| o.as_str() == name)
 }
 
 fn corrupt(id: Uuid, what: impl fmt::Display) -> Error {
@@ -1105,6 +1224,69 @@ fn int<T: TryFrom<i64>>(v: impl Into<i64>, id: Uuid, field: &str) -> Result<T> {
 
 fn parse_error(text: &str, id: Uuid, field: &str) -> Result<ErrorInfo> {
     serde_json::from_str(text).map_err(|e| corrupt(id, format_args!("{field}: {e}")))
+}
+
+/// A [`JobFilter`] as the parameters `$1` to `$7` of [`filter_conditions!`].
+struct Filter {
+    ids: Option<Vec<Uuid>>,
+    statuses: Option<Vec<&'static str>>,
+    name: Option<String>,
+    queue: Option<String>,
+    created_from: Option<DateTime<Utc>>,
+    created_to: Option<DateTime<Utc>>,
+    args_contains: Option<String>,
+}
+
+impl Filter {
+    fn new(f: &JobFilter) -> Result<Self> {
+        Ok(Filter {
+            ids: f
+                .ids
+                .as_ref()
+                .map(|ids| ids.iter().map(|id| id.0).collect()),
+            statuses: (!f.statuses.is_empty())
+                .then(|| f.statuses.iter().map(|s| s.as_str()).collect()),
+            name: f.name.clone(),
+            queue: f.queue.clone(),
+            created_from: f.created_from.map(to_pg_time).transpose()?,
+            created_to: f.created_to.map(to_pg_time).transpose()?,
+            args_contains: f.args_contains.clone(),
+        })
+    }
+
+    /// The form of `sql` that suits this filter.
+    fn pick(&self, sql: [&'static str; 3]) -> &'static str {
+        if self.ids.is_some() {
+            sql[0]
+        } else if self.statuses.is_some() {
+            sql[1]
+        } else {
+            sql[2]
+        }
+    }
+
+    /// The filter's parameters followed by `extra` (`$8` onwards).
+    fn params<'a>(&'a self, extra: &[&'a (dyn ToSql + Sync)]) -> Vec<&'a (dyn ToSql + Sync)> {
+        let mut all: Vec<&(dyn ToSql + Sync)> = vec![
+            &self.ids,
+            &self.statuses,
+            &self.name,
+            &self.queue,
+            &self.created_from,
+            &self.created_to,
+            &self.args_contains,
+        ];
+        all.extend_from_slice(extra);
+        all
+    }
+}
+
+/// The first column of the first row, for statements that answer one number.
+fn first_column<T: for<'a> FromSql<'a>>(op: &str, rows: &[Row]) -> Result<T> {
+    rows.first()
+        .ok_or_else(|| Error::Storage(format!("{op}: no result row")))?
+        .try_get(0)
+        .map_err(|e| Error::Storage(format!("{op}: unexpected row: {e}")))
 }
 
 /// Read a row of `job_select!`.
@@ -1138,6 +1320,7 @@ fn record_from_row(row: &Row) -> Result<JobRecord> {
         finished_at: column::<Option<DateTime<Utc>>>(row, 15, id)?.map(from_pg_time),
         worker_id: column(row, 16, id)?,
         lease_expires_at: column::<Option<DateTime<Utc>>>(row, 17, id)?.map(from_pg_time),
+        cancel_requested_at: column::<Option<DateTime<Utc>>>(row, 25, id)?.map(from_pg_time),
         last_error: last_error
             .map(|text| parse_error(&text, id, "last_error"))
             .transpose()?,
@@ -1303,10 +1486,10 @@ impl Storage for PostgresStorage {
         Ok(claimed.into_iter().map(|(job, _, _)| job).collect())
     }
 
-    async fn job_heartbeat(&self, p: JobHeartbeatParams) -> Result<Vec<JobId>> {
+    async fn job_heartbeat(&self, p: JobHeartbeatParams) -> Result<JobHeartbeatResult> {
         self.ensure_open()?;
         if p.leases.is_empty() {
-            return Ok(Vec::new());
+            return Ok(JobHeartbeatResult::default());
         }
         let ids: Vec<Uuid> = p.leases.iter().map(|(id, _)| id.0).collect();
         let tokens: Vec<Uuid> = p.leases.iter().map(|(_, lease)| lease.0).collect();
@@ -1319,19 +1502,25 @@ impl Storage for PostgresStorage {
                 &[&ids, &tokens, &now, &MAX_LEASE_HEARTBEAT_MS, &lease_beats],
             )
             .await?;
-        let mut extended = std::collections::HashSet::with_capacity(rows.len());
+        let mut extended = std::collections::HashMap::with_capacity(rows.len());
         for row in &rows {
             let id: Uuid = row
                 .try_get(0)
                 .map_err(|e| Error::Storage(format!("job_heartbeat: unexpected row: {e}")))?;
             let token: Uuid = column(row, 1, id)?;
-            extended.insert((id, token));
+            let cancel: bool = column(row, 2, id)?;
+            extended.insert((id, token), cancel);
         }
-        Ok(p.leases
-            .iter()
-            .filter(|(id, lease)| extended.contains(&(id.0, lease.0)))
-            .map(|(id, _)| *id)
-            .collect())
+        let mut out = JobHeartbeatResult::default();
+        for (id, lease) in &p.leases {
+            if let Some(&cancel) = extended.get(&(id.0, lease.0)) {
+                out.extended.push(*id);
+                if cancel {
+                    out.cancel_requested.push(*id);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn job_finish_many(&self, p: JobFinishManyParams) -> Result<Vec<bool>> {
@@ -1373,7 +1562,7 @@ impl Storage for PostgresStorage {
             statuses.push(status.as_str());
             retry_ats.push(retry_at);
             errors.push(error);
-            outcomes.push(outcome_name(outcome));
+            outcomes.push(outcome.as_str());
         }
         let now = to_pg_time(p.now)?;
         let rows = self
@@ -1440,18 +1629,90 @@ impl Storage for PostgresStorage {
     }
 
     async fn job_list(&self, p: JobListParams) -> Result<Vec<JobRecord>> {
-        let statuses: Vec<&str> = p.statuses.iter().map(|s| s.as_str()).collect();
+        let f = Filter::new(&p.filter)?;
         let cursor = p.cursor.map(|c| c.0);
         let limit = i64::from(p.limit);
-        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&p.name, &p.queue, &cursor, &limit];
-        let sql = if statuses.is_empty() {
-            JOB_LIST
-        } else {
-            params.push(&statuses);
-            JOB_LIST_BY_STATUS
-        };
-        let rows = self.query("job_list", sql, &params).await?;
+        let rows = self
+            .query("job_list", f.pick(JOB_LIST), &f.params(&[&cursor, &limit]))
+            .await?;
         rows.iter().map(record_from_row).collect()
+    }
+
+    async fn job_count(&self, p: JobCountParams) -> Result<u64> {
+        let f = Filter::new(&p.filter)?;
+        let rows = self
+            .query("job_count", f.pick(JOB_COUNT), &f.params(&[]))
+            .await?;
+        let n: i64 = first_column("job_count", &rows)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn job_cancel(&self, p: JobCancelParams) -> Result<JobCancelResult> {
+        let f = Filter::new(&p.filter)?;
+        let now = to_pg_time(p.now)?;
+        let rows = self
+            .query("job_cancel", f.pick(JOB_CANCEL), &f.params(&[&now]))
+            .await?;
+        let decode =
+            |e: tokio_postgres::Error| Error::Storage(format!("job_cancel: unexpected row: {e}"));
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::Storage("job_cancel: no result row".to_owned()))?;
+        let cancelled: i64 = row.try_get(0).map_err(decode)?;
+        let requested: i64 = row.try_get(1).map_err(decode)?;
+        Ok(JobCancelResult {
+            cancelled: u64::try_from(cancelled).unwrap_or(0),
+            requested: u64::try_from(requested).unwrap_or(0),
+        })
+    }
+
+    async fn job_retry(&self, p: JobRetryParams) -> Result<u64> {
+        let f = Filter::new(&p.filter)?;
+        let now = to_pg_time(p.now)?;
+        let rows = self
+            .query(
+                "job_retry",
+                f.pick(JOB_RETRY),
+                &f.params(&[&now, &self.channel]),
+            )
+            .await?;
+        let mut total = 0;
+        for row in &rows {
+            let n: i64 = row
+                .try_get(0)
+                .map_err(|e| Error::Storage(format!("job_retry: unexpected row: {e}")))?;
+            total += u64::try_from(n).unwrap_or(0);
+        }
+        Ok(total)
+    }
+
+    async fn job_delete(&self, p: JobDeleteParams) -> Result<u64> {
+        let f = Filter::new(&p.filter)?;
+        let rows = self
+            .query("job_delete", f.pick(JOB_DELETE), &f.params(&[]))
+            .await?;
+        let n: i64 = first_column("job_delete", &rows)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn job_prune(&self, p: JobPruneParams) -> Result<u64> {
+        self.ensure_open()?;
+        let statuses: Vec<&str> = p
+            .statuses
+            .iter()
+            .filter(|s| s.is_final())
+            .map(|s| s.as_str())
+            .collect();
+        if p.limit == 0 || statuses.is_empty() {
+            return Ok(0);
+        }
+        let before = to_pg_time(p.finished_before)?;
+        let limit = i64::from(p.limit);
+        let rows = self
+            .query("job_prune", JOB_PRUNE, &[&statuses, &before, &limit])
+            .await?;
+        let n: i64 = first_column("job_prune", &rows)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn job_counts(&self) -> Result<Vec<QueueCount>> {
@@ -1588,15 +1849,10 @@ mod tests {
 
     #[test]
     fn stored_outcome_names_match_serde() {
-        for outcome in [
-            AttemptOutcome::Completed,
-            AttemptOutcome::Failed,
-            AttemptOutcome::LeaseExpired,
-            AttemptOutcome::Released,
-        ] {
+        for outcome in AttemptOutcome::ALL {
             let json = serde_json::to_string(&outcome).unwrap();
-            assert_eq!(json, format!("\"{}\"", outcome_name(outcome)));
-            assert_eq!(parse_outcome(outcome_name(outcome)), Some(outcome));
+            assert_eq!(json, format!("\"{}\"", outcome.as_str()));
+            assert_eq!(parse_outcome(outcome.as_str()), Some(outcome));
         }
     }
 
@@ -1749,27 +2005,161 @@ mod tests {
             assert!(!p.contains("Seq Scan on jobs"), "{what}:\n{p}");
         }
 
+        // The filtered statements, by ids, by statuses and with no filter.
+        let no_ids: Option<Vec<Uuid>> = None;
+        let some_ids = Some(vec![Uuid::nil()]);
+        let no_statuses: Option<Vec<&str>> = None;
+        let failed = Some(vec!["failed"]);
         let none: Option<String> = None;
-        let cursor: Option<Uuid> = None;
-        let list = plan(&client, JOB_LIST, &[&none, &none, &cursor, &10_i64]).await;
+        let no_time: Option<DateTime<Utc>> = None;
+        let (no_cursor, limit) = (None::<Uuid>, 10_i64);
+        let forms: [[&(dyn ToSql + Sync); 7]; 3] = [
+            [
+                &some_ids,
+                &no_statuses,
+                &none,
+                &none,
+                &no_time,
+                &no_time,
+                &none,
+            ],
+            [&no_ids, &failed, &none, &none, &no_time, &no_time, &none],
+            [
+                &no_ids,
+                &no_statuses,
+                &none,
+                &none,
+                &no_time,
+                &no_time,
+                &none,
+            ],
+        ];
+        fn params<'a>(
+            form: &[&'a (dyn ToSql + Sync); 7],
+            extra: &[&'a (dyn ToSql + Sync)],
+        ) -> Vec<&'a (dyn ToSql + Sync)> {
+            [form.as_slice(), extra].concat()
+        }
+        let list_extra: [&(dyn ToSql + Sync); 2] = [&no_cursor, &limit];
+        let list = plan(&client, JOB_LIST[2], &params(&forms[2], &list_extra)).await;
         assert!(
             list.contains("Index Scan Backward using jobs_pkey"),
             "{list}"
         );
         assert!(list.contains("using attempts_job"), "{list}");
-        let failed = vec!["failed"];
-        let by_status = plan(
-            &client,
-            JOB_LIST_BY_STATUS,
-            &[&none, &none, &cursor, &10_i64, &failed],
-        )
-        .await;
+        let by_status = plan(&client, JOB_LIST[1], &params(&forms[1], &list_extra)).await;
         assert!(by_status.contains("using jobs_status"), "{by_status}");
+        let by_ids = plan(&client, JOB_LIST[0], &params(&forms[0], &list_extra)).await;
+        assert!(by_ids.contains("using jobs_pkey"), "{by_ids}");
+        let channel = "c";
+        for (what, sql, extra) in [
+            ("count", JOB_COUNT, vec![]),
+            ("cancel", JOB_CANCEL, vec![&now as &(dyn ToSql + Sync)]),
+            (
+                "retry",
+                JOB_RETRY,
+                vec![&now as &(dyn ToSql + Sync), &channel],
+            ),
+            ("delete", JOB_DELETE, vec![]),
+        ] {
+            let p = plan(&client, sql[0], &params(&forms[0], &extra)).await;
+            assert!(p.contains("using jobs_pkey"), "{what} by ids:\n{p}");
+            let p = plan(&client, sql[1], &params(&forms[1], &extra)).await;
+            assert!(
+                p.contains("using jobs_status") || p.contains("using jobs_finished"),
+                "{what} by status:\n{p}"
+            );
+        }
+        let statuses = vec!["completed"];
+        let prune = plan(&client, JOB_PRUNE, &[&statuses, &now, &10_i64]).await;
+        assert!(prune.contains("using jobs_finished"), "{prune}");
 
         drop(client);
         s.close().await.unwrap();
         let (admin, connection) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
         tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema)))
+            .await
+            .unwrap();
+    }
+
+    /// A schema at version 1 with jobs and history is upgraded in place: the jobs keep
+    /// their data and the new outcomes can be written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_version_1_schema_is_upgraded() {
+        use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
+        use crate::storage::{JobFilter, JobRetryParams};
+        let Some(dsn) = test_dsn() else { return };
+        let schema = format!("v1_{}_{:08x}", std::process::id(), rand::random::<u32>());
+        let (admin, connection) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        let job = new_job(NAME, QUEUE);
+        let setup = format!(
+            "CREATE SCHEMA {q}; SET search_path = {q}; {MIGRATIONS_TABLE}; {v1};
+             INSERT INTO schema_migrations (version, description) VALUES (1, 'v1');",
+            q = quote_ident(&schema),
+            v1 = MIGRATIONS[0].sql,
+        );
+        admin.batch_execute(&setup).await.unwrap();
+        let t0 = to_pg_time(T0).unwrap();
+        admin
+            .execute(
+                "INSERT INTO jobs (id, name, queue, args, status, priority, retry, heartbeat_ms,
+                     version, created_at, run_at, finished_at)
+                 VALUES ($1, $2, $3, '{}', 'failed', 0, $4, 5000, 1, $5, $5, $5)",
+                &[&job.id.0, &job.name, &job.queue, &job.retry.to_json(), &t0],
+            )
+            .await
+            .unwrap();
+        admin
+            .execute(
+                "INSERT INTO attempts (job_id, attempt, worker_id, started_at, finished_at,
+                     outcome) VALUES ($1, 1, 'w', $2, $2, 'failed')",
+                &[&job.id.0, &t0],
+            )
+            .await
+            .unwrap();
+
+        let opts = PostgresOptions {
+            schema: schema.clone(),
+            ..PostgresOptions::default()
+        };
+        let s = PostgresStorage::connect(&dsn, opts).await.unwrap();
+        let got = s.job_get(job.id).await.unwrap().unwrap();
+        assert_eq!(
+            (got.status, got.cancel_requested_at, got.history.len()),
+            (JobStatus::Failed, None, 1)
+        );
+        let filter = JobFilter {
+            ids: Some(vec![job.id]),
+            ..JobFilter::default()
+        };
+        let retried = s
+            .job_retry(JobRetryParams { filter, now: T0 })
+            .await
+            .unwrap();
+        assert_eq!(retried, 1);
+        let got = s.job_get(job.id).await.unwrap().unwrap();
+        assert_eq!(
+            got.history.iter().map(|h| h.outcome).collect::<Vec<_>>(),
+            vec![AttemptOutcome::Failed, AttemptOutcome::Retried]
+        );
+        let versions: Vec<i32> = admin
+            .query(
+                &format!(
+                    "SELECT version FROM {}.schema_migrations ORDER BY version",
+                    quote_ident(&schema)
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(versions, vec![1, 2]);
+        s.close().await.unwrap();
         admin
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema)))
             .await

@@ -29,16 +29,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rusqlite::config::DbConfig;
-use rusqlite::types::ValueRef;
+use rusqlite::types::{ToSql, ValueRef};
 use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transaction,
     TransactionBehavior, MAIN_DB,
 };
 
 use super::{
-    lease_duration, FinishOutcome, JobClaimParams, JobFinishManyParams, JobHeartbeatParams,
-    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobReclaimParams, JobReleaseParams,
-    Storage,
+    lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
+    JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams,
+    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams, JobPruneParams,
+    JobReclaimParams, JobReleaseParams, JobRetryParams, Storage,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -155,6 +156,10 @@ const MIGRATIONS: &[&str] = &[
         WHERE status = 'running';
     CREATE INDEX hauler_jobs_status ON hauler_jobs (status, id);
     CREATE INDEX hauler_jobs_queue_status ON hauler_jobs (queue, status);",
+    // 2: cancelling running jobs; pruning finished jobs by age.
+    "ALTER TABLE hauler_jobs ADD COLUMN cancel_requested_at INTEGER;
+    CREATE INDEX hauler_jobs_finished ON hauler_jobs (status, finished_at)
+        WHERE finished_at IS NOT NULL;",
 ];
 
 /// The schema version this build writes and reads.
@@ -194,46 +199,56 @@ const CLAIM_ONE: &str = "UPDATE hauler_jobs
     WHERE id = ?1 AND status IN ('scheduled', 'available', 'retryable')
     RETURNING name, queue, args, attempt, retry, timeout_ms, heartbeat_ms, version";
 
-const LEASE_HEARTBEAT_MS: &str =
-    "SELECT heartbeat_ms FROM hauler_jobs WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
+const LEASE_HEARTBEAT_MS: &str = "SELECT heartbeat_ms, cancel_requested_at IS NOT NULL
+    FROM hauler_jobs WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
 
 const LEASE_EXTEND: &str = "UPDATE hauler_jobs SET lease_expires_at = ?2 WHERE id = ?1";
 
 /// End the attempt of job `?1` running under token `?2` at time `?7`: new status `?3`,
 /// `run_at` `?4` (NULL: unchanged), `finished_at` `?5`, error `?6` (JSON or NULL), history
-/// outcome `?8`.
+/// outcome `?8`; or, if its cancel was requested, `cancelled` (history: `cancelled`).
 const JOB_FINISH: &str = "UPDATE hauler_jobs
-    SET status = ?3,
-        run_at = coalesce(?4, run_at),
-        finished_at = ?5,
+    SET status = CASE WHEN cancel_requested_at IS NULL THEN ?3 ELSE 'cancelled' END,
+        run_at = CASE WHEN cancel_requested_at IS NULL THEN coalesce(?4, run_at)
+                      ELSE run_at END,
+        finished_at = CASE WHEN cancel_requested_at IS NULL THEN ?5 ELSE ?7 END,
         last_error = coalesce(?6, last_error),
         history = json_insert(history, '$[#]', json_object(
             'attempt', attempt, 'worker_id', coalesce(worker_id, ''),
             'started_at', coalesce(started_at, ?7), 'finished_at', ?7,
-            'outcome', ?8, 'error', json(?6))),
+            'outcome', CASE WHEN cancel_requested_at IS NULL THEN ?8 ELSE 'cancelled' END,
+            'error', json(?6))),
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
     WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
 
+/// Hand back at `?3` job `?1` running under token `?2`: `available`, the attempt not
+/// counted; or `cancelled` if its cancel was requested.
 const JOB_RELEASE: &str = "UPDATE hauler_jobs
-    SET status = 'available',
-        attempt = attempt - 1,
-        run_at = ?3,
+    SET status = CASE WHEN cancel_requested_at IS NULL THEN 'available' ELSE 'cancelled' END,
+        attempt = CASE WHEN cancel_requested_at IS NULL THEN attempt - 1 ELSE attempt END,
+        run_at = CASE WHEN cancel_requested_at IS NULL THEN ?3 ELSE run_at END,
+        finished_at = CASE WHEN cancel_requested_at IS NULL THEN finished_at ELSE ?3 END,
         history = json_insert(history, '$[#]', json_object(
             'attempt', attempt, 'worker_id', coalesce(worker_id, ''),
             'started_at', coalesce(started_at, ?3), 'finished_at', ?3,
-            'outcome', 'released', 'error', NULL)),
+            'outcome', CASE WHEN cancel_requested_at IS NULL THEN 'released' ELSE 'cancelled' END,
+            'error', NULL)),
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
     WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
 
 /// Reclaim every job whose lease ended before `?1`. A job may make another attempt while
-/// `attempt <= max_retries` (as `MaxRetries::allows_another` counts). The error, written
-/// to both `last_error` and the history entry, names the worker that lost the lease.
+/// `attempt <= max_retries` (as `MaxRetries::allows_another` counts), unless its cancel
+/// was requested (it becomes `cancelled`). The error, written to both `last_error` and the
+/// history entry, names the worker that lost the lease.
 const JOB_RECLAIM: &str = "UPDATE hauler_jobs INDEXED BY hauler_jobs_lease
-    SET status = CASE WHEN max_retries IS NULL OR attempt <= max_retries
-                      THEN 'available' ELSE 'failed' END,
-        run_at = CASE WHEN max_retries IS NULL OR attempt <= max_retries
+    SET status = CASE WHEN cancel_requested_at IS NOT NULL THEN 'cancelled'
+                      WHEN max_retries IS NULL OR attempt <= max_retries THEN 'available'
+                      ELSE 'failed' END,
+        run_at = CASE WHEN cancel_requested_at IS NULL
+                           AND (max_retries IS NULL OR attempt <= max_retries)
                       THEN ?1 ELSE run_at END,
-        finished_at = CASE WHEN max_retries IS NULL OR attempt <= max_retries
+        finished_at = CASE WHEN cancel_requested_at IS NULL
+                                AND (max_retries IS NULL OR attempt <= max_retries)
                            THEN NULL ELSE ?1 END,
         last_error = json_object('kind', 'LeaseExpired', 'message',
             'lease expired: worker ' || coalesce(worker_id, '') || ' stopped heartbeating',
@@ -253,32 +268,88 @@ macro_rules! job_columns {
     () => {
         "id, name, queue, args, status, attempt, retry, priority, timeout_ms, heartbeat_ms, \
          version, unique_key, created_at, run_at, started_at, finished_at, worker_id, \
-         lease_expires_at, last_error, history"
+         lease_expires_at, last_error, history, cancel_requested_at"
+    };
+}
+
+/// The conditions of a [`JobFilter`], bound as `?1` ids (a JSON array or NULL), `?2`
+/// statuses (a JSON array or NULL), `?3` name, `?4` queue, `?5`/`?6` the `created_at`
+/// range and `?7` the text to find in `args` (each NULL when not filtered on).
+macro_rules! filter_conditions {
+    () => {
+        "(?1 IS NULL OR id IN (SELECT value FROM json_each(?1)))
+      AND (?2 IS NULL OR status IN (SELECT value FROM json_each(?2)))
+      AND (?3 IS NULL OR name = ?3) AND (?4 IS NULL OR queue = ?4)
+      AND (?5 IS NULL OR created_at >= ?5) AND (?6 IS NULL OR created_at < ?6)
+      AND (?7 IS NULL OR instr(args, ?7) > 0)"
+    };
+}
+
+/// `head WHERE <filter> tail`, in three forms that lead with what an index can use: by
+/// ids (primary key), by statuses (`hauler_jobs_status`), and neither. [`Filter::pick`]
+/// chooses; all three take the same parameters.
+macro_rules! filtered {
+    ($head:expr, $tail:expr) => {
+        [
+            concat!(
+                $head,
+                " WHERE id IN (SELECT value FROM json_each(?1)) AND ",
+                filter_conditions!(),
+                $tail
+            ),
+            concat!(
+                $head,
+                " WHERE status IN (SELECT value FROM json_each(?2)) AND ",
+                filter_conditions!(),
+                $tail
+            ),
+            concat!($head, " WHERE ", filter_conditions!(), $tail),
+        ]
     };
 }
 
 const JOB_GET: &str = concat!("SELECT ", job_columns!(), " FROM hauler_jobs WHERE id = ?1");
 
-// Ids are lowercase hex and hyphens, all sorting before '~': with no cursor the range is
-// the whole table, and `id <` stays an index range either way.
-const JOB_LIST: &str = concat!(
-    "SELECT ",
-    job_columns!(),
-    " FROM hauler_jobs
-    WHERE (?2 IS NULL OR name = ?2) AND (?3 IS NULL OR queue = ?3)
-      AND id < coalesce(?4, '~')
-    ORDER BY id DESC LIMIT ?5"
+// Ids are lowercase hex and hyphens, all sorting before '~': with no cursor (`?8`) the
+// range is the whole table, and `id <` stays an index range either way.
+const JOB_LIST: [&str; 3] = filtered!(
+    concat!("SELECT ", job_columns!(), " FROM hauler_jobs"),
+    " AND id < coalesce(?8, '~') ORDER BY id DESC LIMIT ?9"
 );
 
-const JOB_LIST_BY_STATUS: &str = concat!(
-    "SELECT ",
-    job_columns!(),
-    " FROM hauler_jobs
-    WHERE status IN (SELECT value FROM json_each(?1))
-      AND (?2 IS NULL OR name = ?2) AND (?3 IS NULL OR queue = ?3)
-      AND id < coalesce(?4, '~')
-    ORDER BY id DESC LIMIT ?5"
+const JOB_COUNT: [&str; 3] = filtered!("SELECT count(*) FROM hauler_jobs", "");
+
+/// Cancel at `?8` the matching jobs: pending ones at once, running ones by request.
+const JOB_CANCEL: [&str; 3] = filtered!(
+    "UPDATE hauler_jobs
+    SET status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
+        finished_at = CASE WHEN status = 'running' THEN finished_at ELSE ?8 END,
+        cancel_requested_at = CASE WHEN status = 'running'
+                                   THEN coalesce(cancel_requested_at, ?8)
+                                   ELSE cancel_requested_at END",
+    " AND status IN ('scheduled', 'available', 'retryable', 'running') RETURNING status"
 );
+
+/// Make the matching failed and cancelled jobs available at `?8`, attempts back to 0, with
+/// a `retried` history entry.
+const JOB_RETRY: [&str; 3] = filtered!(
+    "UPDATE hauler_jobs
+    SET status = 'available', attempt = 0, run_at = ?8, finished_at = NULL,
+        cancel_requested_at = NULL,
+        history = json_insert(history, '$[#]', json_object(
+            'attempt', attempt, 'worker_id', '', 'started_at', ?8, 'finished_at', ?8,
+            'outcome', 'retried', 'error', NULL))",
+    " AND status IN ('failed', 'cancelled')"
+);
+
+const JOB_DELETE: [&str; 3] = filtered!("DELETE FROM hauler_jobs", " AND status <> 'running'");
+
+/// Delete up to `?3` jobs of statuses `?1` (a JSON array of final statuses) that finished
+/// before `?2`.
+const JOB_PRUNE: &str = "DELETE FROM hauler_jobs WHERE id IN (
+    SELECT id FROM hauler_jobs INDEXED BY hauler_jobs_finished
+    WHERE status IN (SELECT value FROM json_each(?1)) AND finished_at < ?2
+    LIMIT ?3)";
 
 const JOB_COUNTS: &str = "SELECT queue, status, count(*) FROM hauler_jobs GROUP BY queue, status";
 
@@ -619,6 +690,7 @@ struct RawJob {
     lease_expires_at: Option<i64>,
     last_error: Option<String>,
     history: String,
+    cancel_requested_at: Option<i64>,
 }
 
 impl RawJob {
@@ -645,6 +717,7 @@ impl RawJob {
             lease_expires_at: row.get(17)?,
             last_error: row.get(18)?,
             history: row.get(19)?,
+            cancel_requested_at: row.get(20)?,
         })
     }
 
@@ -678,6 +751,7 @@ impl RawJob {
             started_at: self.started_at.map(Timestamp::from_micros),
             finished_at: self.finished_at.map(Timestamp::from_micros),
             lease_expires_at: self.lease_expires_at.map(Timestamp::from_micros),
+            cancel_requested_at: self.cancel_requested_at.map(Timestamp::from_micros),
             last_error,
             history: serde_json::from_str::<Vec<AttemptRecord>>(&self.history)
                 .map_err(|e| corrupt(id, format_args!("history: {e}")))?,
@@ -896,29 +970,34 @@ fn fail_corrupt(
         now,
         error,
         now,
-        outcome_name(AttemptOutcome::Failed),
+        AttemptOutcome::Failed.as_str(),
     ])?;
     Ok(())
 }
 
-fn heartbeat_jobs(tx: &Transaction<'_>, p: &JobHeartbeatParams) -> DbResult<Vec<JobId>> {
+fn heartbeat_jobs(tx: &Transaction<'_>, p: &JobHeartbeatParams) -> DbResult<JobHeartbeatResult> {
     let mut check = tx.prepare_cached(LEASE_HEARTBEAT_MS)?;
     let mut extend = tx.prepare_cached(LEASE_EXTEND)?;
-    let mut extended = Vec::new();
+    let mut out = JobHeartbeatResult::default();
     for (id, lease) in &p.leases {
         let id_text = id.to_string();
-        let heartbeat_ms: Option<i64> = check
-            .query_row(params![id_text, lease.to_string()], |r| r.get(0))
+        let held: Option<(i64, bool)> = check
+            .query_row(params![id_text, lease.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
-        let Some(heartbeat_ms) = heartbeat_ms else {
+        let Some((heartbeat_ms, cancel_requested)) = held else {
             continue;
         };
         let heartbeat_ms: u64 = from_sql_int(heartbeat_ms, &id_text, "heartbeat_ms")?;
         let expires = p.now.plus(lease_duration(heartbeat_ms));
         extend.execute(params![id_text, expires.as_micros()])?;
-        extended.push(*id);
+        out.extended.push(*id);
+        if cancel_requested {
+            out.cancel_requested.push(*id);
+        }
     }
-    Ok(extended)
+    Ok(out)
 }
 
 fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bool>> {
@@ -957,7 +1036,7 @@ fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bo
             finished_at,
             error,
             now,
-            outcome_name(outcome),
+            outcome.as_str(),
         ])?;
         accepted.push(changed == 1);
     }
@@ -969,16 +1048,6 @@ fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bo
         }
     }
     Ok(accepted)
-}
-
-/// The stored name of an attempt outcome (as serde writes it in `history`).
-const fn outcome_name(outcome: AttemptOutcome) -> &'static str {
-    match outcome {
-        AttemptOutcome::Completed => "completed",
-        AttemptOutcome::Failed => "failed",
-        AttemptOutcome::LeaseExpired => "lease_expired",
-        AttemptOutcome::Released => "released",
-    }
 }
 
 fn release_jobs(tx: &Transaction<'_>, p: &JobReleaseParams) -> DbResult<u64> {
@@ -1008,25 +1077,141 @@ fn get_job(tx: &Transaction<'_>, id: JobId) -> DbResult<Option<JobRecord>> {
     Ok(raw.map(RawJob::into_record).transpose()?)
 }
 
+/// A [`JobFilter`] as the parameters `?1` to `?7` of [`filter_conditions!`].
+struct Filter {
+    ids: Option<String>,
+    statuses: Option<String>,
+    name: Option<String>,
+    queue: Option<String>,
+    created_from: Option<i64>,
+    created_to: Option<i64>,
+    args_contains: Option<String>,
+    /// Which form of a [`filtered!`] statement to run.
+    form: usize,
+}
+
+impl Filter {
+    fn new(f: &JobFilter) -> DbResult<Self> {
+        let ids = f
+            .ids
+            .as_ref()
+            .map(|ids| {
+                let texts: Vec<String> = ids.iter().map(JobId::to_string).collect();
+                serde_json::to_string(&texts)
+            })
+            .transpose()?;
+        let statuses = if f.statuses.is_empty() {
+            None
+        } else {
+            let names: Vec<&str> = f.statuses.iter().map(|s| s.as_str()).collect();
+            Some(serde_json::to_string(&names)?)
+        };
+        let form = if ids.is_some() {
+            0
+        } else if statuses.is_some() {
+            1
+        } else {
+            2
+        };
+        Ok(Filter {
+            ids,
+            statuses,
+            name: f.name.clone(),
+            queue: f.queue.clone(),
+            created_from: f.created_from.map(Timestamp::as_micros),
+            created_to: f.created_to.map(Timestamp::as_micros),
+            args_contains: f.args_contains.clone(),
+            form,
+        })
+    }
+
+    /// The form of `sql` that suits this filter.
+    fn pick(&self, sql: [&'static str; 3]) -> &'static str {
+        sql[self.form]
+    }
+
+    /// The filter's parameters followed by `extra` (`?8` onwards).
+    fn params<'a>(&'a self, extra: &[&'a dyn ToSql]) -> Vec<&'a dyn ToSql> {
+        let mut all: Vec<&dyn ToSql> = vec![
+            &self.ids,
+            &self.statuses,
+            &self.name,
+            &self.queue,
+            &self.created_from,
+            &self.created_to,
+            &self.args_contains,
+        ];
+        all.extend_from_slice(extra);
+        all
+    }
+}
+
 fn list_jobs(tx: &Transaction<'_>, p: &JobListParams) -> DbResult<Vec<JobRecord>> {
-    let (sql, statuses) = if p.statuses.is_empty() {
-        (JOB_LIST, None)
-    } else {
-        let names: Vec<&str> = p.statuses.iter().map(|s| s.as_str()).collect();
-        (JOB_LIST_BY_STATUS, Some(serde_json::to_string(&names)?))
-    };
-    let mut stmt = tx.prepare_cached(sql)?;
-    // JOB_LIST leaves ?1 unused; both statements take the same five parameters.
+    let f = Filter::new(&p.filter)?;
+    let mut stmt = tx.prepare_cached(f.pick(JOB_LIST))?;
     let cursor = p.cursor.map(|c| c.to_string());
-    let rows = stmt.query_map(
-        params![statuses, p.name, p.queue, cursor, p.limit],
-        RawJob::from_row,
-    )?;
+    let rows = stmt.query_map(&*f.params(&[&cursor, &p.limit]), RawJob::from_row)?;
     let mut jobs = Vec::new();
     for raw in rows {
         jobs.push(raw?.into_record()?);
     }
     Ok(jobs)
+}
+
+fn count_matching(tx: &Transaction<'_>, p: &JobCountParams) -> DbResult<u64> {
+    let f = Filter::new(&p.filter)?;
+    let n: i64 = tx
+        .prepare_cached(f.pick(JOB_COUNT))?
+        .query_row(&*f.params(&[]), |r| r.get(0))?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+fn cancel_jobs(tx: &Transaction<'_>, p: &JobCancelParams) -> DbResult<JobCancelResult> {
+    let f = Filter::new(&p.filter)?;
+    let now = p.now.as_micros();
+    let mut stmt = tx.prepare_cached(f.pick(JOB_CANCEL))?;
+    let rows = stmt.query_map(&*f.params(&[&now]), |r| r.get::<_, String>(0))?;
+    let mut result = JobCancelResult::default();
+    for status in rows {
+        if status? == JobStatus::Running.as_str() {
+            result.requested += 1;
+        } else {
+            result.cancelled += 1;
+        }
+    }
+    Ok(result)
+}
+
+fn retry_jobs(tx: &Transaction<'_>, p: &JobRetryParams) -> DbResult<u64> {
+    let f = Filter::new(&p.filter)?;
+    let now = p.now.as_micros();
+    let changed = tx
+        .prepare_cached(f.pick(JOB_RETRY))?
+        .execute(&*f.params(&[&now]))?;
+    Ok(changed as u64)
+}
+
+fn delete_jobs(tx: &Transaction<'_>, p: &JobDeleteParams) -> DbResult<u64> {
+    let f = Filter::new(&p.filter)?;
+    let changed = tx
+        .prepare_cached(f.pick(JOB_DELETE))?
+        .execute(&*f.params(&[]))?;
+    Ok(changed as u64)
+}
+
+fn prune_jobs(tx: &Transaction<'_>, p: &JobPruneParams) -> DbResult<u64> {
+    let statuses: Vec<&str> = p
+        .statuses
+        .iter()
+        .filter(|s| s.is_final())
+        .map(|s| s.as_str())
+        .collect();
+    let changed = tx.prepare_cached(JOB_PRUNE)?.execute(params![
+        serde_json::to_string(&statuses)?,
+        p.finished_before.as_micros(),
+        p.limit
+    ])?;
+    Ok(changed as u64)
 }
 
 fn count_jobs(tx: &Transaction<'_>) -> DbResult<Vec<QueueCount>> {
@@ -1094,10 +1279,10 @@ impl Storage for SqliteStorage {
             .await
     }
 
-    async fn job_heartbeat(&self, params: JobHeartbeatParams) -> Result<Vec<JobId>> {
+    async fn job_heartbeat(&self, params: JobHeartbeatParams) -> Result<JobHeartbeatResult> {
         if params.leases.is_empty() {
             self.ensure_open()?;
-            return Ok(Vec::new());
+            return Ok(JobHeartbeatResult::default());
         }
         self.run(move |db| db.write("job_heartbeat", |tx| heartbeat_jobs(tx, &params)))
             .await
@@ -1133,6 +1318,35 @@ impl Storage for SqliteStorage {
 
     async fn job_list(&self, params: JobListParams) -> Result<Vec<JobRecord>> {
         self.run(move |db| db.read("job_list", |tx| list_jobs(tx, &params)))
+            .await
+    }
+
+    async fn job_count(&self, params: JobCountParams) -> Result<u64> {
+        self.run(move |db| db.read("job_count", |tx| count_matching(tx, &params)))
+            .await
+    }
+
+    async fn job_cancel(&self, params: JobCancelParams) -> Result<JobCancelResult> {
+        self.run(move |db| db.write("job_cancel", |tx| cancel_jobs(tx, &params)))
+            .await
+    }
+
+    async fn job_retry(&self, params: JobRetryParams) -> Result<u64> {
+        self.run(move |db| db.write("job_retry", |tx| retry_jobs(tx, &params)))
+            .await
+    }
+
+    async fn job_delete(&self, params: JobDeleteParams) -> Result<u64> {
+        self.run(move |db| db.write("job_delete", |tx| delete_jobs(tx, &params)))
+            .await
+    }
+
+    async fn job_prune(&self, params: JobPruneParams) -> Result<u64> {
+        if params.limit == 0 || !params.statuses.iter().any(|s| s.is_final()) {
+            self.ensure_open()?;
+            return Ok(0);
+        }
+        self.run(move |db| db.write("job_prune", |tx| prune_jobs(tx, &params)))
             .await
     }
 
@@ -1219,16 +1433,39 @@ mod tests {
             );
         }
 
-        let list = plan(&conn, JOB_LIST);
+        let [list_ids, list_status, list_all] = JOB_LIST.map(|sql| plan(&conn, sql));
         assert!(
-            list.contains("sqlite_autoindex_hauler_jobs_1 (id<?)"),
-            "{list}"
+            list_all.contains("sqlite_autoindex_hauler_jobs_1 (id<?)"),
+            "{list_all}"
         );
-        assert!(!list.contains("TEMP B-TREE"), "{list}");
-        let by_status = plan(&conn, JOB_LIST_BY_STATUS);
+        assert!(!list_all.contains("TEMP B-TREE"), "{list_all}");
         assert!(
-            by_status.contains("hauler_jobs_status (status=? AND id<?)"),
-            "{by_status}"
+            list_status.contains("hauler_jobs_status (status=? AND id<?)"),
+            "{list_status}"
+        );
+        assert!(
+            list_ids.contains("sqlite_autoindex_hauler_jobs_1 (id=?)"),
+            "{list_ids}"
+        );
+        // Every filtered statement reaches jobs by id or status when filtered on them.
+        for sql in [JOB_COUNT, JOB_CANCEL, JOB_RETRY, JOB_DELETE] {
+            let [by_ids, by_status, _] = sql.map(|one| plan(&conn, one));
+            // By primary key, or by status and id (the status index ends with the id).
+            assert!(
+                by_ids.contains("id=?)") && !by_ids.contains("SCAN hauler_jobs"),
+                "{}\n{by_ids}",
+                sql[0]
+            );
+            assert!(
+                by_status.contains("hauler_jobs_status (status=?)"),
+                "{}\n{by_status}",
+                sql[1]
+            );
+        }
+        let prune = plan(&conn, JOB_PRUNE);
+        assert!(
+            prune.contains("USING INDEX hauler_jobs_finished (status=? AND finished_at<?)"),
+            "{prune}"
         );
 
         let counts = plan(&conn, JOB_COUNTS);
@@ -1332,16 +1569,70 @@ mod tests {
         assert_eq!(schema_version(&conn, &path).unwrap(), SCHEMA_VERSION);
     }
 
+    /// A file written by the first schema version is upgraded in place: its jobs keep
+    /// their data and can be cancelled, retried and pruned.
+    #[tokio::test]
+    async fn a_version_1_file_is_upgraded() {
+        use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
+        use crate::storage::JobFilter;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = open_connection(&path, &SqliteOptions::default()).unwrap();
+            conn.execute_batch(META_CREATE).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute(META_SET_VERSION, ["1"]).unwrap();
+        }
+        let job = new_job(NAME, QUEUE);
+        {
+            // Stored by a version-1 hauler: the columns of the first schema only.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute(
+                "INSERT INTO hauler_jobs (id, name, queue, args, status, priority, retry,
+                    heartbeat_ms, version, created_at, run_at, finished_at, history)
+                 VALUES (?1, ?2, ?3, '{}', 'failed', 0, ?4, 5000, 1, ?5, ?5, ?5,
+                    '[{\"attempt\":1,\"worker_id\":\"w\",\"started_at\":1,\"finished_at\":2,\"outcome\":\"failed\",\"error\":null}]')",
+                params![
+                    job.id.to_string(),
+                    job.name,
+                    job.queue,
+                    job.retry.to_json(),
+                    T0.as_micros()
+                ],
+            )
+            .unwrap();
+        }
+        let storage = SqliteStorage::open(&path, SqliteOptions::default()).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        assert_eq!(schema_version(&conn, &path).unwrap(), SCHEMA_VERSION);
+        let got = storage.job_get(job.id).await.unwrap().unwrap();
+        assert_eq!(
+            (got.status, got.cancel_requested_at, got.history.len()),
+            (JobStatus::Failed, None, 1)
+        );
+        let filter = JobFilter {
+            ids: Some(vec![job.id]),
+            ..JobFilter::default()
+        };
+        let retried = storage
+            .job_retry(JobRetryParams {
+                filter: filter.clone(),
+                now: T0,
+            })
+            .await
+            .unwrap();
+        assert_eq!(retried, 1);
+        let got = storage.job_get(job.id).await.unwrap().unwrap();
+        assert_eq!(got.history.len(), 2);
+        assert_eq!(got.history[1].outcome, AttemptOutcome::Retried);
+    }
+
     #[test]
     fn stored_outcome_names_match_serde() {
-        for outcome in [
-            AttemptOutcome::Completed,
-            AttemptOutcome::Failed,
-            AttemptOutcome::LeaseExpired,
-            AttemptOutcome::Released,
-        ] {
+        for outcome in AttemptOutcome::ALL {
             let json = serde_json::to_string(&outcome).unwrap();
-            assert_eq!(json, format!("\"{}\"", outcome_name(outcome)));
+            assert_eq!(json, format!("\"{}\"", outcome.as_str()));
         }
     }
 }
