@@ -1004,11 +1004,16 @@ fn session_config(dsn: &str, opts: &PostgresOptions) -> Result<tokio_postgres::C
         .parse()
         .map_err(|e| Error::Config(format!("invalid PostgreSQL DSN: {e}")))?;
     // A later `-c` wins over an earlier one, so this overrides a search_path in the DSN.
+    // Generic plans: hauler's statements (array parameters, CTEs) never qualify for
+    // PostgreSQL's automatic switch to a cached plan, so without this each execution is
+    // planned again, which costs about as much as running it.
+    let ours = format!(
+        "-c search_path={} -c plan_cache_mode=force_generic_plan",
+        opts.schema
+    );
     let options = match config.get_options() {
-        Some(theirs) if !theirs.trim().is_empty() => {
-            format!("{theirs} -c search_path={}", opts.schema)
-        }
-        _ => format!("-c search_path={}", opts.schema),
+        Some(theirs) if !theirs.trim().is_empty() => format!("{theirs} {ours}"),
+        _ => ours,
     };
     config.options(options);
     if config.get_application_name().is_none() {
@@ -1832,13 +1837,16 @@ mod tests {
         assert_eq!(config.get_application_name(), Some("api"));
         assert_eq!(
             config.get_options(),
-            Some("-c statement_timeout=5s -c search_path=hauler")
+            Some("-c statement_timeout=5s -c search_path=hauler -c plan_cache_mode=force_generic_plan")
         );
         assert_eq!(describe(&config), "postgresql://app@db.example:6543/jobs");
 
         let config = session_config("host=localhost user=u dbname=d", &opts).unwrap();
         assert_eq!(config.get_application_name(), Some("hauler"));
-        assert_eq!(config.get_options(), Some("-c search_path=hauler"));
+        assert_eq!(
+            config.get_options(),
+            Some("-c search_path=hauler -c plan_cache_mode=force_generic_plan")
+        );
         assert_eq!(config.get_connect_timeout(), Some(&opts.connect_timeout));
 
         match session_config("postgresql://u:hunter2@[broken", &opts) {
