@@ -8,6 +8,7 @@ Example:
 
 """
 
+from hauler.context import current_job_cancelled
 from hauler.errors import (
     ConfigError,
     HaulerError,
@@ -19,7 +20,15 @@ from hauler.errors import (
     WorkerStoppedError,
 )
 from hauler.handle import DEFAULT_MAX_PAYLOAD_BYTES, QueueHandle, create_server
-from hauler.info import AttemptInfo, ErrorInfo, JobInfo, JobPage, JobStatus
+from hauler.info import (
+    AttemptInfo,
+    CancelCounts,
+    CancelResult,
+    ErrorInfo,
+    JobInfo,
+    JobPage,
+    JobStatus,
+)
 from hauler.job import DEFAULT_QUEUE, Job
 from hauler.retry import Backoff, MaxRetries
 from hauler.worker import Worker, WorkerConfig
@@ -29,6 +38,8 @@ __all__ = [
     "DEFAULT_QUEUE",
     "AttemptInfo",
     "Backoff",
+    "CancelCounts",
+    "CancelResult",
     "ConfigError",
     "ErrorInfo",
     "HaulerError",
@@ -47,4 +58,5 @@ __all__ = [
     "WorkerConfig",
     "WorkerStoppedError",
     "create_server",
+    "current_job_cancelled",
 ]

@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypedDict, final, type_check_only
 
 __all__ = [
+    "CancelFlag",
     "Storage",
     "Worker",
     "backoff_delay",
@@ -65,8 +66,25 @@ class JobDict(TypedDict):
     finished_at: int | None
     worker_id: str | None
     lease_expires_at: int | None
+    cancel_requested_at: int | None
     last_error: ErrorDict | None
     history: list[AttemptDict]
+
+@type_check_only
+class FilterDict(TypedDict):
+    """Which jobs a listing, count or admin operation applies to.
+
+    Every key must be given; ``None`` or ``[]`` means not filtered on, except ``ids=[]``,
+    which matches nothing.
+    """
+
+    ids: list[str] | None
+    statuses: list[str]
+    name: str | None
+    queue: str | None
+    created_from: int | None  # created_at >= this
+    created_to: int | None  # created_at < this
+    args_contains: str | None  # a case-sensitive substring of the stored JSON text
 
 # A job to store: (name, queue, args, priority, retry, timeout_ms, heartbeat_ms,
 # run_at_us or None for now, version). ``retry`` is
@@ -158,15 +176,26 @@ class Storage:
     def get(self, job_id: str) -> JobDict | None:
         """One job, or ``None``."""
 
-    def list(
-        self,
-        statuses: Sequence[str],
-        name: str | None,
-        queue: str | None,
-        cursor: str | None,
-        limit: int,
-    ) -> builtins.list[JobDict]:
-        """Jobs, newest first, older than ``cursor``."""
+    def list(self, filter: FilterDict, cursor: str | None, limit: int) -> builtins.list[JobDict]:
+        """Jobs matching ``filter``, newest first, older than ``cursor``."""
+
+    def count(self, filter: FilterDict) -> int:
+        """How many jobs match ``filter``."""
+
+    def cancel(self, filter: FilterDict) -> tuple[int, int]:
+        """Cancel the matching jobs: ``(cancelled at once, running ones asked to stop)``."""
+
+    def retry(self, filter: FilterDict) -> int:
+        """Make the matching failed and cancelled jobs available again; how many."""
+
+    def delete(self, filter: FilterDict) -> int:
+        """Delete the matching jobs that are not running, with their history; how many."""
+
+    def prune(self, statuses: Sequence[str], finished_before: int, *, batch: int = 1000) -> int:
+        """Delete jobs of final ``statuses`` finished before ``finished_before``; how many.
+
+        Works in batches of ``batch`` jobs, one transaction each.
+        """
 
     def counts(self) -> builtins.list[tuple[str, str, int]]:
         """(queue, status, count) triples."""
@@ -180,6 +209,13 @@ class Storage:
 _Outcome = tuple[str, str, str | None, bool] | None
 
 @final
+class CancelFlag:
+    """A running job's cancel flag: set once a cancel of the job is requested."""
+
+    def is_set(self) -> bool:
+        """Whether a cancel of the job was requested."""
+
+@final
 class Worker:
     """A running worker pool (one per ``WorkerConfig.start``)."""
 
@@ -188,9 +224,9 @@ class Worker:
         storage: Storage,
         queues: dict[str, int],
         names: dict[str, str],
-        run_sync: Callable[[str, dict[str, Any], str, int, int], _Outcome],
+        run_sync: Callable[[str, dict[str, Any], str, int, int, CancelFlag], _Outcome],
         submit_async: Callable[
-            [str, dict[str, Any], str, int, int, Callable[[_Outcome], None]], Any
+            [str, dict[str, Any], str, int, int, Callable[[_Outcome], None], CancelFlag], Any
         ]
         | None,
         async_names: Sequence[str],
@@ -198,15 +234,19 @@ class Worker:
         worker_id: str,
         poll_interval_ms: int | None = None,
         reclaim_interval_ms: int = 1000,
+        retention_ms: int | None = None,
     ) -> Worker:
         """Start claiming and running jobs.
 
         ``queues`` maps queue name to worker count; ``names`` maps each registered job
-        NAME to its queue. ``run_sync(name, args, job_id, attempt, version)`` runs a sync
-        job on a worker thread and returns its outcome (``version``: the ``VERSION`` the job
-        was stored with). ``submit_async(name, args, job_id, attempt, version, done)``
-        schedules an async job on the pool's event loop without blocking, calls
-        ``done(outcome)`` when it ends, and returns an object with a ``cancel()`` method.
+        NAME to its queue. ``run_sync(name, args, job_id, attempt, version, cancel)`` runs
+        a sync job on a worker thread and returns its outcome (``version``: the ``VERSION``
+        the job was stored with; ``cancel``: its cancel flag). ``submit_async(name, args,
+        job_id, attempt, version, done, cancel)`` schedules an async job on the pool's
+        event loop without blocking, calls ``done(outcome)`` when it ends, and returns an
+        object with a ``cancel()`` method (called when the job times out or is cancelled).
+        ``retention_ms``: delete completed jobs this long after they finished (``None``:
+        keep them).
         """
 
     @property

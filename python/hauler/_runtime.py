@@ -13,10 +13,14 @@ import concurrent.futures
 import threading
 import traceback
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from hauler.context import _enter, _leave
 from hauler.errors import SerializationError
 from hauler.job import Job
+
+if TYPE_CHECKING:
+    from hauler._native import CancelFlag
 
 Outcome = tuple[str, str, str | None, bool] | None
 
@@ -101,19 +105,29 @@ class JobRunner:
             return _failure(exc, permanent=True)
 
     def run_sync(
-        self, name: str, args: dict[str, Any], job_id: str, attempt: int, version: int
+        self,
+        name: str,
+        args: dict[str, Any],
+        job_id: str,
+        attempt: int,
+        version: int,
+        cancel: CancelFlag,
     ) -> Outcome:
         """Run a sync job to its end on the calling (worker) thread."""
         job = self._build(name, args, version)
         if not isinstance(job, Job):
             return job
+        token = _enter(cancel)
         try:
             job.run(self._state)
         except BaseException as exc:
             return _failure(exc, permanent=False)
+        finally:
+            _leave(token)
         return None
 
-    async def _run_async(self, job: Job[Any]) -> Outcome:
+    async def _run_async(self, job: Job[Any], cancel: CancelFlag) -> Outcome:
+        _enter(cancel)  # the task's own context: gone with the task
         try:
             result = job.run(self._state)
             if asyncio.iscoroutine(result):
@@ -132,6 +146,7 @@ class JobRunner:
         attempt: int,
         version: int,
         done: Callable[[Outcome], None],
+        cancel: CancelFlag,
     ) -> concurrent.futures.Future[Outcome] | None:
         """Schedule an async job on the pool's loop; ``done`` gets its outcome."""
         job = self._build(name, args, version)
@@ -141,7 +156,7 @@ class JobRunner:
         if self.loop is None:  # pragma: no cover - the pool always creates one
             done(("WorkerError", "no event loop for async jobs", None, False))
             return None
-        coro: Coroutine[Any, Any, Outcome] = self._run_async(job)
+        coro: Coroutine[Any, Any, Outcome] = self._run_async(job, cancel)
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop.loop)
 
         def _report(f: concurrent.futures.Future[Outcome]) -> None:

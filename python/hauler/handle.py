@@ -12,11 +12,20 @@ from typing import Any, Final, Protocol
 
 from hauler import _native
 from hauler.errors import ConfigError, JobNotFoundError
-from hauler.info import JobInfo, JobPage, JobStatus, _dt_to_us
-from hauler.job import Job
+from hauler.info import CancelCounts, CancelResult, JobInfo, JobPage, JobStatus, _dt_to_us
+from hauler.job import _UTF8, Job, _is_utf8
 from hauler.storage import Storage, resolve_storage
 
 _FINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+# The statuses each bulk operation can change.
+_CANCELLABLE = frozenset(
+    {JobStatus.SCHEDULED, JobStatus.AVAILABLE, JobStatus.RETRYABLE, JobStatus.RUNNING}
+)
+_RETRYABLE = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+_DELETABLE = frozenset(JobStatus) - {JobStatus.RUNNING}
+
+_Ids = Iterable[uuid.UUID | str]
+_Status = JobStatus | str | Iterable[JobStatus | str]
 
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 1 << 20
 """The largest job payload a queue handle accepts by default: 1 MiB of JSON."""
@@ -88,7 +97,7 @@ def _run_at(at: datetime | None, after: timedelta | None) -> int:
     return _native.now_us() + after // timedelta(microseconds=1)
 
 
-def _statuses(status: JobStatus | str | Iterable[JobStatus | str] | None) -> list[str]:
+def _statuses(status: _Status | None, *, what: str = "status") -> list[str]:
     if status is None:
         return []
     items = [status] if isinstance(status, str) else list(status)
@@ -98,8 +107,79 @@ def _statuses(status: JobStatus | str | Iterable[JobStatus | str] | None) -> lis
             out.append(JobStatus(s).value)
         except ValueError:
             allowed = ", ".join(m.value for m in JobStatus)
-            raise ConfigError(f"unknown job status {s!r}; expected one of: {allowed}") from None
+            raise ConfigError(f"unknown job {what} {s!r}; expected one of: {allowed}") from None
     return out
+
+
+def _text(name: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{name} must be a non-empty str or None, got {value!r}")
+    if not _is_utf8(value):
+        raise ConfigError(f"{name} must be {_UTF8}, got {value!r}")
+    return value
+
+
+def _time(name: str, value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise ConfigError(f"{name} must be a timezone-aware datetime, got {value!r}")
+    try:
+        return _dt_to_us(value)
+    except ConfigError as e:
+        raise ConfigError(f"{name}: {e}") from None
+
+
+def _filter(
+    *,
+    ids: _Ids | None = None,
+    status: _Status | None = None,
+    name: str | None = None,
+    queue: str | None = None,
+    created_from: datetime | None = None,
+    created_to: datetime | None = None,
+    args_contains: str | None = None,
+) -> _native.FilterDict:
+    """Check the filter arguments shared by list, count and the bulk operations."""
+    id_list = None
+    if ids is not None:
+        if isinstance(ids, (str, bytes, uuid.UUID)) or not isinstance(ids, Iterable):
+            raise ConfigError(f"ids must be a list of job ids, got {ids!r}")
+        id_list = [_parse_id(i) for i in ids]
+    start, end = _time("created_from", created_from), _time("created_to", created_to)
+    if start is not None and end is not None and start >= end:
+        raise ConfigError(f"created_from ({created_from}) must be before created_to ({created_to})")
+    return {
+        "ids": id_list,
+        "statuses": _statuses(status),
+        "name": _text("name", name),
+        "queue": _text("queue", queue),
+        "created_from": start,
+        "created_to": end,
+        "args_contains": _text("args_contains", args_contains),
+    }
+
+
+def _bulk(what: str, f: _native.FilterDict, allowed: frozenset[JobStatus]) -> _native.FilterDict:
+    """Check a bulk operation's filter: some criterion, and statuses it can change."""
+    if (
+        f["ids"] is None
+        and not f["statuses"]
+        and all(
+            f[k] is None for k in ("name", "queue", "created_from", "created_to", "args_contains")
+        )
+    ):
+        raise ConfigError(
+            f"{what}() needs at least one filter (ids, status, name, queue, created_from, "
+            "created_to or args_contains); to act on every job, pass every status"
+        )
+    bad = [s for s in f["statuses"] if s not in allowed]
+    if bad:
+        can = ", ".join(s.value for s in JobStatus if s in allowed)
+        raise ConfigError(f"{what}() changes only jobs that are {can}; got status {bad}")
+    return f
 
 
 class QueueHandle:
@@ -226,24 +306,281 @@ class QueueHandle:
     def list(
         self,
         *,
-        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        status: _Status | None = None,
         name: str | None = None,
         queue: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        args_contains: str | None = None,
+        ids: _Ids | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> JobPage:
         """Jobs matching every given filter, newest first, one page at a time.
 
         Pass the returned page's ``next_cursor`` as ``cursor`` to get the next page.
+
+        Args:
+            status: One status or several (any of them).
+            name: The job class's ``NAME``.
+            queue: The queue.
+            created_from: Jobs stored at or after this (timezone-aware) time.
+            created_to: Jobs stored before this time.
+            args_contains: Text the job's arguments contain, as stored: a case-sensitive
+                substring of their JSON (so ``"alice@example.com"`` finds a field with that
+                value; quotes and backslashes are as JSON escapes them).
+            ids: Only these jobs.
+            limit: The most jobs per page.
+            cursor: Where the previous page ended.
+
+        Raises:
+            ConfigError: an unknown status, a naive datetime, ``created_from`` not before
+                ``created_to``, an empty name, queue or text, a malformed id or cursor.
+
+        Example:
+            >>> page = queue_handle.list(status="failed", args_contains="a@b.c")  # doctest: +SKIP
+
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
             raise ConfigError(f"limit must be a positive int, got {limit!r}")
+        f = _filter(
+            ids=ids,
+            status=status,
+            name=name,
+            queue=queue,
+            created_from=created_from,
+            created_to=created_to,
+            args_contains=args_contains,
+        )
         if cursor is not None:
             cursor = _parse_id(cursor)
-        rows = self._storage._native.list(_statuses(status), name, queue, cursor, limit)
+        rows = self._storage._native.list(f, cursor, limit)
         jobs = [JobInfo.from_native(d) for d in rows]
         next_cursor = str(jobs[-1].id) if len(jobs) == limit else None
         return JobPage(jobs=jobs, next_cursor=next_cursor)
+
+    def count(
+        self,
+        *,
+        status: _Status | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        args_contains: str | None = None,
+        ids: _Ids | None = None,
+    ) -> int:
+        """How many jobs match every given filter (the filters of :meth:`list`).
+
+        Example:
+            >>> queue_handle.count(status="failed", queue="images")  # doctest: +SKIP
+            3
+
+        """
+        f = _filter(
+            ids=ids,
+            status=status,
+            name=name,
+            queue=queue,
+            created_from=created_from,
+            created_to=created_to,
+            args_contains=args_contains,
+        )
+        return self._storage._native.count(f)
+
+    def cancel(self, job_id: uuid.UUID | str) -> CancelResult:
+        """Cancel a job; say what that did.
+
+        A waiting job (scheduled, available, retryable) becomes ``cancelled`` at once and
+        never runs: :attr:`CancelResult.CANCELLED`. A running job is asked to stop:
+        :attr:`CancelResult.REQUESTED`; an async job gets ``asyncio.CancelledError``, a
+        sync job sees :func:`~hauler.current_job_cancelled` turn true, and whatever ``run``
+        then does, the job ends ``cancelled`` (never retried). A job that already finished
+        is left alone: :attr:`CancelResult.ALREADY_FINISHED`.
+
+        Raises:
+            JobNotFoundError: no such job.
+
+        Example:
+            >>> queue_handle.cancel(job_id)  # doctest: +SKIP
+            <CancelResult.CANCELLED: 'cancelled'>
+
+        """
+        cancelled, requested = self._storage._native.cancel(_filter(ids=[job_id]))
+        if cancelled:
+            return CancelResult.CANCELLED
+        if requested:
+            return CancelResult.REQUESTED
+        self.get(job_id)  # raises JobNotFoundError
+        return CancelResult.ALREADY_FINISHED
+
+    def retry(self, job_id: uuid.UUID | str) -> bool:
+        """Run a failed or cancelled job again; ``False`` if it is in another status.
+
+        The job becomes ``available`` at once with its attempt count back to 0, so it gets
+        its full ``MAX_RETRIES`` again. Its history is kept, with a ``"retried"`` entry
+        marking where the new run starts.
+
+        Raises:
+            JobNotFoundError: no such job.
+
+        """
+        if self._storage._native.retry(_filter(ids=[job_id])):
+            return True
+        self.get(job_id)  # raises JobNotFoundError
+        return False
+
+    def delete(self, job_id: uuid.UUID | str) -> bool:
+        """Delete a job and its history; ``False`` if it is running (cancel it first).
+
+        Raises:
+            JobNotFoundError: no such job.
+
+        """
+        if self._storage._native.delete(_filter(ids=[job_id])):
+            return True
+        self.get(job_id)  # raises JobNotFoundError
+        return False
+
+    def cancel_many(
+        self,
+        *,
+        status: _Status | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        args_contains: str | None = None,
+        ids: _Ids | None = None,
+    ) -> CancelCounts:
+        """Cancel every waiting or running job matching the filters of :meth:`list`.
+
+        One transaction; each job as :meth:`cancel` says. Finished jobs are left alone.
+
+        Raises:
+            ConfigError: no filter given, or a status that cannot be cancelled.
+
+        Example:
+            >>> queue_handle.cancel_many(name="send_email", status="available")  # doctest: +SKIP
+            CancelCounts(cancelled=120, requested=0)
+
+        """
+        f = _filter(
+            ids=ids,
+            status=status,
+            name=name,
+            queue=queue,
+            created_from=created_from,
+            created_to=created_to,
+            args_contains=args_contains,
+        )
+        cancelled, requested = self._storage._native.cancel(_bulk("cancel_many", f, _CANCELLABLE))
+        return CancelCounts(cancelled=cancelled, requested=requested)
+
+    def retry_many(
+        self,
+        *,
+        status: _Status | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        args_contains: str | None = None,
+        ids: _Ids | None = None,
+    ) -> int:
+        """Retry every failed or cancelled job matching the filters; return how many.
+
+        One transaction; each job as :meth:`retry` says.
+
+        Raises:
+            ConfigError: no filter given, or a status other than failed and cancelled.
+
+        Example:
+            >>> queue_handle.retry_many(status="failed", queue="images")  # doctest: +SKIP
+            7
+
+        """
+        f = _filter(
+            ids=ids,
+            status=status,
+            name=name,
+            queue=queue,
+            created_from=created_from,
+            created_to=created_to,
+            args_contains=args_contains,
+        )
+        return self._storage._native.retry(_bulk("retry_many", f, _RETRYABLE))
+
+    def delete_many(
+        self,
+        *,
+        status: _Status | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        args_contains: str | None = None,
+        ids: _Ids | None = None,
+    ) -> int:
+        """Delete every job matching the filters, with its history, except running ones.
+
+        One transaction; returns how many were deleted.
+
+        Raises:
+            ConfigError: no filter given, or status ``running``.
+
+        Example:
+            >>> queue_handle.delete_many(status="cancelled", name="report")  # doctest: +SKIP
+            12
+
+        """
+        f = _filter(
+            ids=ids,
+            status=status,
+            name=name,
+            queue=queue,
+            created_from=created_from,
+            created_to=created_to,
+            args_contains=args_contains,
+        )
+        return self._storage._native.delete(_bulk("delete_many", f, _DELETABLE))
+
+    def prune(
+        self,
+        *,
+        older_than: timedelta,
+        states: _Status = (JobStatus.COMPLETED,),
+    ) -> int:
+        """Delete finished jobs that finished more than ``older_than`` ago; return how many.
+
+        Workers already do this for completed jobs (``WorkerConfig(retention=...)``, 24 h
+        by default); call it for other final states or a one-off clean-up. Deletes in
+        batches of 1000, so it never holds the storage for long.
+
+        Args:
+            older_than: How long ago a job must have finished.
+            states: Which final states: ``completed`` (default), ``failed``, ``cancelled``.
+
+        Raises:
+            ConfigError: a negative ``older_than``, or a state that is not final.
+
+        Example:
+            >>> week = timedelta(days=7)
+            >>> queue_handle.prune(older_than=week, states=["failed"])  # doctest: +SKIP
+            42
+
+        """
+        if not isinstance(older_than, timedelta) or older_than < timedelta(0):
+            raise ConfigError(f"older_than must be a timedelta >= 0, got {older_than!r}")
+        statuses = _statuses(states, what="state")
+        bad = [s for s in statuses if s not in _FINAL]
+        if bad or not statuses:
+            raise ConfigError(
+                f"prune() deletes only finished jobs: states must be some of completed, "
+                f"failed, cancelled; got {bad or statuses}"
+            )
+        before = _native.now_us() - older_than // timedelta(microseconds=1)
+        return self._storage._native.prune(statuses, before)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Job counts as ``{queue: {status: n}}`` (statuses with no jobs are left out)."""
@@ -300,16 +637,139 @@ class QueueHandle:
     async def alist(
         self,
         *,
-        status: JobStatus | str | Iterable[JobStatus | str] | None = None,
+        status: _Status | None = None,
         name: str | None = None,
         queue: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        args_contains: str | None = None,
+        ids: _Ids | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> JobPage:
         """Async twin of :meth:`list`."""
         return await asyncio.to_thread(
-            self.list, status=status, name=name, queue=queue, limit=limit, cursor=cursor
+            self.list,
+            status=status,
+            name=name,
+            queue=queue,
+            created_from=created_from,
+            created_to=created_to,
+            args_contains=args_contains,
+            ids=ids,
+            limit=limit,
+            cursor=cursor,
         )
+
+    async def acount(
+        self,
+        *,
+        status: _Status | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        args_contains: str | None = None,
+        ids: _Ids | None = None,
+    ) -> int:
+        """Async twin of :meth:`count`."""
+        return await asyncio.to_thread(
+            self.count,
+            status=status,
+            name=name,
+            queue=queue,
+            created_from=created_from,
+            created_to=created_to,
+            args_contains=args_contains,
+            ids=ids,
+        )
+
+    async def acancel(self, job_id: uuid.UUID | str) -> CancelResult:
+        """Async twin of :meth:`cancel`."""
+        return await asyncio.to_thread(self.cancel, job_id)
+
+    async def aretry(self, job_id: uuid.UUID | str) -> bool:
+        """Async twin of :meth:`retry`."""
+        return await asyncio.to_thread(self.retry, job_id)
+
+    async def adelete(self, job_id: uuid.UUID | str) -> bool:
+        """Async twin of :meth:`delete`."""
+        return await asyncio.to_thread(self.delete, job_id)
+
+    async def acancel_many(
+        self,
+        *,
+        status: _Status | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        args_contains: str | None = None,
+        ids: _Ids | None = None,
+    ) -> CancelCounts:
+        """Async twin of :meth:`cancel_many`."""
+        return await asyncio.to_thread(
+            self.cancel_many,
+            status=status,
+            name=name,
+            queue=queue,
+            created_from=created_from,
+            created_to=created_to,
+            args_contains=args_contains,
+            ids=ids,
+        )
+
+    async def aretry_many(
+        self,
+        *,
+        status: _Status | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        args_contains: str | None = None,
+        ids: _Ids | None = None,
+    ) -> int:
+        """Async twin of :meth:`retry_many`."""
+        return await asyncio.to_thread(
+            self.retry_many,
+            status=status,
+            name=name,
+            queue=queue,
+            created_from=created_from,
+            created_to=created_to,
+            args_contains=args_contains,
+            ids=ids,
+        )
+
+    async def adelete_many(
+        self,
+        *,
+        status: _Status | None = None,
+        name: str | None = None,
+        queue: str | None = None,
+        created_from: datetime | None = None,
+        created_to: datetime | None = None,
+        args_contains: str | None = None,
+        ids: _Ids | None = None,
+    ) -> int:
+        """Async twin of :meth:`delete_many`."""
+        return await asyncio.to_thread(
+            self.delete_many,
+            status=status,
+            name=name,
+            queue=queue,
+            created_from=created_from,
+            created_to=created_to,
+            args_contains=args_contains,
+            ids=ids,
+        )
+
+    async def aprune(
+        self, *, older_than: timedelta, states: _Status = (JobStatus.COMPLETED,)
+    ) -> int:
+        """Async twin of :meth:`prune`."""
+        return await asyncio.to_thread(self.prune, older_than=older_than, states=states)
 
     async def acounts(self) -> dict[str, dict[str, int]]:
         """Async twin of :meth:`counts`."""

@@ -24,7 +24,15 @@ from hauler.errors import ConfigError
 if TYPE_CHECKING:
     from hauler._native import AttemptDict, ErrorDict, JobDict
 
-__all__ = ["AttemptInfo", "ErrorInfo", "JobInfo", "JobPage", "JobStatus"]
+__all__ = [
+    "AttemptInfo",
+    "CancelCounts",
+    "CancelResult",
+    "ErrorInfo",
+    "JobInfo",
+    "JobPage",
+    "JobStatus",
+]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
@@ -124,7 +132,12 @@ class AttemptInfo:
     """When it ended, or was found abandoned (aware, UTC)."""
     outcome: str
     """How it ended: ``"completed"``, ``"failed"``, ``"lease_expired"`` (the worker died
-    or stalled) or ``"released"`` (handed back at shutdown, not counted)."""
+    or stalled), ``"released"`` (handed back at shutdown, not counted) or ``"cancelled"``
+    (its cancel was requested while it ran; ``error`` is what it raised, if anything).
+
+    ``"retried"`` marks no attempt but a manual :meth:`~hauler.QueueHandle.retry`: the
+    attempt count started again from 0 (``attempt`` is the count before), and
+    ``started_at`` and ``finished_at`` are the time of the retry."""
     error: ErrorInfo | None
     """The error of a failed or abandoned attempt."""
 
@@ -185,6 +198,9 @@ class JobInfo:
     raw_args: str | None = None
     """The stored payload as text when it is not a JSON object (a row damaged in the
     storage; such a job fails when a worker claims it), else ``None``."""
+    cancel_requested_at: datetime | None = None
+    """When a cancel was requested while the job ran (it then ends ``cancelled``), else
+    ``None``."""
 
     @classmethod
     def from_native(cls, d: JobDict) -> JobInfo:
@@ -211,6 +227,7 @@ class JobInfo:
             lease_expires_at=_opt_dt(d["lease_expires_at"]),
             timeout=None if timeout_ms is None else timeout_ms / 1000,
             version=d["version"],
+            cancel_requested_at=_opt_dt(d["cancel_requested_at"]),
         )
 
 
@@ -235,3 +252,43 @@ class JobPage:
 
     def __len__(self) -> int:
         return len(self.jobs)
+
+
+class CancelResult(enum.StrEnum):
+    """What :meth:`~hauler.QueueHandle.cancel` did.
+
+    Example:
+        >>> CancelResult.REQUESTED == "requested"
+        True
+
+    """
+
+    CANCELLED = "cancelled"
+    """The job was waiting (scheduled, available or retryable): it is now ``cancelled``
+    and will never run."""
+    REQUESTED = "requested"
+    """The job is running: it was asked to stop, and ends ``cancelled`` when its attempt
+    ends, however that is (see :func:`~hauler.current_job_cancelled`)."""
+    ALREADY_FINISHED = "already_finished"
+    """The job had already completed, failed or been cancelled: nothing changed."""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelCounts:
+    """What :meth:`~hauler.QueueHandle.cancel_many` did.
+
+    Example:
+        >>> CancelCounts(cancelled=3, requested=1).total
+        4
+
+    """
+
+    cancelled: int
+    """Waiting jobs that are now ``cancelled`` and will never run."""
+    requested: int
+    """Running jobs asked to stop; each ends ``cancelled``."""
+
+    @property
+    def total(self) -> int:
+        """Every job the call affected."""
+        return self.cancelled + self.requested

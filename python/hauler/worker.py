@@ -11,6 +11,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable
+from datetime import timedelta
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -26,6 +27,10 @@ StateT = TypeVar("StateT")
 DEFAULT_WORKER_COUNT = 4
 """Workers per registered queue unless ``set_worker_count`` says otherwise."""
 
+DEFAULT_RETENTION = timedelta(hours=24)
+"""How long workers keep completed jobs unless ``WorkerConfig(retention=...)`` says
+otherwise."""
+
 log = logging.getLogger("hauler.worker")
 # Running pools, held strongly: a pool runs in the background whether or not the caller keeps
 # the Worker (`WorkerConfig(...).start(queue_handle)` is a complete statement), until stopped.
@@ -39,6 +44,16 @@ def _stop_seconds(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise ConfigError(f"stop_timeout must be a number of seconds >= 0, got {value!r}")
     return float(value)
+
+
+def _retention_ms(value: timedelta | None) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, timedelta) or value <= timedelta(0):
+        raise ConfigError(
+            f"retention must be a positive timedelta or None (keep forever), got {value!r}"
+        )
+    return max(1, -(-value // timedelta(milliseconds=1)))
 
 
 def _positive_seconds(name: str, value: float | None) -> int | None:
@@ -70,6 +85,10 @@ class WorkerConfig(Generic[StateT]):
             block, SIGTERM, interpreter exit. Jobs still running then are released.
         handle_sigterm: Turn SIGTERM into a graceful stop (see :class:`Worker`). Only
             done when ``start()`` runs in the main thread and SIGTERM has no handler yet.
+        retention: How long completed jobs are kept (default 24 h); ``None`` keeps them
+            forever. The pool deletes older ones in batches, at most ``min(retention,
+            1 min)`` late. Failed and cancelled jobs are kept: prune them with
+            :meth:`QueueHandle.prune`.
 
     Example:
         >>> config = WorkerConfig(lambda: AppState("my app")).register(SendEmail)  # doctest: +SKIP
@@ -88,6 +107,7 @@ class WorkerConfig(Generic[StateT]):
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
         stop_timeout: float = 30.0,
         handle_sigterm: bool = True,
+        retention: timedelta | None = DEFAULT_RETENTION,
     ) -> None:
         if state_factory is not None and not callable(state_factory):
             raise ConfigError(f"state_factory must be callable, got {type(state_factory).__name__}")
@@ -101,6 +121,7 @@ class WorkerConfig(Generic[StateT]):
         self._max_payload_bytes = _max_payload(max_payload_bytes)
         self._stop_timeout = _stop_seconds(stop_timeout)
         self._handle_sigterm = bool(handle_sigterm)
+        self._retention_ms = _retention_ms(retention)
         self._jobs: dict[str, type[Job[Any]]] = {}
         self._counts: dict[str, int] = {}
 
@@ -256,6 +277,7 @@ class Worker(QueueHandle):
                 worker_id=worker_id,
                 poll_interval_ms=config._poll_interval_ms,
                 reclaim_interval_ms=config._reclaim_interval_ms,
+                retention_ms=config._retention_ms,
             )
         except BaseException:
             if self._loop is not None:

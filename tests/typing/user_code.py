@@ -6,10 +6,21 @@ Each ``# type: ignore[code]`` marks a line that must be an error: with
 
 import dataclasses
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import assert_type
 
-from hauler import DEFAULT_QUEUE, Backoff, Job, MaxRetries
+from hauler import (
+    DEFAULT_QUEUE,
+    Backoff,
+    CancelCounts,
+    CancelResult,
+    Job,
+    JobStatus,
+    MaxRetries,
+    WorkerConfig,
+    create_server,
+    current_job_cancelled,
+)
 from hauler.storage import MemoryStorage, SqliteStorage, Storage, from_url, resolve_storage
 
 
@@ -102,3 +113,21 @@ SqliteStorage("jobs.db", "full")  # type: ignore[call-arg]
 with SqliteStorage() as sqlite:
     assert_type(sqlite, SqliteStorage)
     assert_type(sqlite.url, str)
+
+# The admin API.
+handle = create_server(MemoryStorage())
+job_id = handle.queue(email)
+assert_type(handle.cancel(job_id), CancelResult)
+assert_type(handle.retry(job_id), bool)
+assert_type(handle.delete(str(job_id)), bool)
+assert_type(handle.cancel_many(status="available", name="send_email"), CancelCounts)
+assert_type(handle.retry_many(status=[JobStatus.FAILED], created_from=datetime.now(UTC)), int)
+assert_type(handle.delete_many(ids=[job_id], args_contains="ada@example.com"), int)
+assert_type(handle.count(queue=DEFAULT_QUEUE), int)
+assert_type(handle.prune(older_than=timedelta(days=7), states=["failed"]), int)
+assert_type(current_job_cancelled(), bool)
+handle.prune(older_than=7)  # type: ignore[arg-type]
+handle.cancel_many("available")  # type: ignore[call-arg]
+handle.count(created_from="2024-01-01")  # type: ignore[arg-type]
+WorkerConfig(retention=timedelta(hours=1))
+WorkerConfig(retention=3600)  # type: ignore[arg-type]

@@ -74,11 +74,7 @@ fn attempt_to_py<'py>(py: Python<'py>, a: &AttemptRecord) -> PyResult<Bound<'py,
     d.set_item("worker_id", &a.worker_id)?;
     d.set_item("started_at", a.started_at.as_micros())?;
     d.set_item("finished_at", a.finished_at.as_micros())?;
-    let outcome = serde_json::to_value(a.outcome)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    d.set_item("outcome", outcome)?;
+    d.set_item("outcome", a.outcome.as_str())?;
     d.set_item(
         "error",
         a.error.as_ref().map(|e| error_to_py(py, e)).transpose()?,
@@ -117,6 +113,7 @@ pub(crate) fn record_to_py<'py>(py: Python<'py>, r: &JobRecord) -> PyResult<Boun
     d.set_item("finished_at", ts(r.finished_at))?;
     d.set_item("worker_id", &r.worker_id)?;
     d.set_item("lease_expires_at", ts(r.lease_expires_at))?;
+    d.set_item("cancel_requested_at", ts(r.cancel_requested_at))?;
     d.set_item(
         "last_error",
         r.last_error

@@ -8,8 +8,8 @@ use std::time::Duration;
 use hauler_core::model::{JobId, JobStatus, NewJob, Timestamp};
 use hauler_core::queue::Queue;
 use hauler_core::storage::{
-    postgres, JobFilter, JobListParams, MemoryStorage, PostgresOptions, PostgresStorage,
-    SqliteOptions, SqliteStorage, Synchronous,
+    postgres, JobCountParams, JobDeleteParams, JobFilter, JobListParams, JobPruneParams,
+    MemoryStorage, PostgresOptions, PostgresStorage, SqliteOptions, SqliteStorage, Synchronous,
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
@@ -31,6 +31,44 @@ pub(crate) struct PyStorage {
 
 fn parse_id(s: &str) -> PyResult<JobId> {
     JobId::from_str(s).map_err(to_pyerr)
+}
+
+fn parse_statuses(statuses: &[String]) -> PyResult<Vec<JobStatus>> {
+    statuses
+        .iter()
+        .map(|s| JobStatus::from_str(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(to_pyerr)
+}
+
+/// The `FilterDict` of `_native.pyi` → a [`JobFilter`].
+fn filter_from_py(d: &Bound<'_, PyDict>) -> PyResult<JobFilter> {
+    let item = |key: &str| -> PyResult<Bound<'_, PyAny>> {
+        d.get_item(key)?
+            .ok_or_else(|| hauler_err("ConfigError", format!("filter is missing {key:?}")))
+    };
+    let ids: Option<Vec<String>> = item("ids")?.extract()?;
+    let statuses: Vec<String> = item("statuses")?.extract()?;
+    let time = |key: &str| -> PyResult<Option<Timestamp>> {
+        Ok(item(key)?
+            .extract::<Option<i64>>()?
+            .map(Timestamp::from_micros))
+    };
+    Ok(JobFilter {
+        ids: ids
+            .map(|ids| {
+                ids.iter()
+                    .map(|i| parse_id(i))
+                    .collect::<PyResult<Vec<_>>>()
+            })
+            .transpose()?,
+        statuses: parse_statuses(&statuses)?,
+        name: item("name")?.extract()?,
+        queue: item("queue")?.extract()?,
+        created_from: time("created_from")?,
+        created_to: time("created_to")?,
+        args_contains: item("args_contains")?.extract()?,
+    })
 }
 
 fn millis(name: &str, ms: i64) -> PyResult<Duration> {
@@ -283,22 +321,16 @@ impl PyStorage {
         rec.map(|r| record_to_py(py, &r)).transpose()
     }
 
-    /// Jobs, newest first, older than `cursor`.
-    #[pyo3(signature = (statuses, name, queue, cursor, limit))]
+    /// Jobs matching `filter`, newest first, older than `cursor`.
+    #[pyo3(signature = (filter, cursor, limit))]
     fn list<'py>(
         &self,
         py: Python<'py>,
-        statuses: Vec<String>,
-        name: Option<String>,
-        queue: Option<String>,
+        filter: &Bound<'py, PyDict>,
         cursor: Option<&str>,
         limit: i64,
     ) -> PyResult<Bound<'py, PyList>> {
-        let statuses = statuses
-            .iter()
-            .map(|s| JobStatus::from_str(s))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(to_pyerr)?;
+        let filter = filter_from_py(filter)?;
         let limit = u32::try_from(limit)
             .ok()
             .filter(|&l| l > 0)
@@ -311,12 +343,7 @@ impl PyStorage {
         let cursor = cursor.map(parse_id).transpose()?;
         let storage = self.queue.storage().clone();
         let params = JobListParams {
-            filter: JobFilter {
-                statuses,
-                name,
-                queue,
-                ..JobFilter::default()
-            },
+            filter,
             cursor,
             limit,
         };
@@ -326,6 +353,72 @@ impl PyStorage {
             out.append(record_to_py(py, r)?)?;
         }
         Ok(out)
+    }
+
+    /// How many jobs match `filter`.
+    fn count(&self, py: Python<'_>, filter: &Bound<'_, PyDict>) -> PyResult<u64> {
+        let filter = filter_from_py(filter)?;
+        let storage = self.queue.storage().clone();
+        wait(py, async move {
+            storage.job_count(JobCountParams { filter }).await
+        })
+    }
+
+    /// Cancel the jobs matching `filter`: (cancelled at once, asked to stop).
+    fn cancel(&self, py: Python<'_>, filter: &Bound<'_, PyDict>) -> PyResult<(u64, u64)> {
+        let filter = filter_from_py(filter)?;
+        let queue = self.queue.clone();
+        let result = wait(py, async move { queue.cancel_many(filter).await })?;
+        Ok((result.cancelled, result.requested))
+    }
+
+    /// Retry the failed and cancelled jobs matching `filter`; how many.
+    fn retry(&self, py: Python<'_>, filter: &Bound<'_, PyDict>) -> PyResult<u64> {
+        let filter = filter_from_py(filter)?;
+        let queue = self.queue.clone();
+        wait(py, async move { queue.retry_many(filter).await })
+    }
+
+    /// Delete the jobs matching `filter` that are not running; how many.
+    fn delete(&self, py: Python<'_>, filter: &Bound<'_, PyDict>) -> PyResult<u64> {
+        let filter = filter_from_py(filter)?;
+        let storage = self.queue.storage().clone();
+        wait(py, async move {
+            storage.job_delete(JobDeleteParams { filter }).await
+        })
+    }
+
+    /// Delete the jobs of final `statuses` that finished before `finished_before` (µs), in
+    /// batches of `batch`; how many.
+    #[pyo3(signature = (statuses, finished_before, *, batch = 1000))]
+    fn prune(
+        &self,
+        py: Python<'_>,
+        statuses: Vec<String>,
+        finished_before: i64,
+        batch: u32,
+    ) -> PyResult<u64> {
+        let statuses = parse_statuses(&statuses)?;
+        if batch == 0 {
+            return Err(hauler_err("ConfigError", "batch must be at least 1"));
+        }
+        let storage = self.queue.storage().clone();
+        wait(py, async move {
+            let mut total = 0;
+            loop {
+                let n = storage
+                    .job_prune(JobPruneParams {
+                        statuses: statuses.clone(),
+                        finished_before: Timestamp::from_micros(finished_before),
+                        limit: batch,
+                    })
+                    .await?;
+                total += n;
+                if n < u64::from(batch) {
+                    return Ok(total);
+                }
+            }
+        })
     }
 
     /// (queue, status, count) triples.

@@ -13,7 +13,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, Sender};
 use hauler_core::config::{PoolConfig, QueueConfig};
 use hauler_core::model::{ClaimedJob, ErrorInfo, JobId};
-use hauler_core::worker::{Completion, Executor, Outcome, WorkerPool};
+use hauler_core::worker::{CancelFlag, Completion, Executor, Outcome, WorkerPool};
 use pyo3::prelude::*;
 
 use crate::errors::hauler_err;
@@ -86,6 +86,24 @@ impl Executor for PyExecutor {
             let _ = tx.send(AsyncMsg::Abandon(job_id));
         }
     }
+
+    /// An async job's task is cancelled (its outcome still comes back); a sync job only
+    /// sees its flag, set by the engine before this call.
+    fn cancel(&self, job_id: JobId) {
+        self.abandon(job_id);
+    }
+}
+
+/// A running job's cancel flag, as Python sees it (`_native.CancelFlag`).
+#[pyclass(name = "CancelFlag", module = "hauler._native", frozen)]
+pub(crate) struct PyCancelFlag(CancelFlag);
+
+#[pymethods]
+impl PyCancelFlag {
+    /// Whether a cancel of the job was requested.
+    fn is_set(&self) -> bool {
+        self.0.is_set()
+    }
 }
 
 impl PyExecutor {
@@ -150,10 +168,19 @@ fn panic_outcome() -> Outcome {
     }
 }
 
-fn run_sync_job(py: Python<'_>, run_sync: &Py<PyAny>, job: &ClaimedJob) -> Outcome {
+fn run_sync_job(
+    py: Python<'_>,
+    run_sync: &Py<PyAny>,
+    job: &ClaimedJob,
+    cancel: CancelFlag,
+) -> Outcome {
     let args = match from_json(py, &job.args) {
         Ok(a) => a,
         Err(e) => return py_failure(py, &e, true),
+    };
+    let cancel = match Py::new(py, PyCancelFlag(cancel)) {
+        Ok(c) => c,
+        Err(e) => return py_failure(py, &e, false),
     };
     match run_sync.call1(
         py,
@@ -163,6 +190,7 @@ fn run_sync_job(py: Python<'_>, run_sync: &Py<PyAny>, job: &ClaimedJob) -> Outco
             job.id.to_string(),
             job.attempt,
             job.version,
+            cancel,
         ),
     ) {
         Ok(r) => parse_outcome(r.bind(py)),
@@ -212,9 +240,11 @@ fn sync_thread(rx: Receiver<(ClaimedJob, Completion)>, run_sync: Py<PyAny>) {
     // GIL is released while waiting for work.
     Python::attach(|py| {
         while let Ok((job, done)) = py.detach(|| rx.recv()) {
-            let outcome =
-                std::panic::catch_unwind(AssertUnwindSafe(|| run_sync_job(py, &run_sync, &job)))
-                    .unwrap_or_else(|_| panic_outcome());
+            let cancel = done.cancel_flag();
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                run_sync_job(py, &run_sync, &job, cancel)
+            }))
+            .unwrap_or_else(|_| panic_outcome());
             done.send(outcome);
         }
         drop(run_sync);
@@ -256,6 +286,10 @@ fn submit_async_job(
         Ok(a) => a,
         Err(e) => return done.send(py_failure(py, &e, true)),
     };
+    let cancel = match Py::new(py, PyCancelFlag(done.cancel_flag())) {
+        Ok(c) => c,
+        Err(e) => return done.send(py_failure(py, &e, false)),
+    };
     let cb = DoneCallback {
         done: Mutex::new(Some(done)),
         job_id: job.id,
@@ -274,6 +308,7 @@ fn submit_async_job(
             job.attempt,
             job.version,
             cb.clone_ref(py),
+            cancel,
         ),
     ) {
         Ok(handle) => {
@@ -349,7 +384,7 @@ fn spawn_thread(name: String, f: impl FnOnce() + Send + 'static) -> PyResult<()>
 #[pymethods]
 impl PyWorker {
     #[new]
-    #[pyo3(signature = (storage, queues, names, run_sync, submit_async, async_names, *, worker_id, poll_interval_ms = None, reclaim_interval_ms = 1000))]
+    #[pyo3(signature = (storage, queues, names, run_sync, submit_async, async_names, *, worker_id, poll_interval_ms = None, reclaim_interval_ms = 1000, retention_ms = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -362,6 +397,7 @@ impl PyWorker {
         worker_id: String,
         poll_interval_ms: Option<i64>,
         reclaim_interval_ms: i64,
+        retention_ms: Option<i64>,
     ) -> PyResult<Self> {
         let mut queue_configs = Vec::new();
         let mut sync_threads = 0usize;
@@ -407,6 +443,12 @@ impl PyWorker {
             .map(|v| ms("poll_interval", v))
             .transpose()?;
         config.reclaim_interval = ms("reclaim_interval", reclaim_interval_ms)?;
+        config.retention = retention_ms.map(|v| ms("retention", v)).transpose()?;
+        // Completed jobs go between `retention` and twice that after they finished, and at
+        // most a minute late.
+        if let Some(keep) = config.retention {
+            config.retention_interval = keep.min(Duration::from_secs(60));
+        }
         config.validate().map_err(crate::errors::to_pyerr)?;
         if !async_names.is_empty() && submit_async.is_none() {
             return Err(hauler_err(
