@@ -31,3 +31,30 @@ def test_quickstart(tmp_path: Path) -> None:
     assert "later@example.com" in attempts  # the scheduled one
     assert "counts: {'default': {'completed': 10}}" in out
     assert (tmp_path / "hauler-quickstart.db").exists()
+
+
+def test_admin(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "admin.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        "broken: failed (database timeout)",
+        "cancel nightly: cancelled",
+        "cancel huge: requested",
+        "export 'huge' stopped early",
+        "huge: cancelled",
+        "retry broken: True",
+        "export 'broken': 10 rows",
+        "broken: completed; history: failed, retried, completed",
+        "cancelled jobs: 2",
+        "found by text: ['nightly']",
+        "deleted cancelled: 2",
+        "pruned completed: 1",
+        "left: 0",
+    ]
