@@ -424,6 +424,11 @@ class QueueHandle:
         Raises:
             JobNotFoundError: no such job.
 
+        Example:
+            >>> if queue_handle.get(job_id).status == "failed":  # doctest: +SKIP
+            ...     queue_handle.retry(job_id)
+            True
+
         """
         if self._storage._native.retry(_filter(ids=[job_id])):
             return True
@@ -435,6 +440,14 @@ class QueueHandle:
 
         Raises:
             JobNotFoundError: no such job.
+
+        Example:
+            >>> queue_handle.delete(job_id)  # doctest: +SKIP
+            True
+            >>> queue_handle.get(job_id)  # doctest: +SKIP
+            Traceback (most recent call last):
+            ...
+            hauler.errors.JobNotFoundError: no job with id ...
 
         """
         if self._storage._native.delete(_filter(ids=[job_id])):
