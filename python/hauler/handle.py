@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Final, Protocol
+from typing import Any, Final, Protocol, TypedDict, Unpack
 
 from hauler import _native
 from hauler.errors import ConfigError, JobNotFoundError
@@ -26,6 +27,19 @@ _DELETABLE = frozenset(JobStatus) - {JobStatus.RUNNING}
 
 _Ids = Iterable[uuid.UUID | str]
 _Status = JobStatus | str | Iterable[JobStatus | str]
+
+
+class JobFilterArgs(TypedDict, total=False):
+    """The keyword filters of :meth:`QueueHandle.list` and the bulk operations."""
+
+    status: _Status | None
+    name: str | None
+    queue: str | None
+    created_from: datetime | None
+    created_to: datetime | None
+    args_contains: str | None
+    ids: _Ids | None
+
 
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 1 << 20
 """The largest job payload a queue handle accepts by default: 1 MiB of JSON."""
@@ -648,54 +662,16 @@ class QueueHandle:
         return await asyncio.to_thread(self.get, job_id)
 
     async def alist(
-        self,
-        *,
-        status: _Status | None = None,
-        name: str | None = None,
-        queue: str | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        args_contains: str | None = None,
-        ids: _Ids | None = None,
-        limit: int = 100,
-        cursor: str | None = None,
+        self, *, limit: int = 100, cursor: str | None = None, **filters: Unpack[JobFilterArgs]
     ) -> JobPage:
-        """Async twin of :meth:`list`."""
+        """Async twin of :meth:`list` (same keyword filters)."""
         return await asyncio.to_thread(
-            self.list,
-            status=status,
-            name=name,
-            queue=queue,
-            created_from=created_from,
-            created_to=created_to,
-            args_contains=args_contains,
-            ids=ids,
-            limit=limit,
-            cursor=cursor,
+            functools.partial(self.list, limit=limit, cursor=cursor, **filters)
         )
 
-    async def acount(
-        self,
-        *,
-        status: _Status | None = None,
-        name: str | None = None,
-        queue: str | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        args_contains: str | None = None,
-        ids: _Ids | None = None,
-    ) -> int:
-        """Async twin of :meth:`count`."""
-        return await asyncio.to_thread(
-            self.count,
-            status=status,
-            name=name,
-            queue=queue,
-            created_from=created_from,
-            created_to=created_to,
-            args_contains=args_contains,
-            ids=ids,
-        )
+    async def acount(self, **filters: Unpack[JobFilterArgs]) -> int:
+        """Async twin of :meth:`count` (same keyword filters)."""
+        return await asyncio.to_thread(functools.partial(self.count, **filters))
 
     async def acancel(self, job_id: uuid.UUID | str) -> CancelResult:
         """Async twin of :meth:`cancel`."""
@@ -709,74 +685,17 @@ class QueueHandle:
         """Async twin of :meth:`delete`."""
         return await asyncio.to_thread(self.delete, job_id)
 
-    async def acancel_many(
-        self,
-        *,
-        status: _Status | None = None,
-        name: str | None = None,
-        queue: str | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        args_contains: str | None = None,
-        ids: _Ids | None = None,
-    ) -> CancelCounts:
-        """Async twin of :meth:`cancel_many`."""
-        return await asyncio.to_thread(
-            self.cancel_many,
-            status=status,
-            name=name,
-            queue=queue,
-            created_from=created_from,
-            created_to=created_to,
-            args_contains=args_contains,
-            ids=ids,
-        )
+    async def acancel_many(self, **filters: Unpack[JobFilterArgs]) -> CancelCounts:
+        """Async twin of :meth:`cancel_many` (same keyword filters)."""
+        return await asyncio.to_thread(functools.partial(self.cancel_many, **filters))
 
-    async def aretry_many(
-        self,
-        *,
-        status: _Status | None = None,
-        name: str | None = None,
-        queue: str | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        args_contains: str | None = None,
-        ids: _Ids | None = None,
-    ) -> int:
-        """Async twin of :meth:`retry_many`."""
-        return await asyncio.to_thread(
-            self.retry_many,
-            status=status,
-            name=name,
-            queue=queue,
-            created_from=created_from,
-            created_to=created_to,
-            args_contains=args_contains,
-            ids=ids,
-        )
+    async def aretry_many(self, **filters: Unpack[JobFilterArgs]) -> int:
+        """Async twin of :meth:`retry_many` (same keyword filters)."""
+        return await asyncio.to_thread(functools.partial(self.retry_many, **filters))
 
-    async def adelete_many(
-        self,
-        *,
-        status: _Status | None = None,
-        name: str | None = None,
-        queue: str | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        args_contains: str | None = None,
-        ids: _Ids | None = None,
-    ) -> int:
-        """Async twin of :meth:`delete_many`."""
-        return await asyncio.to_thread(
-            self.delete_many,
-            status=status,
-            name=name,
-            queue=queue,
-            created_from=created_from,
-            created_to=created_to,
-            args_contains=args_contains,
-            ids=ids,
-        )
+    async def adelete_many(self, **filters: Unpack[JobFilterArgs]) -> int:
+        """Async twin of :meth:`delete_many` (same keyword filters)."""
+        return await asyncio.to_thread(functools.partial(self.delete_many, **filters))
 
     async def aprune(
         self, *, older_than: timedelta, states: _Status = (JobStatus.COMPLETED,)
