@@ -12,6 +12,7 @@ pub mod error;
 pub mod model;
 pub mod queue;
 pub mod retry;
+pub mod schedule;
 pub mod storage;
 pub mod testhook;
 pub mod worker;

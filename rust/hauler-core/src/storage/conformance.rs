@@ -32,7 +32,8 @@ use super::{
     lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
     JobCountParams, JobDeleteParams, JobFilter, JobFinish, JobFinishManyParams, JobHeartbeatParams,
     JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams, JobPruneParams,
-    JobReclaimParams, JobReleaseParams, JobRetryParams, Storage,
+    JobReclaimParams, JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
+    ScheduleUpsertParams, Storage,
 };
 use crate::error::Error;
 use crate::model::{
@@ -40,6 +41,7 @@ use crate::model::{
     NewJob, QueueCount, Timestamp,
 };
 use crate::retry::{Backoff, BackoffKind, MaxRetries, RetryPolicy};
+use crate::schedule::{CatchUp, JobTemplate, NewSchedule, ScheduleRecord, ScheduleSpec};
 
 /// The time every case starts from (2023-11-14T22:13:20Z).
 pub const T0: Timestamp = Timestamp::from_micros(1_700_000_000_000_000);
@@ -113,6 +115,10 @@ cases![
     delete_removes_jobs_but_not_running_ones,
     prune_deletes_old_finished_jobs_in_batches,
     filters_by_time_text_and_ids_for_list_count_and_admin,
+    schedule_upsert_stores_and_updates_entries,
+    schedule_tick_stores_one_job_per_tick,
+    concurrent_ticks_store_one_job,
+    schedule_run_now_and_delete,
     empty_batches,
     close_is_final_and_idempotent,
 ];
@@ -2891,4 +2897,249 @@ pub async fn close_is_final_and_idempotent(s: Arc<dyn Storage>) {
         .await,
     );
     s.close().await.expect("close after close must succeed");
+}
+
+/// A schedule entry ticking every second, whose job is `NAME` on `QUEUE` with `args`.
+pub fn new_schedule(name: &str, args: &str) -> NewSchedule {
+    NewSchedule {
+        name: name.to_owned(),
+        spec: ScheduleSpec::Cron {
+            expr: "* * * * * *".to_owned(),
+            timezone: "UTC".to_owned(),
+        },
+        catch_up: CatchUp::One,
+        job: JobTemplate {
+            name: NAME.to_owned(),
+            queue: QUEUE.to_owned(),
+            args: args.to_owned(),
+            priority: 3,
+            retry: RetryPolicy::default(),
+            timeout_ms: Some(1000),
+            heartbeat_ms: 5000,
+            version: 2,
+        },
+    }
+}
+
+async fn upsert(
+    s: &dyn Storage,
+    schedule: NewSchedule,
+    next: Timestamp,
+    now: Timestamp,
+) -> ScheduleRecord {
+    s.schedule_upsert(ScheduleUpsertParams {
+        schedule,
+        next_run_at: next,
+        now,
+    })
+    .await
+    .expect("schedule_upsert")
+}
+
+async fn tick(
+    s: &dyn Storage,
+    name: &str,
+    due: Timestamp,
+    next: Timestamp,
+    job: Option<NewJob>,
+) -> bool {
+    s.schedule_tick(ScheduleTickParams {
+        name: name.to_owned(),
+        due,
+        next_run_at: next,
+        job,
+        now: due,
+    })
+    .await
+    .expect("schedule_tick")
+}
+
+async fn all_jobs(s: &dyn Storage) -> Vec<JobRecord> {
+    list(
+        s,
+        JobListParams {
+            limit: 1000,
+            ..JobListParams::default()
+        },
+    )
+    .await
+}
+
+fn secs(n: i64) -> Timestamp {
+    Timestamp::from_micros(T0.as_micros() + n * 1_000_000)
+}
+
+/// An upsert stores a new entry with the given next tick; a later upsert with the same
+/// spec updates the job and keeps the next tick (missed ticks stay due), one with another
+/// spec takes the new next tick.
+pub async fn schedule_upsert_stores_and_updates_entries(s: Arc<dyn Storage>) {
+    let s = &*s;
+    assert!(s.schedule_list().await.unwrap().is_empty());
+    let first = upsert(s, new_schedule("b", r#"{"v":1}"#), secs(1), T0).await;
+    assert_eq!(first.name, "b");
+    assert_eq!(first.spec, new_schedule("b", "{}").spec);
+    assert_eq!(first.catch_up, CatchUp::One);
+    assert_eq!(first.job, new_schedule("b", r#"{"v":1}"#).job);
+    assert_eq!(
+        (
+            first.next_run_at,
+            first.last_enqueued_at,
+            first.created_at,
+            first.updated_at
+        ),
+        (secs(1), None, T0, T0)
+    );
+    upsert(s, new_schedule("a", "{}"), secs(1), T0).await;
+
+    let mut same_spec = new_schedule("b", r#"{"v":2}"#);
+    same_spec.catch_up = CatchUp::None;
+    let again = upsert(s, same_spec.clone(), secs(100), secs(50)).await;
+    assert_eq!(
+        again.next_run_at,
+        secs(1),
+        "same spec: the due tick is kept"
+    );
+    assert_eq!((again.created_at, again.updated_at), (T0, secs(50)));
+    assert_eq!(
+        (again.catch_up, again.job.args.as_str()),
+        (CatchUp::None, r#"{"v":2}"#)
+    );
+
+    let mut other_spec = same_spec;
+    other_spec.spec = ScheduleSpec::Every {
+        interval_ms: 60_000,
+    };
+    let changed = upsert(s, other_spec.clone(), secs(120), secs(60)).await;
+    assert_eq!(changed.next_run_at, secs(120));
+    assert_eq!(changed.spec, other_spec.spec);
+
+    let listed = s.schedule_list().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+    assert_eq!(listed[1], changed);
+    assert!(all_jobs(s).await.is_empty(), "upserts store no job");
+}
+
+/// A tick moves `next_run_at` from the due tick to the next and stores the job, in one
+/// step; the same tick again (a second worker), a stale tick, or a tick of an entry that
+/// no longer exists stores nothing. A skipped tick (no job) still moves the entry on.
+pub async fn schedule_tick_stores_one_job_per_tick(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let template = new_schedule("every-second", r#"{"n":1}"#);
+    upsert(s, template.clone(), secs(1), T0).await;
+    let job = template.job.to_job();
+    assert!(tick(s, "every-second", secs(1), secs(2), Some(job.clone())).await);
+    let stored = get(s, job.id).await;
+    assert_eq!(
+        (
+            stored.name.as_str(),
+            stored.queue.as_str(),
+            stored.args.as_str()
+        ),
+        (NAME, QUEUE, r#"{"n":1}"#)
+    );
+    assert_eq!(
+        (
+            stored.priority,
+            stored.timeout_ms,
+            stored.version,
+            stored.status
+        ),
+        (3, Some(1000), 2, JobStatus::Available)
+    );
+    let entry = &s.schedule_list().await.unwrap()[0];
+    assert_eq!(
+        (entry.next_run_at, entry.last_enqueued_at),
+        (secs(2), Some(secs(1)))
+    );
+
+    // The same tick again: refused, nothing stored.
+    let dup = template.job.to_job();
+    assert!(!tick(s, "every-second", secs(1), secs(2), Some(dup.clone())).await);
+    assert!(s.job_get(dup.id).await.unwrap().is_none());
+    // Skipping a tick moves the entry on without a job and keeps last_enqueued_at.
+    assert!(tick(s, "every-second", secs(2), secs(9), None).await);
+    let entry = &s.schedule_list().await.unwrap()[0];
+    assert_eq!(
+        (entry.next_run_at, entry.last_enqueued_at),
+        (secs(9), Some(secs(1)))
+    );
+    assert_eq!(all_jobs(s).await.len(), 1);
+    // An unknown entry takes no tick.
+    assert!(!tick(s, "nope", secs(9), secs(10), Some(template.job.to_job())).await);
+    assert_eq!(all_jobs(s).await.len(), 1);
+}
+
+/// Many workers racing for the same tick of the same entry store exactly one job, and
+/// one of them (only) is told it took the tick.
+pub async fn concurrent_ticks_store_one_job(s: Arc<dyn Storage>) {
+    let template = new_schedule("race", "{}");
+    upsert(&*s, template.clone(), secs(1), T0).await;
+    for round in 1..=5 {
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let s = Arc::clone(&s);
+            let job = template.job.to_job();
+            tasks.push(tokio::spawn(async move {
+                tick(&*s, "race", secs(round), secs(round + 1), Some(job)).await
+            }));
+        }
+        let mut won = 0;
+        for t in tasks {
+            if t.await.expect("tick task") {
+                won += 1;
+            }
+        }
+        assert_eq!(won, 1, "round {round}: exactly one taker");
+    }
+    assert_eq!(all_jobs(&*s).await.len(), 5, "one job per tick");
+}
+
+/// `run_now` stores a job from the template at once and leaves the ticks alone; delete
+/// removes the entry (its jobs stay) so later ticks and `run_now` find nothing.
+pub async fn schedule_run_now_and_delete(s: Arc<dyn Storage>) {
+    let s = &*s;
+    upsert(s, new_schedule("nightly", r#"{"x":true}"#), secs(3600), T0).await;
+    let id = s
+        .schedule_run_now(ScheduleRunNowParams {
+            name: "nightly".to_owned(),
+            now: secs(5),
+        })
+        .await
+        .unwrap()
+        .expect("the entry exists");
+    let job = get(s, id).await;
+    assert_eq!(
+        (job.name.as_str(), job.args.as_str()),
+        (NAME, r#"{"x":true}"#)
+    );
+    assert_eq!((job.status, job.run_at), (JobStatus::Available, secs(5)));
+    let entry = &s.schedule_list().await.unwrap()[0];
+    assert_eq!(
+        (entry.next_run_at, entry.last_enqueued_at),
+        (secs(3600), Some(secs(5)))
+    );
+
+    assert!(s.schedule_delete("nightly").await.unwrap());
+    assert!(!s.schedule_delete("nightly").await.unwrap());
+    assert!(s.schedule_list().await.unwrap().is_empty());
+    let none = s
+        .schedule_run_now(ScheduleRunNowParams {
+            name: "nightly".to_owned(),
+            now: secs(6),
+        })
+        .await
+        .unwrap();
+    assert_eq!(none, None);
+    assert!(
+        !tick(
+            s,
+            "nightly",
+            secs(3600),
+            secs(7200),
+            Some(new_job(NAME, QUEUE))
+        )
+        .await
+    );
+    assert_eq!(all_jobs(s).await.len(), 1, "the job run_now stored is kept");
 }

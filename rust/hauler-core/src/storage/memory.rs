@@ -29,13 +29,15 @@ use super::{
     lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
     JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams,
     JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams, JobPruneParams,
-    JobReclaimParams, JobReleaseParams, JobRetryParams, Storage,
+    JobReclaimParams, JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
+    ScheduleUpsertParams, Storage,
 };
 use crate::error::{Error, Result};
 use crate::model::{
     AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken,
-    QueueCount, Timestamp,
+    NewJob, QueueCount, Timestamp,
 };
+use crate::schedule::ScheduleRecord;
 
 /// The smallest and largest ids, to bound index ranges.
 const MIN_ID: JobId = JobId(Uuid::nil());
@@ -223,9 +225,70 @@ struct Inner {
     /// Every job, by id (so by creation time: ids are UUID v7).
     jobs: BTreeMap<JobId, Entry>,
     idx: Indexes,
+    /// Schedule entries, by name.
+    schedules: BTreeMap<String, ScheduleRecord>,
 }
 
 impl Inner {
+    /// Store jobs, all or none.
+    fn insert_jobs(&mut self, jobs: Vec<NewJob>, now: Timestamp) -> Result<()> {
+        let inner = self;
+        let mut seen = HashSet::with_capacity(jobs.len());
+        for job in &jobs {
+            if !seen.insert(job.id) {
+                return Err(Error::Storage(format!(
+                    "job {} appears twice in the batch",
+                    job.id
+                )));
+            }
+            if inner.jobs.contains_key(&job.id) {
+                return Err(Error::Storage(format!(
+                    "a job with id {} already exists",
+                    job.id
+                )));
+            }
+        }
+        for job in jobs {
+            let run_at = job.run_at.unwrap_or(now);
+            let record = JobRecord {
+                id: job.id,
+                name: job.name,
+                queue: job.queue,
+                args: job.args,
+                status: if run_at > now {
+                    JobStatus::Scheduled
+                } else {
+                    JobStatus::Available
+                },
+                attempt: 0,
+                retry: job.retry,
+                priority: job.priority,
+                timeout_ms: job.timeout_ms,
+                heartbeat_ms: job.heartbeat_ms,
+                version: job.version,
+                unique_key: job.unique_key,
+                created_at: now,
+                run_at,
+                started_at: None,
+                finished_at: None,
+                worker_id: None,
+                lease_expires_at: None,
+                cancel_requested_at: None,
+                last_error: None,
+                history: Vec::new(),
+            };
+            inner.idx.insert(&record);
+            inner.jobs.insert(
+                record.id,
+                Entry {
+                    record,
+                    lease: None,
+                },
+            );
+        }
+        Ok(())
+    }
+
     /// Apply `f` to a job, keeping the indexes in step. Returns `None` for an unknown id.
     fn update<T>(&mut self, id: JobId, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
         let entry = self.jobs.get_mut(&id)?;
@@ -334,61 +397,7 @@ fn end_attempt(e: &mut Entry, now: Timestamp, outcome: AttemptOutcome, error: Op
 impl Storage for MemoryStorage {
     async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<()> {
         let mut inner = self.open()?;
-        let now = params.now;
-        let mut seen = HashSet::with_capacity(params.jobs.len());
-        for job in &params.jobs {
-            if !seen.insert(job.id) {
-                return Err(Error::Storage(format!(
-                    "job {} appears twice in the batch",
-                    job.id
-                )));
-            }
-            if inner.jobs.contains_key(&job.id) {
-                return Err(Error::Storage(format!(
-                    "a job with id {} already exists",
-                    job.id
-                )));
-            }
-        }
-        for job in params.jobs {
-            let run_at = job.run_at.unwrap_or(now);
-            let record = JobRecord {
-                id: job.id,
-                name: job.name,
-                queue: job.queue,
-                args: job.args,
-                status: if run_at > now {
-                    JobStatus::Scheduled
-                } else {
-                    JobStatus::Available
-                },
-                attempt: 0,
-                retry: job.retry,
-                priority: job.priority,
-                timeout_ms: job.timeout_ms,
-                heartbeat_ms: job.heartbeat_ms,
-                version: job.version,
-                unique_key: job.unique_key,
-                created_at: now,
-                run_at,
-                started_at: None,
-                finished_at: None,
-                worker_id: None,
-                lease_expires_at: None,
-                cancel_requested_at: None,
-                last_error: None,
-                history: Vec::new(),
-            };
-            inner.idx.insert(&record);
-            inner.jobs.insert(
-                record.id,
-                Entry {
-                    record,
-                    lease: None,
-                },
-            );
-        }
-        Ok(())
+        inner.insert_jobs(params.jobs, params.now)
     }
 
     async fn job_claim(&self, params: JobClaimParams) -> Result<Vec<ClaimedJob>> {
@@ -737,6 +746,76 @@ impl Storage for MemoryStorage {
             .filter_map(|(q, n)| inner.lane(q, n))
             .filter_map(|lane| lane.by_run_at.first().map(|&(t, _, _)| t))
             .min())
+    }
+
+    async fn schedule_upsert(&self, params: ScheduleUpsertParams) -> Result<ScheduleRecord> {
+        let mut inner = self.open()?;
+        let new = params.schedule;
+        let record = match inner.schedules.remove(&new.name) {
+            Some(old) => ScheduleRecord {
+                next_run_at: if old.spec == new.spec {
+                    old.next_run_at
+                } else {
+                    params.next_run_at
+                },
+                spec: new.spec,
+                catch_up: new.catch_up,
+                job: new.job,
+                updated_at: params.now,
+                ..old
+            },
+            None => ScheduleRecord {
+                name: new.name,
+                spec: new.spec,
+                catch_up: new.catch_up,
+                job: new.job,
+                next_run_at: params.next_run_at,
+                last_enqueued_at: None,
+                created_at: params.now,
+                updated_at: params.now,
+            },
+        };
+        inner.schedules.insert(record.name.clone(), record.clone());
+        Ok(record)
+    }
+
+    async fn schedule_tick(&self, params: ScheduleTickParams) -> Result<bool> {
+        let mut inner = self.open()?;
+        match inner.schedules.get(&params.name) {
+            Some(s) if s.next_run_at == params.due => {}
+            _ => return Ok(false),
+        }
+        let enqueued = params.job.is_some();
+        if let Some(job) = params.job {
+            inner.insert_jobs(vec![job], params.now)?;
+        }
+        if let Some(s) = inner.schedules.get_mut(&params.name) {
+            s.next_run_at = params.next_run_at;
+            if enqueued {
+                s.last_enqueued_at = Some(params.now);
+            }
+        }
+        Ok(true)
+    }
+
+    async fn schedule_run_now(&self, params: ScheduleRunNowParams) -> Result<Option<JobId>> {
+        let mut inner = self.open()?;
+        let Some(s) = inner.schedules.get_mut(&params.name) else {
+            return Ok(None);
+        };
+        s.last_enqueued_at = Some(params.now);
+        let job = s.job.to_job();
+        let id = job.id;
+        inner.insert_jobs(vec![job], params.now)?;
+        Ok(Some(id))
+    }
+
+    async fn schedule_delete(&self, name: &str) -> Result<bool> {
+        Ok(self.open()?.schedules.remove(name).is_some())
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<ScheduleRecord>> {
+        Ok(self.open()?.schedules.values().cloned().collect())
     }
 
     fn poll_interval(&self) -> Option<Duration> {

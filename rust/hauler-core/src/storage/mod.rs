@@ -16,6 +16,7 @@ use crate::error::Result;
 use crate::model::{
     ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken, NewJob, QueueCount, Timestamp,
 };
+use crate::schedule::{NewSchedule, ScheduleRecord};
 
 pub mod memory;
 pub mod postgres;
@@ -249,6 +250,43 @@ pub struct JobNextRunAtParams {
     pub names: Vec<String>,
 }
 
+/// Store a schedule entry, or update the stored one of the same name.
+#[derive(Debug, Clone)]
+pub struct ScheduleUpsertParams {
+    /// The entry.
+    pub schedule: NewSchedule,
+    /// Its first tick: stored as `next_run_at` for a new entry, and for an existing one
+    /// whose spec changed. An existing entry with the same spec keeps its `next_run_at`
+    /// (so ticks missed while no worker ran are still due) and its `last_enqueued_at`.
+    pub next_run_at: Timestamp,
+    /// `created_at` of a new entry, `updated_at` of any.
+    pub now: Timestamp,
+}
+
+/// Take one tick of a schedule entry.
+#[derive(Debug, Clone)]
+pub struct ScheduleTickParams {
+    /// The entry.
+    pub name: String,
+    /// The tick being taken: the entry's stored `next_run_at` as the caller read it.
+    pub due: Timestamp,
+    /// The entry's next tick after this one.
+    pub next_run_at: Timestamp,
+    /// The job to store for the tick (`None`: the tick is skipped, not run).
+    pub job: Option<NewJob>,
+    /// The time of storing (the job's `created_at`; `last_enqueued_at` if a job is stored).
+    pub now: Timestamp,
+}
+
+/// Enqueue a schedule entry's job at once, leaving its ticks alone.
+#[derive(Debug, Clone)]
+pub struct ScheduleRunNowParams {
+    /// The entry.
+    pub name: String,
+    /// The time of storing.
+    pub now: Timestamp,
+}
+
 /// A place that keeps jobs. Implementations: [`MemoryStorage`], [`SqliteStorage`],
 /// [`PostgresStorage`].
 ///
@@ -320,6 +358,27 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
 
     /// The earliest `run_at` among pending jobs of these queues and names (past or future).
     async fn job_next_run_at(&self, params: JobNextRunAtParams) -> Result<Option<Timestamp>>;
+
+    /// Store a schedule entry or update the one with the same name (see
+    /// [`ScheduleUpsertParams::next_run_at`]). Returns the entry as stored.
+    async fn schedule_upsert(&self, params: ScheduleUpsertParams) -> Result<ScheduleRecord>;
+
+    /// Take a tick: if the entry still exists and its `next_run_at` is `due`, set it to
+    /// `params.next_run_at` and store `params.job` (if any), in one transaction. Returns
+    /// whether this call took the tick. However many workers call this for the same
+    /// entry and `due` at once, exactly one gets `true`, so a tick stores at most one job.
+    async fn schedule_tick(&self, params: ScheduleTickParams) -> Result<bool>;
+
+    /// Store a fresh job from the entry's template, runnable at once, and set the entry's
+    /// `last_enqueued_at`; its ticks do not move. Returns the job's id, or `None` if no
+    /// entry has that name.
+    async fn schedule_run_now(&self, params: ScheduleRunNowParams) -> Result<Option<JobId>>;
+
+    /// Delete the entry. Returns whether it existed. Jobs it already stored are kept.
+    async fn schedule_delete(&self, name: &str) -> Result<bool>;
+
+    /// Every entry, by name.
+    async fn schedule_list(&self) -> Result<Vec<ScheduleRecord>>;
 
     /// How often workers should look for jobs queued by *other processes* (`None`: the
     /// storage cannot be shared between processes, so in-process wake-ups suffice).

@@ -56,7 +56,8 @@ use super::{
     FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams, JobCountParams,
     JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams, JobHeartbeatResult,
     JobInsertManyParams, JobListParams, JobNextRunAtParams, JobPruneParams, JobReclaimParams,
-    JobReleaseParams, JobRetryParams, Storage, LEASE_HEARTBEATS,
+    JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
+    ScheduleUpsertParams, Storage, LEASE_HEARTBEATS,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -64,6 +65,7 @@ use crate::model::{
     NewJob, QueueCount, Timestamp,
 };
 use crate::retry::{MaxRetries, RetryPolicy};
+use crate::schedule::{JobTemplate, ScheduleRecord};
 
 /// Leases are computed from heartbeat intervals of at most this many milliseconds (about
 /// 31 years), so the arithmetic stays inside PostgreSQL's ranges.
@@ -247,6 +249,25 @@ const MIGRATIONS: &[Migration] = &[
     ALTER TABLE attempts ADD CONSTRAINT attempts_outcome_check CHECK (outcome IN (
         'completed', 'failed', 'lease_expired', 'released', 'cancelled', 'retried'))
         NOT VALID;",
+    },
+    Migration {
+        description: "schedule entries (cron and fixed-interval jobs)",
+        sql: "
+    -- One row per entry. A tick is taken by moving next_run_at from the tick to the
+    -- following one (compare-and-set under the row lock), so each tick stores one job
+    -- however many workers race for it.
+    CREATE TABLE schedules (
+        name             text        NOT NULL PRIMARY KEY,
+        -- The ScheduleSpec as JSON: a cron expression and time zone, or an interval.
+        spec             text        NOT NULL,
+        catch_up         text        NOT NULL CHECK (catch_up IN ('one', 'none')),
+        -- The JobTemplate as JSON: job name, queue, args and options.
+        job              text        NOT NULL,
+        next_run_at      timestamptz NOT NULL,
+        last_enqueued_at timestamptz,
+        created_at       timestamptz NOT NULL,
+        updated_at       timestamptz NOT NULL
+    );",
     },
 ];
 
@@ -674,6 +695,32 @@ const JOB_PRUNE: &str = "WITH picked AS MATERIALIZED (
 ),
 done AS (DELETE FROM jobs j USING picked p WHERE j.id = p.id RETURNING 1)
 SELECT count(*) FROM done";
+
+/// Insert an entry, or update its definition (keeping its next tick if the spec is the same).
+const SCHEDULE_UPSERT: &str = "INSERT INTO schedules AS s
+        (name, spec, catch_up, job, next_run_at, created_at, updated_at)
+    VALUES ($1, $2, $3, $4, $5, $6, $6)
+    ON CONFLICT (name) DO UPDATE SET
+        next_run_at = CASE WHEN s.spec = excluded.spec
+            THEN s.next_run_at ELSE excluded.next_run_at END,
+        spec = excluded.spec, catch_up = excluded.catch_up, job = excluded.job,
+        updated_at = excluded.updated_at
+    RETURNING name, spec, catch_up, job, next_run_at, last_enqueued_at, created_at, updated_at";
+
+/// Take a tick: only while next_run_at is still the tick. A concurrent taker waits for the
+/// row lock, then re-checks the condition against the committed row and updates nothing.
+const SCHEDULE_TICK: &str = "UPDATE schedules
+    SET next_run_at = $3,
+        last_enqueued_at = CASE WHEN $4 THEN $5 ELSE last_enqueued_at END
+    WHERE name = $1 AND next_run_at = $2";
+
+const SCHEDULE_RUN_NOW: &str = "UPDATE schedules SET last_enqueued_at = $2
+    WHERE name = $1 RETURNING job";
+
+const SCHEDULE_DELETE: &str = "DELETE FROM schedules WHERE name = $1";
+
+const SCHEDULE_LIST: &str = "SELECT name, spec, catch_up, job, next_run_at, last_enqueued_at,
+    created_at, updated_at FROM schedules ORDER BY name";
 
 const JOB_COUNTS: &str = "SELECT queue, status, count(*) FROM jobs GROUP BY queue, status";
 
@@ -1407,6 +1454,65 @@ fn claimed_from_row(row: &Row, started_at: Timestamp) -> Result<(ClaimedJob, i32
     Ok((job, priority, run_at))
 }
 
+fn schedule_from_row(row: &Row) -> Result<ScheduleRecord> {
+    let name: String = row
+        .try_get(0)
+        .map_err(|e| Error::Storage(format!("corrupt row in schedules: {e}")))?;
+    let bad = |what: String| Error::Storage(format!("corrupt row for schedule {name:?}: {what}"));
+    let get_text = |i: usize| row.try_get::<_, String>(i).map_err(|e| bad(e.to_string()));
+    let get_time = |i: usize| {
+        row.try_get::<_, Option<DateTime<Utc>>>(i)
+            .map(|t| t.map(from_pg_time))
+            .map_err(|e| bad(e.to_string()))
+    };
+    let required = |i: usize, what: &str| get_time(i)?.ok_or_else(|| bad(format!("no {what}")));
+    Ok(ScheduleRecord {
+        spec: serde_json::from_str(&get_text(1)?).map_err(|e| bad(format!("spec: {e}")))?,
+        catch_up: get_text(2)?.parse().map_err(|e| bad(format!("{e}")))?,
+        job: serde_json::from_str(&get_text(3)?).map_err(|e| bad(format!("job: {e}")))?,
+        next_run_at: required(4, "next_run_at")?,
+        last_enqueued_at: get_time(5)?,
+        created_at: required(6, "created_at")?,
+        updated_at: required(7, "updated_at")?,
+        name: name.clone(),
+    })
+}
+
+/// Store `job` inside `tx` (the storage's own insert statement, so workers are notified
+/// when `tx` commits).
+async fn insert_in(
+    tx: &deadpool_postgres::Transaction<'_>,
+    job: NewJob,
+    now: Timestamp,
+    channel: &str,
+) -> std::result::Result<(), Failure> {
+    let rows = JobInsertRows::new(vec![job], now)?;
+    let now = to_pg_time(now)?;
+    let statement = tx.prepare_cached(JOB_INSERT).await?;
+    tx.query(
+        &statement,
+        &[
+            &rows.ids,
+            &rows.names,
+            &rows.queues,
+            &rows.args,
+            &rows.statuses,
+            &rows.priorities,
+            &rows.max_retries,
+            &rows.retries,
+            &rows.timeouts_ms,
+            &rows.heartbeats_ms,
+            &rows.versions,
+            &rows.unique_keys,
+            &now,
+            &rows.run_ats,
+            &channel,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 #[async_trait]
 impl Storage for PostgresStorage {
     async fn job_insert_many(&self, p: JobInsertManyParams) -> Result<()> {
@@ -1759,6 +1865,89 @@ impl Storage for PostgresStorage {
             None => None,
         };
         Ok(earliest.map(from_pg_time))
+    }
+
+    async fn schedule_upsert(&self, p: ScheduleUpsertParams) -> Result<ScheduleRecord> {
+        let s = &p.schedule;
+        let spec = serde_json::to_string(&s.spec)?;
+        let job = serde_json::to_string(&s.job)?;
+        let (next, now) = (to_pg_time(p.next_run_at)?, to_pg_time(p.now)?);
+        let rows = self
+            .query(
+                "schedule_upsert",
+                SCHEDULE_UPSERT,
+                &[&s.name, &spec, &s.catch_up.as_str(), &job, &next, &now],
+            )
+            .await?;
+        let row = rows
+            .first()
+            .ok_or_else(|| Error::Storage("schedule_upsert: no result row".to_owned()))?;
+        schedule_from_row(row)
+    }
+
+    async fn schedule_tick(&self, p: ScheduleTickParams) -> Result<bool> {
+        const OP: &str = "schedule_tick";
+        let (due, next, now) = (
+            to_pg_time(p.due)?,
+            to_pg_time(p.next_run_at)?,
+            to_pg_time(p.now)?,
+        );
+        let mut client = self.client(OP).await?;
+        let work = async {
+            let tx = client.transaction().await?;
+            let statement = tx.prepare_cached(SCHEDULE_TICK).await?;
+            let enqueue = p.job.is_some();
+            let taken = tx
+                .execute(&statement, &[&p.name, &due, &next, &enqueue, &now])
+                .await?
+                == 1;
+            if let (true, Some(job)) = (taken, p.job) {
+                insert_in(&tx, job, p.now, &self.channel).await?;
+            }
+            tx.commit().await?;
+            Ok::<_, Failure>(taken)
+        };
+        work.await.map_err(|e| self.failure(OP, e))
+    }
+
+    async fn schedule_run_now(&self, p: ScheduleRunNowParams) -> Result<Option<JobId>> {
+        const OP: &str = "schedule_run_now";
+        let now = to_pg_time(p.now)?;
+        let mut client = self.client(OP).await?;
+        let work = async {
+            let tx = client.transaction().await?;
+            let statement = tx.prepare_cached(SCHEDULE_RUN_NOW).await?;
+            let Some(row) = tx.query_opt(&statement, &[&p.name, &now]).await? else {
+                return Ok(None);
+            };
+            let job: String = row.try_get(0)?;
+            let template: JobTemplate = serde_json::from_str(&job).map_err(|e| {
+                Error::Storage(format!("corrupt row for schedule {:?}: job: {e}", p.name))
+            })?;
+            let job = template.to_job();
+            let id = job.id;
+            insert_in(&tx, job, p.now, &self.channel).await?;
+            tx.commit().await?;
+            Ok::<_, Failure>(Some(id))
+        };
+        work.await.map_err(|e| self.failure(OP, e))
+    }
+
+    async fn schedule_delete(&self, name: &str) -> Result<bool> {
+        let client = self.client("schedule_delete").await?;
+        let work = async {
+            let statement = client.prepare_cached(SCHEDULE_DELETE).await?;
+            client.execute(&statement, &[&name]).await
+        };
+        let n = work
+            .await
+            .map_err(|e| self.failure("schedule_delete", Failure::Pg(e)))?;
+        Ok(n == 1)
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<ScheduleRecord>> {
+        let rows = self.query("schedule_list", SCHEDULE_LIST, &[]).await?;
+        rows.iter().map(schedule_from_row).collect()
     }
 
     fn poll_interval(&self) -> Option<Duration> {
@@ -2166,7 +2355,7 @@ mod tests {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(versions, vec![1, 2]);
+        assert_eq!(versions, vec![1, 2, 3]);
         s.close().await.unwrap();
         admin
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema)))

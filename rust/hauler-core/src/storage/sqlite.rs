@@ -39,7 +39,8 @@ use super::{
     lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
     JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams,
     JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams, JobPruneParams,
-    JobReclaimParams, JobReleaseParams, JobRetryParams, Storage,
+    JobReclaimParams, JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
+    ScheduleUpsertParams, Storage,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -47,6 +48,7 @@ use crate::model::{
     QueueCount, Timestamp,
 };
 use crate::retry::{MaxRetries, RetryPolicy};
+use crate::schedule::{JobTemplate, ScheduleRecord};
 use crate::testhook::{crash_point, CrashPoint};
 
 /// How hard SQLite works to make a commit survive a power cut.
@@ -160,6 +162,18 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE hauler_jobs ADD COLUMN cancel_requested_at INTEGER;
     CREATE INDEX hauler_jobs_finished ON hauler_jobs (status, finished_at)
         WHERE finished_at IS NOT NULL;",
+    // 3: schedule entries (cron and fixed-interval jobs). A tick is taken by moving
+    // next_run_at from the tick to the following one, so each tick stores one job.
+    "CREATE TABLE hauler_schedules (
+        name             TEXT    NOT NULL PRIMARY KEY,
+        spec             TEXT    NOT NULL,
+        catch_up         TEXT    NOT NULL CHECK (catch_up IN ('one', 'none')),
+        job              TEXT    NOT NULL,
+        next_run_at      INTEGER NOT NULL,
+        last_enqueued_at INTEGER,
+        created_at       INTEGER NOT NULL,
+        updated_at       INTEGER NOT NULL
+    ) STRICT;",
 ];
 
 /// The schema version this build writes and reads.
@@ -350,6 +364,30 @@ const JOB_PRUNE: &str = "DELETE FROM hauler_jobs WHERE id IN (
     SELECT id FROM hauler_jobs INDEXED BY hauler_jobs_finished
     WHERE status IN (SELECT value FROM json_each(?1)) AND finished_at < ?2
     LIMIT ?3)";
+
+/// Insert an entry, or update its definition (keeping its next tick if the spec is the same).
+const SCHEDULE_UPSERT: &str = "INSERT INTO hauler_schedules
+        (name, spec, catch_up, job, next_run_at, created_at, updated_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+    ON CONFLICT (name) DO UPDATE SET
+        next_run_at = CASE WHEN hauler_schedules.spec = excluded.spec
+            THEN hauler_schedules.next_run_at ELSE excluded.next_run_at END,
+        spec = excluded.spec, catch_up = excluded.catch_up, job = excluded.job,
+        updated_at = excluded.updated_at
+    RETURNING name, spec, catch_up, job, next_run_at, last_enqueued_at, created_at, updated_at";
+
+/// Take a tick: only while next_run_at is still the tick (compare-and-set).
+const SCHEDULE_TICK: &str = "UPDATE hauler_schedules
+    SET next_run_at = ?3, last_enqueued_at = CASE WHEN ?4 THEN ?5 ELSE last_enqueued_at END
+    WHERE name = ?1 AND next_run_at = ?2";
+
+const SCHEDULE_RUN_NOW: &str = "UPDATE hauler_schedules SET last_enqueued_at = ?2
+    WHERE name = ?1 RETURNING job";
+
+const SCHEDULE_DELETE: &str = "DELETE FROM hauler_schedules WHERE name = ?1";
+
+const SCHEDULE_LIST: &str = "SELECT name, spec, catch_up, job, next_run_at, last_enqueued_at,
+    created_at, updated_at FROM hauler_schedules ORDER BY name";
 
 const JOB_COUNTS: &str = "SELECT queue, status, count(*) FROM hauler_jobs GROUP BY queue, status";
 
@@ -1260,6 +1298,101 @@ fn next_run_at(tx: &Transaction<'_>, p: &JobNextRunAtParams) -> DbResult<Option<
     Ok(earliest.map(Timestamp::from_micros))
 }
 
+type RawSchedule = (String, String, String, String, [Option<i64>; 4]);
+
+fn schedule_from_row(row: &Row<'_>) -> rusqlite::Result<RawSchedule> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        [row.get(4)?, row.get(5)?, row.get(6)?, row.get(7)?],
+    ))
+}
+
+fn decode_schedule(raw: RawSchedule) -> Result<ScheduleRecord> {
+    let (name, spec, catch_up, job, [next, last, created, updated]) = raw;
+    let bad = |what: String| Error::Storage(format!("corrupt row for schedule {name:?}: {what}"));
+    let ts = |v: Option<i64>| v.map(Timestamp::from_micros);
+    Ok(ScheduleRecord {
+        spec: serde_json::from_str(&spec).map_err(|e| bad(format!("spec: {e}")))?,
+        catch_up: catch_up.parse().map_err(|e| bad(format!("{e}")))?,
+        job: serde_json::from_str(&job).map_err(|e| bad(format!("job: {e}")))?,
+        next_run_at: ts(next).ok_or_else(|| bad("no next_run_at".into()))?,
+        last_enqueued_at: ts(last),
+        created_at: ts(created).ok_or_else(|| bad("no created_at".into()))?,
+        updated_at: ts(updated).ok_or_else(|| bad("no updated_at".into()))?,
+        name,
+    })
+}
+
+fn upsert_schedule(tx: &Transaction<'_>, p: &ScheduleUpsertParams) -> DbResult<ScheduleRecord> {
+    let s = &p.schedule;
+    let raw = tx.prepare_cached(SCHEDULE_UPSERT)?.query_row(
+        params![
+            s.name,
+            serde_json::to_string(&s.spec)?,
+            s.catch_up.as_str(),
+            serde_json::to_string(&s.job)?,
+            p.next_run_at.as_micros(),
+            p.now.as_micros(),
+        ],
+        schedule_from_row,
+    )?;
+    Ok(decode_schedule(raw)?)
+}
+
+fn tick_schedule(tx: &Transaction<'_>, p: ScheduleTickParams) -> DbResult<bool> {
+    let taken = tx.prepare_cached(SCHEDULE_TICK)?.execute(params![
+        p.name,
+        p.due.as_micros(),
+        p.next_run_at.as_micros(),
+        p.job.is_some(),
+        p.now.as_micros(),
+    ])? == 1;
+    if let (true, Some(job)) = (taken, p.job) {
+        insert_jobs(
+            tx,
+            &JobInsertManyParams {
+                jobs: vec![job],
+                now: p.now,
+            },
+        )?;
+    }
+    Ok(taken)
+}
+
+fn run_schedule_now(tx: &Transaction<'_>, p: &ScheduleRunNowParams) -> DbResult<Option<JobId>> {
+    let job: Option<String> = tx
+        .prepare_cached(SCHEDULE_RUN_NOW)?
+        .query_row(params![p.name, p.now.as_micros()], |r| r.get(0))
+        .optional()?;
+    let Some(job) = job else { return Ok(None) };
+    let template: JobTemplate = serde_json::from_str(&job)
+        .map_err(|e| Error::Storage(format!("corrupt row for schedule {:?}: job: {e}", p.name)))?;
+    let job = template.to_job();
+    let id = job.id;
+    insert_jobs(
+        tx,
+        &JobInsertManyParams {
+            jobs: vec![job],
+            now: p.now,
+        },
+    )?;
+    Ok(Some(id))
+}
+
+fn list_schedules(tx: &Transaction<'_>) -> DbResult<Vec<ScheduleRecord>> {
+    let mut stmt = tx.prepare_cached(SCHEDULE_LIST)?;
+    let raws = stmt
+        .query_map([], schedule_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(raws
+        .into_iter()
+        .map(decode_schedule)
+        .collect::<Result<_>>()?)
+}
+
 #[async_trait]
 impl Storage for SqliteStorage {
     async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<()> {
@@ -1356,6 +1489,36 @@ impl Storage for SqliteStorage {
 
     async fn job_next_run_at(&self, params: JobNextRunAtParams) -> Result<Option<Timestamp>> {
         self.run(move |db| db.read("job_next_run_at", |tx| next_run_at(tx, &params)))
+            .await
+    }
+
+    async fn schedule_upsert(&self, params: ScheduleUpsertParams) -> Result<ScheduleRecord> {
+        self.run(move |db| db.write("schedule_upsert", |tx| upsert_schedule(tx, &params)))
+            .await
+    }
+
+    async fn schedule_tick(&self, params: ScheduleTickParams) -> Result<bool> {
+        self.run(move |db| db.write("schedule_tick", |tx| tick_schedule(tx, params)))
+            .await
+    }
+
+    async fn schedule_run_now(&self, params: ScheduleRunNowParams) -> Result<Option<JobId>> {
+        self.run(move |db| db.write("schedule_run_now", |tx| run_schedule_now(tx, &params)))
+            .await
+    }
+
+    async fn schedule_delete(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.run(move |db| {
+            db.write("schedule_delete", |tx| {
+                Ok(tx.prepare_cached(SCHEDULE_DELETE)?.execute([&name])? == 1)
+            })
+        })
+        .await
+    }
+
+    async fn schedule_list(&self) -> Result<Vec<ScheduleRecord>> {
+        self.run(move |db| db.read("schedule_list", list_schedules))
             .await
     }
 
