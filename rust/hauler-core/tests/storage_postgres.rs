@@ -642,6 +642,65 @@ async fn duplicate_id_is_refused_and_nothing_is_stored() {
     drop_schema(&dsn, &schema).await;
 }
 
+/// A row that does not decode fails its own job right after the claim; the claim returns
+/// the other jobs, and the damaged job is never claimed again.
+#[tokio::test]
+async fn corrupt_rows_fail_alone_in_the_claim() {
+    let Some(dsn) = dsn() else { return };
+    let schema = fresh_schema();
+    let s = open(&dsn, &schema).await;
+    let batch = jobs(6);
+    let ids: Vec<JobId> = batch.iter().map(|j| j.id).collect();
+    insert(&s, batch, at(0)).await;
+    let admin = admin(&dsn).await;
+    let damage = [
+        (ids[1], "version = -1", "version -1 is out of range"),
+        (ids[2], "version = 1099511627776", "out of range"),
+        (ids[3], "retry = 'garbage'", "retry: "),
+        (
+            ids[4],
+            "heartbeat_ms = -5",
+            "heartbeat_ms -5 is out of range",
+        ),
+    ];
+    for (id, assignment, _) in damage {
+        // Test-only SQL built from the constants above.
+        let sql = format!("UPDATE \"{schema}\".jobs SET {assignment} WHERE id = $1");
+        assert_eq!(admin.execute(&sql, &[&id.0]).await.unwrap(), 1);
+    }
+
+    let claimed = claim(&s, 10, "w", at(1)).await;
+    let got: HashSet<JobId> = claimed.iter().map(|j| j.id).collect();
+    assert_eq!(got, HashSet::from([ids[0], ids[5]]));
+    complete(&s, &claimed, at(2)).await;
+    // Long past every lease: nothing to reclaim, nothing left to claim.
+    let later = at(3600);
+    s.job_reclaim_expired(JobReclaimParams { now: later })
+        .await
+        .unwrap();
+    assert!(claim(&s, 10, "w", later).await.is_empty());
+
+    // Read back raw: job_get refuses rows that do not decode.
+    let sql = format!(
+        "SELECT status, attempt, last_error, \
+             (SELECT array_agg(outcome) FROM \"{schema}\".attempts a WHERE a.job_id = j.id) \
+         FROM \"{schema}\".jobs j WHERE id = $1"
+    );
+    for (id, _, reason) in damage {
+        let row = admin.query_one(&sql, &[&id.0]).await.unwrap();
+        let (status, attempt): (String, i32) = (row.get(0), row.get(1));
+        assert_eq!((status.as_str(), attempt), ("failed", 1));
+        let error: serde_json::Value = serde_json::from_str(row.get(2)).unwrap();
+        assert_eq!(error["kind"], "CorruptJob");
+        let message = error["message"].as_str().unwrap();
+        assert!(message.contains(&id.to_string()), "{message}");
+        assert!(message.contains(reason), "{message}");
+        assert_eq!(row.get::<_, Vec<String>>(3), vec!["failed"]);
+    }
+    s.close().await.unwrap();
+    drop_schema(&dsn, &schema).await;
+}
+
 /// Terminate every backend of `application_name` and wait until the server has let them
 /// all go. Returns how many there were.
 async fn kill_connections(admin: &tokio_postgres::Client, application_name: &str) -> usize {

@@ -66,6 +66,7 @@ use crate::model::{
 };
 use crate::retry::{MaxRetries, RetryPolicy};
 use crate::schedule::{JobTemplate, ScheduleRecord};
+use crate::testhook::{crash_point, CrashPoint};
 
 /// Leases are computed from heartbeat intervals of at most this many milliseconds (about
 /// 31 years), so the arithmetic stays inside PostgreSQL's ranges.
@@ -928,6 +929,56 @@ impl PostgresStorage {
         }
         Error::Storage(format!("{op} on {}: {}", self.target, pg_message(&e)))
     }
+
+    /// End as `failed` the attempts just claimed of jobs whose rows do not decode, with
+    /// the reason in `last_error` and the history, so they are never claimed again and
+    /// the rest of the claim still runs. The claim is already committed, so this is a
+    /// second statement: if it cannot be written, the jobs stay `running` under a lease
+    /// nobody renews, and the next claim after it expires fails them again.
+    async fn fail_corrupt(&self, damaged: &[(&Row, Error)], now: Timestamp) {
+        let (mut ids, mut tokens, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+        for (row, reason) in damaged {
+            let message = match reason {
+                Error::Storage(m) => m.clone(),
+                other => other.to_string(),
+            };
+            log::error!("failing a claimed job: {message}");
+            let (Ok(id), Ok(token)) = (row.try_get::<_, Uuid>(0), row.try_get::<_, Uuid>(9)) else {
+                continue; // not this statement's RETURNING: cannot happen
+            };
+            let error = ErrorInfo::engine("CorruptJob", message);
+            let Ok(error) = serde_json::to_string(&error) else {
+                continue;
+            };
+            ids.push(id);
+            tokens.push(token);
+            errors.push(Some(error));
+        }
+        let n = ids.len();
+        let statuses = vec![JobStatus::Failed.as_str(); n];
+        let retry_ats: Vec<Option<DateTime<Utc>>> = vec![None; n];
+        let outcomes = vec![AttemptOutcome::Failed.as_str(); n];
+        let Ok(now) = to_pg_time(now) else { return };
+        let res = self
+            .query(
+                "job_claim: failing corrupt rows",
+                JOB_FINISH,
+                &[
+                    &ids,
+                    &tokens,
+                    &statuses,
+                    &retry_ats,
+                    &errors,
+                    &outcomes,
+                    &now,
+                    &self.channel,
+                ],
+            )
+            .await;
+        if let Err(e) = res {
+            log::error!("{e}; their leases will expire and the next claim tries again");
+        }
+    }
 }
 
 /// Run one statement, prepared once per connection.
@@ -1524,6 +1575,9 @@ impl Storage for PostgresStorage {
         let rows = JobInsertRows::new(p.jobs, p.now)?;
         let now = to_pg_time(p.now)?;
         let client = self.client(INSERT).await?;
+        // The batch is one statement, its own transaction: a crash before it is sent
+        // leaves what a crash inside SQLite's transaction does (nothing stored).
+        crash_point(CrashPoint::DuringEnqueue);
         let res = run(
             &client,
             JOB_INSERT,
@@ -1583,10 +1637,17 @@ impl Storage for PostgresStorage {
                 ],
             )
             .await?;
-        let mut claimed = rows
-            .iter()
-            .map(|row| claimed_from_row(row, p.now))
-            .collect::<Result<Vec<_>>>()?;
+        let mut claimed = Vec::with_capacity(rows.len());
+        let mut damaged = Vec::new();
+        for row in &rows {
+            match claimed_from_row(row, p.now) {
+                Ok(job) => claimed.push(job),
+                Err(e) => damaged.push((row, e)),
+            }
+        }
+        if !damaged.is_empty() {
+            self.fail_corrupt(&damaged, p.now).await;
+        }
         // RETURNING comes in no particular order: hand the jobs out in claim order.
         claimed.sort_by(|(a, a_priority, a_run), (b, b_priority, b_run)| {
             b_priority
@@ -1676,6 +1737,15 @@ impl Storage for PostgresStorage {
             outcomes.push(outcome.as_str());
         }
         let now = to_pg_time(p.now)?;
+        // One statement, its own transaction: a crash before it is sent leaves what a
+        // crash before SQLite's commit does (the jobs still running under their leases).
+        for f in &p.finishes {
+            match f.outcome {
+                FinishOutcome::Completed => crash_point(CrashPoint::BeforeCompleteCommit),
+                FinishOutcome::Retry { .. } => crash_point(CrashPoint::DuringRetryReschedule),
+                FinishOutcome::Failed { .. } => {}
+            }
+        }
         let rows = self
             .query(
                 "job_finish_many",
