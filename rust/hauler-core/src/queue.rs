@@ -8,8 +8,10 @@ use tokio::sync::watch;
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::Result;
 use crate::model::{JobId, NewJob};
+use crate::schedule::{NewSchedule, ScheduleRecord, Ticker};
 use crate::storage::{
-    JobCancelParams, JobCancelResult, JobFilter, JobInsertManyParams, JobRetryParams, Storage,
+    JobCancelParams, JobCancelResult, JobFilter, JobInsertManyParams, JobRetryParams,
+    ScheduleRunNowParams, ScheduleUpsertParams, Storage,
 };
 
 /// A storage plus the wake-up signals of the workers attached to it in this process.
@@ -19,6 +21,7 @@ pub struct Queue {
     clock: SharedClock,
     wake: watch::Sender<u64>,
     cancels: watch::Sender<u64>,
+    schedules: watch::Sender<u64>,
 }
 
 impl Queue {
@@ -31,11 +34,13 @@ impl Queue {
     pub fn with_clock(storage: Arc<dyn Storage>, clock: SharedClock) -> Self {
         let (wake, _) = watch::channel(0);
         let (cancels, _) = watch::channel(0);
+        let (schedules, _) = watch::channel(0);
         Queue {
             storage,
             clock,
             wake,
             cancels,
+            schedules,
         }
     }
 
@@ -88,6 +93,56 @@ impl Queue {
             self.wake();
         }
         Ok(n)
+    }
+
+    /// Store a schedule entry, or update the one of the same name (its due tick is kept
+    /// if the spec is unchanged, so a tick missed while no worker ran is still caught up).
+    /// A malformed spec is an [`crate::Error::Config`] and stores nothing. This process's
+    /// workers pick the entry up at once, other processes' at their next poll.
+    pub async fn schedule_add(&self, schedule: NewSchedule) -> Result<ScheduleRecord> {
+        let ticker = Ticker::new(&schedule.spec)?;
+        let now = self.clock.now();
+        let next_run_at = ticker.next_after(now).ok_or_else(|| {
+            crate::Error::Config(format!("schedule {:?} has no future tick", schedule.name))
+        })?;
+        let record = self
+            .storage
+            .schedule_upsert(ScheduleUpsertParams {
+                schedule,
+                next_run_at,
+                now,
+            })
+            .await?;
+        self.schedules.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(record)
+    }
+
+    /// Delete a schedule entry; whether it existed. Its ticks stop in every worker.
+    pub async fn schedule_delete(&self, name: &str) -> Result<bool> {
+        let deleted = self.storage.schedule_delete(name).await?;
+        self.schedules.send_modify(|n| *n = n.wrapping_add(1));
+        Ok(deleted)
+    }
+
+    /// Store the entry's job now, leaving its ticks alone; `None` if there is no such entry.
+    pub async fn schedule_run_now(&self, name: &str) -> Result<Option<JobId>> {
+        let now = self.clock.now();
+        let id = self
+            .storage
+            .schedule_run_now(ScheduleRunNowParams {
+                name: name.to_owned(),
+                now,
+            })
+            .await?;
+        if id.is_some() {
+            self.wake();
+        }
+        Ok(id)
+    }
+
+    /// A receiver that changes whenever this process added or deleted a schedule entry.
+    pub fn subscribe_schedules(&self) -> watch::Receiver<u64> {
+        self.schedules.subscribe()
     }
 
     /// A receiver that changes whenever [`Queue::cancel_many`] asked running jobs to stop.

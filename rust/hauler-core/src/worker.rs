@@ -8,7 +8,8 @@
 //! interval (the fallback for those notifications), or stop. A completer task writes
 //! finished attempts many per transaction; a heartbeat task renews leases and learns which
 //! running jobs were asked to stop (cancelled); a reclaim task takes back jobs whose worker
-//! died; a retention task deletes old completed jobs.
+//! died; a retention task deletes old completed jobs; a scheduler task takes the ticks of
+//! the schedule entries whose job the pool has registered (see [`crate::schedule`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,12 +22,14 @@ use tokio::time::Instant;
 
 use crate::config::{PoolConfig, QueueConfig};
 use crate::error::{Error, Result};
+use crate::model::Timestamp;
 use crate::model::{ClaimedJob, ErrorInfo, JobId, JobStatus, LeaseToken};
 use crate::queue::Queue;
 use crate::retry::RetryPolicy;
+use crate::schedule::{plan_tick, Ticker};
 use crate::storage::{
     FinishOutcome, JobClaimParams, JobFinish, JobFinishManyParams, JobHeartbeatParams,
-    JobNextRunAtParams, JobPruneParams, JobReclaimParams, JobReleaseParams,
+    JobNextRunAtParams, JobPruneParams, JobReclaimParams, JobReleaseParams, ScheduleTickParams,
 };
 use crate::testhook::{crash_point, CrashPoint};
 
@@ -218,6 +221,7 @@ impl WorkerPool {
         tasks.push(tokio::spawn(complete_loop(shared.clone(), finish_rx)));
         tasks.push(tokio::spawn(heartbeat_loop(shared.clone())));
         tasks.push(tokio::spawn(reclaim_loop(shared.clone())));
+        tasks.push(tokio::spawn(schedule_loop(shared.clone())));
         if shared.config.retention.is_some() {
             tasks.push(tokio::spawn(retention_loop(shared.clone())));
         }
@@ -786,6 +790,121 @@ async fn retention_loop(shared: Arc<Shared>) {
             );
         }
     }
+}
+
+/// Take the due ticks of the schedule entries whose job this pool has registered, then
+/// sleep until the earliest next tick. The entries are re-read at least every poll
+/// interval (other processes add, delete and take ticks of entries) and at once when this
+/// process changes one. Ticks are taken in storage, so however many pools (in however
+/// many processes) run this, each tick stores one job.
+async fn schedule_loop(shared: Arc<Shared>) {
+    let mut stop_rx = shared.stopping.subscribe();
+    let mut changes = shared.queue.subscribe_schedules();
+    let names: HashSet<&str> = shared
+        .config
+        .queues
+        .iter()
+        .flat_map(|q| q.names.iter().map(String::as_str))
+        .collect();
+    let mut error_backoff = ERROR_BACKOFF_MIN;
+    let mut warned: HashSet<String> = HashSet::new();
+    loop {
+        if *stop_rx.borrow_and_update() {
+            return;
+        }
+        changes.borrow_and_update();
+        let wait_for = match schedule_pass(&shared, &names, &mut warned).await {
+            Ok(next) => {
+                error_backoff = ERROR_BACKOFF_MIN;
+                let until = next.map(|t| {
+                    shared
+                        .queue
+                        .clock()
+                        .now()
+                        .until(t)
+                        .max(Duration::from_millis(1))
+                });
+                match (until, shared.poll_interval()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
+            }
+            Err(Error::StorageClosed) => return,
+            Err(e) => {
+                log::error!(
+                    "worker {}: scheduling failed (retrying in {error_backoff:?}): {e}",
+                    shared.config.worker_id
+                );
+                let wait = error_backoff;
+                error_backoff = next_backoff(error_backoff);
+                Some(wait)
+            }
+        };
+        tokio::select! {
+            _ = stop_rx.changed() => {}
+            _ = changes.changed() => {}
+            _ = sleep_or_forever(wait_for) => {}
+        }
+    }
+}
+
+/// One pass over the entries: take every due tick; return the earliest next tick.
+async fn schedule_pass(
+    shared: &Shared,
+    names: &HashSet<&str>,
+    warned: &mut HashSet<String>,
+) -> Result<Option<Timestamp>> {
+    let storage = shared.queue.storage();
+    let entries = storage.schedule_list().await?;
+    let mut earliest: Option<Timestamp> = None;
+    for entry in entries {
+        if !names.contains(entry.job.name.as_str()) {
+            continue;
+        }
+        let ticker = match Ticker::new(&entry.spec) {
+            Ok(t) => t,
+            Err(e) => {
+                if warned.insert(entry.name.clone()) {
+                    log::error!(
+                        "worker {}: schedule {:?} is skipped: {e}",
+                        shared.config.worker_id,
+                        entry.name
+                    );
+                }
+                continue;
+            }
+        };
+        let now = shared.queue.clock().now();
+        let mut next = entry.next_run_at;
+        if entry.next_run_at <= now {
+            let Some(plan) = plan_tick(&ticker, entry.catch_up, entry.next_run_at, now) else {
+                continue; // no tick after now: the entry is over
+            };
+            let job = plan.enqueue.then(|| entry.job.to_job());
+            let taken = storage
+                .schedule_tick(ScheduleTickParams {
+                    name: entry.name.clone(),
+                    due: entry.next_run_at,
+                    next_run_at: plan.next_run_at,
+                    job,
+                    now,
+                })
+                .await?;
+            if taken && plan.enqueue {
+                shared.queue.wake();
+            } else if taken {
+                log::info!(
+                    "worker {}: schedule {:?}: skipped ticks missed since {:?} (catch_up=none)",
+                    shared.config.worker_id,
+                    entry.name,
+                    entry.next_run_at
+                );
+            }
+            next = plan.next_run_at;
+        }
+        earliest = Some(earliest.map_or(next, |e| e.min(next)));
+    }
+    Ok(earliest)
 }
 
 async fn reclaim_loop(shared: Arc<Shared>) {
