@@ -5,7 +5,8 @@ Usage::
     python fault_worker.py DB [--threads N] [--stop-timeout S] [--no-sigterm]
     python fault_worker.py DB --enqueue LOG N    (queue N Step jobs in one batch, then exit)
 
-It runs one worker pool on the SQLite file DB with every job class below registered,
+DB is a SQLite file path, or a PostgreSQL URL (``postgresql://...?schema=...``) opened with
+``hauler.storage.from_url``. It runs one worker pool on it with every job class below registered,
 prints ``ready <worker_id>`` once the pool runs, then blocks in ``worker.join()``. SIGTERM
 ends it the way hauler handles it: ``SystemExit`` out of ``join()``, the pool drained at
 exit, status 143.
@@ -24,7 +25,7 @@ import time
 from pathlib import Path
 
 from hauler import Backoff, Job, MaxRetries, WorkerConfig, create_server
-from hauler.storage import SqliteStorage
+from hauler.storage import SqliteStorage, Storage, from_url
 
 
 def log_event(log: str, event: str, n: int) -> None:
@@ -93,6 +94,11 @@ class Hold(Job[None]):
         log_event(self.log, "end", self.n)
 
 
+def open_storage(db: str, *, poll_interval: float = 0.05) -> Storage:
+    """DB as a storage: a URL (its own poll_interval), or a SQLite file path."""
+    return from_url(db) if "://" in db else SqliteStorage(db, poll_interval=poll_interval)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("db")
@@ -103,12 +109,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.enqueue:
         log, count = args.enqueue
-        handle = create_server(SqliteStorage(args.db))
+        handle = create_server(open_storage(args.db))
         ids = handle.queue_many(Step(log, n, 0.05) for n in range(int(count)))
         print(" ".join(str(i) for i in ids), flush=True)
         return
     config = WorkerConfig(
-        storage=SqliteStorage(args.db, poll_interval=0.05),
+        storage=open_storage(args.db),
         reclaim_interval=0.1,
         stop_timeout=args.stop_timeout,
         handle_sigterm=not args.no_sigterm,

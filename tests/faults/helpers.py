@@ -1,4 +1,4 @@
-"""Helpers for the fault tests: worker processes on one SQLite file, and their logs."""
+"""Helpers for the fault tests: worker processes on one shared storage, and their logs."""
 
 from __future__ import annotations
 
@@ -16,6 +16,9 @@ import pytest
 from hauler.info import AttemptInfo
 
 WORKER = Path(__file__).with_name("fault_worker.py")
+
+#: The shared storages the process-level fault tests run on (see conftest's ``db``).
+BACKENDS = ["sqlite", "postgres"]
 
 
 def _no_core_dumps() -> None:
@@ -58,13 +61,13 @@ class Log:
 class Processes:
     """Worker processes started by one test; all killed at its end."""
 
-    db: Path
+    db: str  # a SQLite file path or a PostgreSQL URL (see fault_worker.py)
     started: list[subprocess.Popen[str]] = field(default_factory=list)
 
     def start(self, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
         """Start ``fault_worker.py DB *args``, with ``env`` added to the environment."""
         proc = subprocess.Popen(
-            [sys.executable, str(WORKER), str(self.db), *args],
+            [sys.executable, str(WORKER), self.db, *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -24,10 +24,13 @@ from pathlib import Path
 import pytest
 
 from faults.fault_worker import Flaky, Step
-from faults.helpers import Log, Processes, pid_of, pids_of, wait_until
+from faults.helpers import BACKENDS, Log, Processes, pid_of, pids_of, wait_until
 from hauler import JobStatus, QueueHandle
 
-pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals")
+pytestmark = [
+    pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals"),
+    pytest.mark.parametrize("backend", BACKENDS),
+]
 
 CRASH = "HAULER_TEST_CRASH_AT"
 

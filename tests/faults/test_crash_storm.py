@@ -1,8 +1,8 @@
 """Crash storm: worker processes SIGKILLed at random while they work through a backlog.
 
-Four worker processes share one SQLite file; a chaos loop kills a random one every 0.5-2 s
-with SIGKILL and starts a new one. Every job logs ``start`` when it begins, so a job that
-ran twice shows two ``start`` lines. At the end:
+Four worker processes share one SQLite file (or one PostgreSQL schema); a chaos loop kills
+a random one every 0.5-2 s with SIGKILL and starts a new one. Every job logs ``start`` when
+it begins, so a job that ran twice shows two ``start`` lines. At the end:
 
 - every job is ``completed`` in storage, exactly one attempt completed it, none is left
   ``running``, none ever ``failed``;
@@ -24,12 +24,11 @@ import signal
 import subprocess
 import time
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
 from faults.fault_worker import Step
-from faults.helpers import Log, Processes, pid_of, pids_of, wait_until
+from faults.helpers import BACKENDS, Log, Processes, pid_of, pids_of, wait_until
 from hauler import JobStatus, QueueHandle
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses SIGKILL")
@@ -113,6 +112,7 @@ def storm(
     return report
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_crash_storm(handle: QueueHandle, procs: Processes, log: Log) -> None:
     storm(handle, procs, log, jobs=1500, job_seconds=0.12, chaos_seconds=20, drain_timeout=45)
 
@@ -125,7 +125,7 @@ def test_crash_storm_soak(handle: QueueHandle, procs: Processes, log: Log) -> No
     storm(handle, procs, log, jobs=jobs, job_seconds=0.05, chaos_seconds=seconds, drain_timeout=300)
 
 
-def test_worker_process_helper_reports_ready(procs: Processes, db: Path) -> None:
+def test_worker_process_helper_reports_ready(procs: Processes) -> None:
     """The fault worker starts, says so, and names its pid in its worker id."""
     proc = procs.start_ready("--threads", "1")
     assert proc.poll() is None

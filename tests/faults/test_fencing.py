@@ -15,10 +15,13 @@ import time
 import pytest
 
 from faults.fault_worker import Step
-from faults.helpers import Log, Processes, pid_of, wait_until
+from faults.helpers import BACKENDS, Log, Processes, pid_of, wait_until
 from hauler import JobStatus, QueueHandle
 
-pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses SIGSTOP")
+pytestmark = [
+    pytest.mark.skipif(os.name != "posix", reason="uses SIGSTOP"),
+    pytest.mark.parametrize("backend", BACKENDS),
+]
 
 
 def test_stalled_runner_cannot_complete_a_reclaimed_job(
