@@ -290,3 +290,48 @@ def _queue_ok(handle: QueueHandle) -> bool:
     except StorageError:
         return False
     return True
+
+
+def _terminate(conn: psycopg.Connection[tuple[object, ...]], application_name: str) -> int:
+    """pg_terminate_backend every connection of ``application_name``; how many there were."""
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+        (application_name,),
+    ).fetchall()
+    return len(rows)
+
+
+def test_connections_killed_mid_run_lose_nothing_and_complete_nothing_twice(
+    schema: str, conn: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """The server terminates the worker's connections (pooled and listening) again and
+    again while it runs jobs: every job completes exactly once, none is left behind."""
+    conn.autocommit = True
+    app = f"hauler-kill-{schema}"
+    total = 500
+    ran: list[int] = []
+    dsn = f"{pg.dsn()}{'&' if '?' in pg.dsn() else '?'}application_name={app}"
+    producer = create_server(PostgresStorage(pg.dsn(), schema=schema))
+    with PostgresStorage(dsn, schema=schema, poll_interval=0.05) as s:
+        config = WorkerConfig(lambda: ran, storage=s, reclaim_interval=0.2).register(Slow)
+        config.set_worker_count("default", 4)
+        with config.start():
+            ids = producer.queue_many(Slow(n) for n in range(total))
+            killed = 0
+            deadline = time.monotonic() + 4
+            while time.monotonic() < deadline and len(set(ran)) < total:
+                killed += _terminate(conn, app)
+                time.sleep(0.15)
+            assert killed > 0, "no connection was ever terminated"
+            infos = producer.wait(ids, timeout=60)
+    producer.close()
+    assert {info.status for info in infos} == {JobStatus.COMPLETED}
+    for info in infos:
+        outcomes = [a.outcome for a in info.history]
+        assert outcomes.count("completed") == 1 and outcomes[-1] == "completed", outcomes
+    assert set(ran) == set(range(total))
+    runs = Counter(ran)
+    # A job runs again only after an attempt whose lease expired (its heartbeats were cut).
+    for info in infos:
+        n = info.args["n"]
+        assert runs[n] <= len(info.history), (n, runs[n], info.history)
