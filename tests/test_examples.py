@@ -58,3 +58,24 @@ def test_admin(tmp_path: Path) -> None:
         "pruned completed: 1",
         "left: 0",
     ]
+
+
+def test_cron(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "cron.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        "schedule nightly: 30 2 * * mon-fri, job report",
+        "schedule ping: * * * * * *, job ping",
+        "schedule ping-every: 0:00:01, job ping",
+        "report: done",
+        "unschedule ping-every: True",
+        "unschedule ping-every again: False",
+        "pings queued: at least 3; from ['cron', 'every']",
+    ]

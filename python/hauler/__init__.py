@@ -13,6 +13,7 @@ from hauler.errors import (
     ConfigError,
     HaulerError,
     JobNotFoundError,
+    ScheduleNotFoundError,
     SerializationError,
     StorageClosedError,
     StorageError,
@@ -28,6 +29,7 @@ from hauler.info import (
     JobInfo,
     JobPage,
     JobStatus,
+    ScheduleInfo,
 )
 from hauler.job import DEFAULT_QUEUE, Job
 from hauler.retry import Backoff, MaxRetries
@@ -50,6 +52,8 @@ __all__ = [
     "JobStatus",
     "MaxRetries",
     "QueueHandle",
+    "ScheduleInfo",
+    "ScheduleNotFoundError",
     "SerializationError",
     "StorageClosedError",
     "StorageError",

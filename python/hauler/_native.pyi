@@ -15,6 +15,7 @@ __all__ = [
     "Storage",
     "Worker",
     "backoff_delay",
+    "check_schedule",
     "now_us",
     "postgres_migrate",
     "take_log_records",
@@ -86,6 +87,31 @@ class FilterDict(TypedDict):
     created_to: int | None  # created_at < this
     args_contains: str | None  # a case-sensitive substring of the stored JSON text
 
+@type_check_only
+class ScheduleSpecDict(TypedDict, total=False):
+    """When a schedule entry ticks: ``cron`` (with ``timezone``) or ``every_ms``."""
+
+    cron: str
+    timezone: str
+    every_ms: int
+
+@type_check_only
+class ScheduleDict(TypedDict):
+    """A stored schedule entry as the engine returns it (times in µs since the epoch)."""
+
+    name: str
+    cron: str | None
+    timezone: str | None
+    every_ms: int | None
+    catch_up: str
+    job_name: str
+    queue: str
+    args: str  # the job's fields as stored JSON text
+    next_run_at: int
+    last_enqueued_at: int | None
+    created_at: int
+    updated_at: int
+
 # A job to store: (name, queue, args, priority, retry, timeout_ms, heartbeat_ms,
 # run_at_us or None for now, version). ``retry`` is
 # {"max_retries": int | None, "backoff": kind, "seconds": float, "max_delay": float,
@@ -115,6 +141,12 @@ def take_log_records(timeout: float) -> tuple[list[tuple[int, str, str]], int]:
     """Wait up to ``timeout`` s for engine log records: ``(level, logger, message)`` each.
 
     Also returns how many records were dropped since the last call (queue full).
+    """
+
+def check_schedule(spec: ScheduleSpecDict) -> None:
+    """Raise ``ConfigError`` naming the bad part of a malformed schedule spec.
+
+    That is: a malformed cron expression, an unknown time zone or a bad interval.
     """
 
 def now_us() -> int:
@@ -199,6 +231,26 @@ class Storage:
 
     def counts(self) -> builtins.list[tuple[str, str, int]]:
         """(queue, status, count) triples."""
+
+    def schedule_add(
+        self,
+        name: str,
+        spec: ScheduleSpecDict,
+        catch_up: str,
+        job: _NewJobTuple,
+        *,
+        max_payload_bytes: int | None = None,
+    ) -> ScheduleDict:
+        """Store a schedule entry, or update the one of that name; return it as stored."""
+
+    def schedule_delete(self, name: str) -> bool:
+        """Delete a schedule entry; whether it existed."""
+
+    def schedule_run_now(self, name: str) -> str | None:
+        """Store the entry's job now; its id, or None if there is no such entry."""
+
+    def schedule_list(self) -> builtins.list[ScheduleDict]:
+        """Every schedule entry, by name."""
 
     def close(self) -> None:
         """Close the storage; later calls raise ``StorageClosedError``."""

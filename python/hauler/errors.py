@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "HaulerError",
     "JobNotFoundError",
+    "ScheduleNotFoundError",
     "SerializationError",
     "StorageClosedError",
     "StorageError",
@@ -76,6 +77,10 @@ class UnknownJobError(HaulerError, LookupError):
 
 class JobNotFoundError(HaulerError, LookupError):
     """No job with the given id exists in the storage."""
+
+
+class ScheduleNotFoundError(HaulerError, LookupError):
+    """No schedule entry with the given name exists in the storage."""
 
 
 class StorageError(HaulerError):

@@ -12,8 +12,16 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Protocol, TypedDict, Unpack
 
 from hauler import _native
-from hauler.errors import ConfigError, JobNotFoundError
-from hauler.info import CancelCounts, CancelResult, JobInfo, JobPage, JobStatus, _dt_to_us
+from hauler.errors import ConfigError, JobNotFoundError, ScheduleNotFoundError
+from hauler.info import (
+    CancelCounts,
+    CancelResult,
+    JobInfo,
+    JobPage,
+    JobStatus,
+    ScheduleInfo,
+    _dt_to_us,
+)
 from hauler.job import _UTF8, Job, _is_utf8
 from hauler.storage import Storage, resolve_storage
 
@@ -84,6 +92,36 @@ def _job_tuple(job: Job[Any], run_at_us: int | None) -> _native._NewJobTuple:
         run_at_us,
         spec.version,
     )
+
+
+_CATCH_UP: Final = ("one", "none")
+
+
+def _catch_up(value: object) -> str:
+    if value not in _CATCH_UP:
+        raise ConfigError(f'catch_up must be "one" or "none", got {value!r}')
+    return str(value)
+
+
+def _schedule_name(name: object) -> str:
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise ConfigError(f"a schedule name must be a non-empty str without NUL, got {name!r}")
+    return name
+
+
+def _schedule_job(job: Job[Any] | type[Job[Any]]) -> Job[Any]:
+    """Return the job of a schedule entry: the instance given, or the class built bare."""
+    if isinstance(job, type) and issubclass(job, Job):
+        try:
+            return job()
+        except TypeError as e:
+            raise ConfigError(
+                f"{job.__name__} has fields without defaults: pass an instance, "
+                f"e.g. {job.__name__}(...) ({e})"
+            ) from None
+    if not isinstance(job, Job):
+        raise ConfigError(f"expected a hauler Job instance or class, got {type(job).__name__}")
+    return job
 
 
 def _parse_id(job_id: uuid.UUID | str) -> str:
@@ -304,6 +342,88 @@ class QueueHandle:
         """
         run_at = _run_at(at, after)
         return uuid.UUID(self._push([_job_tuple(job, run_at)], connection)[0])
+
+    def every(
+        self,
+        interval: timedelta,
+        job: Job[Any] | type[Job[Any]],
+        *,
+        name: str,
+        catch_up: str = "one",
+    ) -> ScheduleInfo:
+        """Queue ``job`` every ``interval``, from any worker that has registered its class.
+
+        The entry is stored (or, if one of that name exists, updated): however many
+        workers run, each tick queues one job. Ticks fall on multiples of ``interval``
+        since the Unix epoch, so every process agrees on them.
+
+        Args:
+            interval: At least one millisecond.
+            job: The job each tick queues (a class with no required fields works too).
+            name: The entry's unique name (for :meth:`unschedule` and :meth:`run_now`).
+            catch_up: ``"one"`` (default): ticks missed while no worker ran are queued
+                once when a worker starts; ``"none"``: they are skipped.
+
+        Raises:
+            ConfigError: a bad interval, name or ``catch_up``.
+            SerializationError: the job's fields cannot be serialized.
+
+        Example:
+            >>> queue_handle.every(timedelta(minutes=5), Beat(), name="beat")  # doctest: +SKIP
+
+        """
+        if not isinstance(interval, timedelta) or interval < timedelta(milliseconds=1):
+            raise ConfigError(f"interval must be a timedelta of at least 1 ms, got {interval!r}")
+        every_ms = interval // timedelta(milliseconds=1)
+        d = self._storage._native.schedule_add(
+            _schedule_name(name),
+            {"every_ms": every_ms},
+            _catch_up(catch_up),
+            _job_tuple(_schedule_job(job), None),
+            max_payload_bytes=self._max_payload_bytes,
+        )
+        return ScheduleInfo.from_native(d)
+
+    def unschedule(self, name: str) -> bool:
+        """Remove the schedule entry ``name``: no worker queues its job any more.
+
+        Jobs it already queued are left alone. A worker whose config registers the entry
+        (:meth:`WorkerConfig.cron`) stores it again when it next starts.
+
+        Returns:
+            Whether the entry existed.
+
+        Example:
+            >>> queue_handle.unschedule("nightly_report")  # doctest: +SKIP
+            True
+
+        """
+        return self._storage._native.schedule_delete(name)
+
+    def run_now(self, name: str) -> uuid.UUID:
+        """Queue the job of schedule entry ``name`` now; its ticks stay where they are.
+
+        Raises:
+            ScheduleNotFoundError: no entry has that name.
+
+        Example:
+            >>> job_id = queue_handle.run_now("nightly_report")  # doctest: +SKIP
+
+        """
+        job_id = self._storage._native.schedule_run_now(name)
+        if job_id is None:
+            raise ScheduleNotFoundError(f"no schedule entry named {name!r}")
+        return uuid.UUID(job_id)
+
+    def schedules(self) -> builtins.list[ScheduleInfo]:
+        """Every schedule entry, by name, with its next run time.
+
+        Example:
+            >>> for s in queue_handle.schedules():  # doctest: +SKIP
+            ...     print(s.name, s.cron or s.every, s.next_run_at)
+
+        """
+        return [ScheduleInfo.from_native(d) for d in self._storage._native.schedule_list()]
 
     def get(self, job_id: uuid.UUID | str) -> JobInfo:
         """Return the job with this id, with its whole history.

@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,7 +23,7 @@ from uuid import UUID
 from hauler.errors import ConfigError
 
 if TYPE_CHECKING:
-    from hauler._native import AttemptDict, ErrorDict, JobDict
+    from hauler._native import AttemptDict, ErrorDict, JobDict, ScheduleDict
 
 __all__ = [
     "AttemptInfo",
@@ -32,6 +33,7 @@ __all__ = [
     "JobInfo",
     "JobPage",
     "JobStatus",
+    "ScheduleInfo",
 ]
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
@@ -292,3 +294,65 @@ class CancelCounts:
     def total(self) -> int:
         """Every job the call affected."""
         return self.cancelled + self.requested
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleInfo:
+    """A stored schedule entry (:meth:`QueueHandle.schedules`).
+
+    Attributes:
+        name: The entry's unique name.
+        cron: The cron expression, or ``None`` for an interval entry.
+        timezone: The cron expression's IANA time zone (``None`` for an interval entry).
+        every: The interval, or ``None`` for a cron entry.
+        catch_up: ``"one"`` or ``"none"``: what a worker does with ticks missed while no
+            worker ran.
+        job_name: The ``NAME`` of the job each tick queues.
+        queue: Its queue.
+        args: Its fields, as stored.
+        next_run_at: The next tick not yet taken (in the past if no worker has run since).
+        last_enqueued_at: When a tick or :meth:`QueueHandle.run_now` last queued the job.
+        created_at: When the entry was first stored.
+        updated_at: When its definition was last written (a worker registering it).
+
+    Example:
+        >>> [s.name for s in queue_handle.schedules()]  # doctest: +SKIP
+        ['nightly_report']
+
+    """
+
+    name: str
+    cron: str | None
+    timezone: str | None
+    every: timedelta | None
+    catch_up: str
+    job_name: str
+    queue: str
+    args: Any
+    next_run_at: datetime
+    last_enqueued_at: datetime | None
+    created_at: datetime
+    updated_at: datetime
+
+    @classmethod
+    def from_native(cls, d: ScheduleDict) -> ScheduleInfo:
+        """Build from the engine's dict."""
+        try:
+            args: Any = json.loads(d["args"])
+        except ValueError:
+            args = d["args"]
+        every_ms = d["every_ms"]
+        return cls(
+            name=d["name"],
+            cron=d["cron"],
+            timezone=d["timezone"],
+            every=None if every_ms is None else timedelta(milliseconds=every_ms),
+            catch_up=d["catch_up"],
+            job_name=d["job_name"],
+            queue=d["queue"],
+            args=args,
+            next_run_at=_us_to_dt(d["next_run_at"]),
+            last_enqueued_at=_opt_dt(d["last_enqueued_at"]),
+            created_at=_us_to_dt(d["created_at"]),
+            updated_at=_us_to_dt(d["updated_at"]),
+        )

@@ -18,7 +18,15 @@ from typing import Any, Generic, TypeVar
 from hauler import _native
 from hauler._runtime import EventLoopThread, JobRunner
 from hauler.errors import ConfigError, StorageClosedError, UnknownJobError
-from hauler.handle import DEFAULT_MAX_PAYLOAD_BYTES, QueueHandle, _max_payload
+from hauler.handle import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    QueueHandle,
+    _catch_up,
+    _job_tuple,
+    _max_payload,
+    _schedule_job,
+    _schedule_name,
+)
 from hauler.job import _UTF8, Job, _is_utf8
 from hauler.storage import Storage, resolve_storage
 
@@ -124,6 +132,8 @@ class WorkerConfig(Generic[StateT]):
         self._retention_ms = _retention_ms(retention)
         self._jobs: dict[str, type[Job[Any]]] = {}
         self._counts: dict[str, int] = {}
+        # name -> (spec, catch_up, job): the cron entries stored when the pool starts.
+        self._schedules: dict[str, tuple[_native.ScheduleSpecDict, str, Job[Any]]] = {}
 
     def register(self, job_cls: type[Job[StateT]]) -> WorkerConfig[StateT]:
         """Run jobs of ``job_cls`` in this pool. Its NAME must be unique in the pool.
@@ -143,6 +153,60 @@ class WorkerConfig(Generic[StateT]):
                 f"{other.__module__}.{other.__qualname__}; each NAME must be unique"
             )
         self._jobs[spec.name] = job_cls
+        return self
+
+    def cron(
+        self,
+        expr: str,
+        job: Job[StateT] | type[Job[StateT]],
+        *,
+        name: str | None = None,
+        timezone: str = "UTC",
+        catch_up: str = "one",
+    ) -> WorkerConfig[StateT]:
+        """Queue ``job`` at the times of the cron expression ``expr``, and run it here.
+
+        ``expr`` has five fields (minute, hour, day of month, month, day of week) or six
+        with seconds first; ``*``, ``*/5``, ``0/5``, ranges, lists, month and day names
+        (``jan``, ``mon-fri``) and the aliases ``@yearly``, ``@monthly``, ``@weekly``,
+        ``@daily`` and ``@hourly`` work. Times are in ``timezone`` (an IANA name).
+
+        The entry is stored when the pool starts. However many workers (processes, hosts)
+        register the same entry, each tick queues exactly one job: ticks are taken in the
+        storage, by entry name and tick time. The job's class is registered too.
+
+        Args:
+            expr: The cron expression.
+            job: The job each tick queues (a class with no required fields works too).
+            name: The entry's unique name (default: the job's ``NAME``); workers that
+                register the same name share one schedule.
+            timezone: The zone ``expr`` is read in (default ``"UTC"``).
+            catch_up: ``"one"`` (default): ticks missed while no worker ran are queued once
+                at start-up; ``"none"``: they are skipped.
+
+        Raises:
+            ConfigError: a malformed expression (the message quotes the bad field), an
+                unknown time zone, a bad ``catch_up`` or name, or a second entry with the
+                same name.
+
+        Example:
+            >>> config.cron("0 3 * * *", PruneSessions(), timezone="Europe/Paris")  # doctest: +SKIP
+            >>> config.cron("*/10 * * * * *", Ping, name="ping")  # doctest: +SKIP
+
+        """
+        instance = _schedule_job(job)
+        entry = _schedule_name(name if name is not None else type(instance)._spec().name)
+        if entry in self._schedules:
+            raise ConfigError(
+                f"schedule {entry!r} is registered twice; give each cron entry its own name="
+            )
+        if not isinstance(expr, str) or not isinstance(timezone, str):
+            raise ConfigError(f"expr and timezone must be str, got {expr!r} and {timezone!r}")
+        spec: _native.ScheduleSpecDict = {"cron": expr, "timezone": timezone}
+        _native.check_schedule(spec)
+        mode = _catch_up(catch_up)
+        self.register(type(instance))
+        self._schedules[entry] = (spec, mode, instance)
         return self
 
     def set_worker_count(self, queue: str, count: int) -> WorkerConfig[StateT]:
@@ -267,6 +331,14 @@ class Worker(QueueHandle):
         runner.loop = self._loop
         self._runner = runner
         try:
+            for entry, (spec, catch_up, job) in config._schedules.items():
+                self.storage._native.schedule_add(
+                    entry,
+                    spec,
+                    catch_up,
+                    _job_tuple(job, None),
+                    max_payload_bytes=config._max_payload_bytes,
+                )
             self._native_worker = _native.Worker(
                 self.storage._native,
                 queues,

@@ -8,6 +8,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import assert_type
+from uuid import UUID
 
 from hauler import (
     DEFAULT_QUEUE,
@@ -17,6 +18,7 @@ from hauler import (
     Job,
     JobStatus,
     MaxRetries,
+    ScheduleInfo,
     WorkerConfig,
     create_server,
     current_job_cancelled,
@@ -131,3 +133,13 @@ handle.cancel_many("available")  # type: ignore[call-arg]
 handle.count(created_from="2024-01-01")  # type: ignore[arg-type]
 WorkerConfig(retention=timedelta(hours=1))
 WorkerConfig(retention=3600)  # type: ignore[arg-type]
+
+# Periodic jobs.
+cron_config = WorkerConfig(lambda: AppState("app")).cron("@daily", email, timezone="Europe/Paris")
+assert_type(cron_config, WorkerConfig[AppState])
+assert_type(handle.every(timedelta(minutes=5), email, name="beat", catch_up="none"), ScheduleInfo)
+assert_type(handle.unschedule("beat"), bool)
+assert_type(handle.run_now("digest"), UUID)
+assert_type(handle.schedules()[0].next_run_at, datetime)
+handle.every(300, email, name="beat")  # type: ignore[arg-type]
+handle.every(timedelta(minutes=5), email)  # type: ignore[call-arg]

@@ -25,6 +25,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(storage::backoff_delay, m)?)?;
     m.add_function(wrap_pyfunction!(worker::wait_sync_threads, m)?)?;
     m.add_function(wrap_pyfunction!(storage::postgres_migrate, m)?)?;
+    m.add_function(wrap_pyfunction!(storage::check_schedule, m)?)?;
     m.add_function(wrap_pyfunction!(logs::take_log_records, m)?)?;
     Ok(())
 }

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use hauler_core::model::{JobId, JobStatus, NewJob, Timestamp};
 use hauler_core::queue::Queue;
+use hauler_core::schedule::{
+    CatchUp, JobTemplate, NewSchedule, ScheduleRecord, ScheduleSpec, Ticker,
+};
 use hauler_core::storage::{
     postgres, JobCountParams, JobDeleteParams, JobFilter, JobListParams, JobPruneParams,
     MemoryStorage, PostgresOptions, PostgresStorage, SqliteOptions, SqliteStorage, Synchronous,
@@ -431,6 +434,66 @@ impl PyStorage {
             .collect())
     }
 
+    /// Store a schedule entry (or update the one of that name); the stored entry.
+    #[pyo3(signature = (name, spec, catch_up, job, *, max_payload_bytes = None))]
+    fn schedule_add<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        spec: &Bound<'py, PyDict>,
+        catch_up: &str,
+        job: &Bound<'py, PyAny>,
+        max_payload_bytes: Option<usize>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        if name.is_empty() || name.contains('\0') {
+            return Err(hauler_err(
+                "ConfigError",
+                format!("a schedule name must be non-empty text without NUL, got {name:?}"),
+            ));
+        }
+        let spec = spec_from_py(spec)?;
+        let catch_up = CatchUp::from_str(catch_up).map_err(to_pyerr)?;
+        let job = new_job(job, max_payload_bytes)?;
+        let schedule = NewSchedule {
+            name,
+            spec,
+            catch_up,
+            job: JobTemplate {
+                name: job.name,
+                queue: job.queue,
+                args: job.args,
+                priority: job.priority,
+                retry: job.retry,
+                timeout_ms: job.timeout_ms,
+                heartbeat_ms: job.heartbeat_ms,
+                version: job.version,
+            },
+        };
+        let queue = self.queue.clone();
+        let record = wait(py, async move { queue.schedule_add(schedule).await })?;
+        schedule_to_py(py, &record)
+    }
+
+    /// Delete a schedule entry; whether it existed.
+    fn schedule_delete(&self, py: Python<'_>, name: String) -> PyResult<bool> {
+        let queue = self.queue.clone();
+        wait(py, async move { queue.schedule_delete(&name).await })
+    }
+
+    /// Store a schedule entry's job now; its id, or None if there is no such entry.
+    fn schedule_run_now(&self, py: Python<'_>, name: String) -> PyResult<Option<String>> {
+        let queue = self.queue.clone();
+        let id = wait(py, async move { queue.schedule_run_now(&name).await })?;
+        Ok(id.map(|id| id.to_string()))
+    }
+
+    /// Every schedule entry, by name.
+    fn schedule_list<'py>(&self, py: Python<'py>) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let storage = self.queue.storage().clone();
+        let entries = wait(py, async move { storage.schedule_list().await })?;
+        entries.iter().map(|r| schedule_to_py(py, r)).collect()
+    }
+
     /// Close the storage; later calls raise StorageClosedError.
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let storage = self.queue.storage().clone();
@@ -442,6 +505,68 @@ impl PyStorage {
     fn __repr__(&self) -> String {
         format!("<hauler._native.Storage {}>", self.kind)
     }
+}
+
+/// A schedule spec dict (`{"cron": expr, "timezone": tz}` or `{"every_ms": n}`).
+fn spec_from_py(d: &Bound<'_, PyDict>) -> PyResult<ScheduleSpec> {
+    let spec = if let Some(expr) = d.get_item("cron")? {
+        let timezone = match d.get_item("timezone")? {
+            Some(tz) => tz.extract()?,
+            None => "UTC".to_owned(),
+        };
+        ScheduleSpec::Cron {
+            expr: expr.extract()?,
+            timezone,
+        }
+    } else if let Some(ms) = d.get_item("every_ms")? {
+        let ms: i64 = ms.extract()?;
+        ScheduleSpec::Every {
+            interval_ms: millis("interval", ms)?.as_millis() as u64,
+        }
+    } else {
+        return Err(hauler_err(
+            "ConfigError",
+            "a schedule spec needs \"cron\" or \"every_ms\"",
+        ));
+    };
+    Ticker::new(&spec).map_err(to_pyerr)?;
+    Ok(spec)
+}
+
+/// Check a schedule spec (see `spec_from_py`): a malformed cron expression, an unknown
+/// time zone or a bad interval raises ConfigError naming the bad part.
+#[pyfunction]
+pub(crate) fn check_schedule(spec: &Bound<'_, PyDict>) -> PyResult<()> {
+    spec_from_py(spec).map(|_| ())
+}
+
+fn schedule_to_py<'py>(py: Python<'py>, r: &ScheduleRecord) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("name", &r.name)?;
+    match &r.spec {
+        ScheduleSpec::Cron { expr, timezone } => {
+            d.set_item("cron", expr)?;
+            d.set_item("timezone", timezone)?;
+            d.set_item("every_ms", py.None())?;
+        }
+        ScheduleSpec::Every { interval_ms } => {
+            d.set_item("cron", py.None())?;
+            d.set_item("timezone", py.None())?;
+            d.set_item("every_ms", interval_ms)?;
+        }
+    }
+    d.set_item("catch_up", r.catch_up.as_str())?;
+    d.set_item("job_name", &r.job.name)?;
+    d.set_item("queue", &r.job.queue)?;
+    d.set_item("args", &r.job.args)?;
+    d.set_item("next_run_at", r.next_run_at.as_micros())?;
+    d.set_item(
+        "last_enqueued_at",
+        r.last_enqueued_at.map(Timestamp::as_micros),
+    )?;
+    d.set_item("created_at", r.created_at.as_micros())?;
+    d.set_item("updated_at", r.updated_at.as_micros())?;
+    Ok(d)
 }
 
 /// The engine's clock, in microseconds since the epoch.
