@@ -11,6 +11,7 @@ import logging
 import threading
 
 from hauler import _native
+from hauler._signals import block_async_signals
 
 _lock = threading.Lock()
 _stop = threading.Event()
@@ -19,6 +20,7 @@ _log = logging.getLogger("hauler.engine")
 
 
 def _pump() -> None:
+    block_async_signals()
     while not _stop.is_set():
         records, dropped = _native.take_log_records(0.1)
         for level, name, message in records:

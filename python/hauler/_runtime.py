@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 
+from hauler._signals import block_async_signals
 from hauler.context import _enter, _leave
 from hauler.errors import SerializationError
 from hauler.job import Job
@@ -46,6 +47,7 @@ class EventLoopThread:
         self._thread.start()
 
     def _run(self) -> None:
+        block_async_signals()
         asyncio.set_event_loop(self.loop)
         self.loop.run_forever()
 

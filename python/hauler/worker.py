@@ -400,6 +400,9 @@ class Worker(QueueHandle):
                     self._loop.stop()
                 with _running_lock:
                     _running.discard(self)
+                    last = not _running
+                if last:
+                    _uninstall_sigterm_handler()
 
     def join(self, timeout: float | None = None) -> bool:
         """Block until the pool stops (Ctrl-C raises KeyboardInterrupt); False on timeout."""
@@ -429,6 +432,14 @@ def _on_sigterm(signum: int, frame: object) -> None:
         return
     _terminating = signum
     raise SystemExit(128 + signum)
+
+
+def _uninstall_sigterm_handler() -> None:
+    """Give SIGTERM back its default once no pool runs (if hauler's handler is set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return  # the handler itself falls back to the default when no pool runs
+    if _terminating is None and signal.getsignal(signal.SIGTERM) is _on_sigterm:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _install_sigterm_handler() -> None:

@@ -115,7 +115,12 @@ SCRIPT = textwrap.dedent(
     if mode == "stopped":
         worker.stop()
     print("ready", flush=True)
-    time.sleep(3 if mode == "own-handler" else 30)
+    # Short sleeps: a signal that lands between CPython releasing the GIL and entering
+    # one long sleep() is handled only when that sleep ends (more likely right after
+    # start, while the pool's threads take the GIL once each).
+    end = time.monotonic() + (3 if mode == "own-handler" else 30)
+    while time.monotonic() < end:
+        time.sleep(0.05)
     print("slept", flush=True)
     """
 )

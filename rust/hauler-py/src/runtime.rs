@@ -29,6 +29,7 @@ pub(crate) fn runtime() -> PyResult<Arc<Runtime>> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("hauler-rt")
+        .on_thread_start(block_async_signals)
         .enable_all()
         .build()
         .map_err(|e| {
@@ -62,5 +63,24 @@ where
             Ok(result) => return result.map_err(to_pyerr),
             Err(_elapsed) => py.check_signals()?,
         }
+    }
+}
+
+/// Block asynchronous signals (SIGTERM, SIGINT, ...) in a thread hauler starts, so the
+/// kernel delivers them to the application's threads: Python runs signal handlers on the
+/// main thread only, and a SIGTERM taken by an engine thread would leave a main thread
+/// sleeping in a system call unaware of it until the call returns. Faults raised by the
+/// thread itself (SIGSEGV, SIGBUS, SIGFPE, SIGILL) stay unblocked.
+pub(crate) fn block_async_signals() {
+    #[cfg(unix)]
+    // SAFETY: the set is a local initialised by sigfillset before use, and
+    // pthread_sigmask only changes the calling thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for sig in [libc::SIGSEGV, libc::SIGBUS, libc::SIGFPE, libc::SIGILL] {
+            libc::sigdelset(&mut set, sig);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
 }

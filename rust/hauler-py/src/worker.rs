@@ -376,7 +376,10 @@ pub(crate) struct PyWorker {
 fn spawn_thread(name: String, f: impl FnOnce() + Send + 'static) -> PyResult<()> {
     std::thread::Builder::new()
         .name(name)
-        .spawn(f)
+        .spawn(move || {
+            crate::runtime::block_async_signals();
+            f()
+        })
         .map(|_| ())
         .map_err(|e| hauler_err("ConfigError", format!("cannot start a worker thread: {e}")))
 }
