@@ -148,6 +148,7 @@ def test_sigterm_handler_is_installed_only_when_it_should(
         out, _ = proc.communicate(timeout=20)
     finally:
         proc.kill()
+        proc.communicate()  # reap it and close its pipe, even when the test failed
     assert proc.returncode == status
     assert (["ready", *out.splitlines()])[-1] == last_line
 
