@@ -8,7 +8,7 @@ Example:
 
 """
 
-from hauler.context import current_job_cancelled
+from hauler.context import JobContext, current_job_cancelled
 from hauler.errors import (
     ConfigError,
     HaulerError,
@@ -46,6 +46,7 @@ __all__ = [
     "ErrorInfo",
     "HaulerError",
     "Job",
+    "JobContext",
     "JobInfo",
     "JobNotFoundError",
     "JobPage",

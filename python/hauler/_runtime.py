@@ -12,11 +12,12 @@ import asyncio
 import concurrent.futures
 import threading
 import traceback
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from hauler._signals import block_async_signals
-from hauler.context import _enter, _leave
+from hauler.context import JobContext, _enter, _leave
 from hauler.errors import SerializationError
 from hauler.job import Job
 
@@ -106,6 +107,18 @@ class JobRunner:
         except Exception as exc:  # a payload that does not decode will never decode
             return _failure(exc, permanent=True)
 
+    def _call(
+        self, job: Job[Any], job_id: str, attempt: int, cancel: CancelFlag
+    ) -> Awaitable[None] | None:
+        """Call ``job.run`` with the state, and the context if its ``run`` takes one."""
+        spec = type(job)._spec()
+        if not spec.takes_ctx:
+            return job.run(self._state)
+        ctx = JobContext(
+            job_id=UUID(job_id), attempt=attempt, name=spec.name, queue=spec.queue, cancel=cancel
+        )
+        return job.run(self._state, ctx)
+
     def run_sync(
         self,
         name: str,
@@ -121,17 +134,19 @@ class JobRunner:
             return job
         token = _enter(cancel)
         try:
-            job.run(self._state)
+            self._call(job, job_id, attempt, cancel)
         except BaseException as exc:
             return _failure(exc, permanent=False)
         finally:
             _leave(token)
         return None
 
-    async def _run_async(self, job: Job[Any], cancel: CancelFlag) -> Outcome:
+    async def _run_async(
+        self, job: Job[Any], job_id: str, attempt: int, cancel: CancelFlag
+    ) -> Outcome:
         _enter(cancel)  # the task's own context: gone with the task
         try:
-            result = job.run(self._state)
+            result = self._call(job, job_id, attempt, cancel)
             if asyncio.iscoroutine(result):
                 await result
         except asyncio.CancelledError:
@@ -158,7 +173,7 @@ class JobRunner:
         if self.loop is None:  # pragma: no cover - the pool always creates one
             done(("WorkerError", "no event loop for async jobs", None, False))
             return None
-        coro: Coroutine[Any, Any, Outcome] = self._run_async(job, cancel)
+        coro: Coroutine[Any, Any, Outcome] = self._run_async(job, job_id, attempt, cancel)
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop.loop)
 
         def _report(f: concurrent.futures.Future[Outcome]) -> None:

@@ -74,6 +74,8 @@ class JobSpec:
     """``VERSION``."""
     is_async: bool
     """Whether ``run`` is a coroutine function (``async def``)."""
+    takes_ctx: bool
+    """Whether ``run`` takes a third argument, the :class:`~hauler.JobContext`."""
     codec: "DataclassCodec[Job[Any]]"
     """Encodes and decodes the fields."""
 
@@ -187,14 +189,18 @@ class Job(Generic[StateT]):
         cls._hauler_spec = None  # each class computes its own spec
         dataclasses.dataclass(cls)
 
-    def run(self, state: StateT) -> Awaitable[None] | None:
+    def run(self, state: StateT, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
         """Do the job's work; write it as ``def run`` or ``async def run``.
 
+        Write it as ``run(self, state)``, or as ``run(self, state, ctx)`` to be given a
+        :class:`~hauler.JobContext` as well (its id, attempt, a logger, ``cancelled``).
         Raising an exception fails the attempt; the job is retried per ``MAX_RETRIES`` and
         ``BACKOFF``.
 
         Args:
             state: The application state the worker was given.
+            *args: Nothing, or the ``ctx`` of a ``run(self, state, ctx)``.
+            **kwargs: Never given; present so either signature type-checks as an override.
 
         Raises:
             NotImplementedError: The subclass did not define ``run``.
@@ -287,8 +293,17 @@ def _build_spec(cls: type[Job[Any]]) -> JobSpec:
     if not _is_int(cls.VERSION) or not 1 <= cls.VERSION <= _U32_MAX:
         problem("VERSION", f"an int from 1 to {_U32_MAX}")
     run = getattr(cls, "run", None)
+    takes_ctx = False
     if run is Job.run or not callable(run):
         problems.append(f"{label} must define run(self, state)")
+    else:
+        arity = _run_arity(run)
+        if arity is None:
+            problems.append(
+                f"{label}.run must take (self, state) or (self, state, ctx), "
+                f"got {label}.run{_signature(run)}"
+            )
+        takes_ctx = arity == 2
     codec = None
     try:
         codec = codec_for(cls)
@@ -306,5 +321,38 @@ def _build_spec(cls: type[Job[Any]]) -> JobSpec:
         heartbeat_ms=cls.HEARTBEAT_INTERVAL,
         version=cls.VERSION,
         is_async=inspect.iscoroutinefunction(run),
+        takes_ctx=takes_ctx,
         codec=codec,
     )
+
+
+def _signature(fn: Any) -> str:
+    try:
+        return str(inspect.signature(fn))
+    except (TypeError, ValueError):
+        return "(...)"
+
+
+def _run_arity(run: Any) -> int | None:
+    """How many arguments after ``self`` the worker passes ``run``: 1, 2 or ``None`` (bad).
+
+    Two (``state`` and ``ctx``) when ``run`` can take two positionally (a third parameter,
+    with or without a default, or ``*args``), else one; ``None`` when it cannot be called
+    with ``(state)`` or ``(state, ctx)``, e.g. a required keyword-only parameter.
+    """
+    try:
+        params = list(inspect.signature(run).parameters.values())[1:]  # drop self
+    except (TypeError, ValueError):
+        return 1  # no signature to read (a C callable): call it the classic way
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    required = [p for p in positional if p.default is p.empty]
+    varargs = any(p.kind is p.VAR_POSITIONAL for p in params)
+    if any(p.kind is p.KEYWORD_ONLY and p.default is p.empty for p in params):
+        return None
+    if len(required) > 2:
+        return None
+    if len(positional) >= 2 or varargs:
+        return 2
+    if len(positional) == 1:
+        return 1
+    return None

@@ -16,6 +16,7 @@ from hauler import (
     CancelCounts,
     CancelResult,
     Job,
+    JobContext,
     JobStatus,
     MaxRetries,
     ScheduleInfo,
@@ -59,6 +60,30 @@ class Cleanup(Job[AppState]):
     older_than_days: int = 30
 
     async def run(self, state: AppState) -> None:
+        pass
+
+
+class Export(Job[AppState]):
+    NAME = "export"
+
+    def run(self, state: AppState, ctx: JobContext) -> None:
+        ctx.logger.info("attempt %d of %s on %s", ctx.attempt, ctx.name, ctx.queue)
+        assert_type(ctx.job_id, UUID)
+        assert_type(ctx.cancelled, bool)
+        ctx.attempt = "2"  # type: ignore[assignment]
+
+
+class AsyncExport(Job[AppState]):
+    NAME = "async_export"
+
+    async def run(self, state: AppState, ctx: JobContext) -> None:
+        pass
+
+
+class WrongCtxState(Job[AppState]):
+    NAME = "wrong_ctx_state"
+
+    def run(self, state: str, ctx: JobContext) -> None:  # type: ignore[override]
         pass
 
 
