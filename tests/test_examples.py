@@ -79,3 +79,22 @@ def test_cron(tmp_path: Path) -> None:
         "unschedule ping-every again: False",
         "pings queued: at least 3; from ['cron', 'every']",
     ]
+
+
+def test_context(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / "context.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    out = re.sub(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", "<id>", done.stdout)
+    assert out.splitlines() == [
+        "import #1: [import <id> attempt 1] importing orders.csv",
+        "import #2: [import <id> attempt 2] importing orders.csv",
+        "import #2: [import <id> attempt 2] done",
+        "import: completed after 2 attempts",
+    ]
