@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -20,9 +23,11 @@ from hauler import (
     JobContext,
     JobStatus,
     MaxRetries,
+    Snooze,
     WorkerConfig,
     current_job_cancelled,
 )
+from hauler.job import MAX_SNOOZE
 
 
 @dataclass
@@ -176,3 +181,109 @@ def test_a_run_that_takes_neither_signature_is_a_config_error() -> None:
     for cls in (KeywordOnly, TooMany, NoState):
         with pytest.raises(ConfigError, match=r"run must take \(self, state\) or"):
             WorkerConfig[None]().register(cls)
+
+
+# ---------------------------------------------------------------------------------------
+# Snooze: run again later without counting an attempt.
+
+
+@dataclass
+class Runs:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    times: list[float] = field(default_factory=list)
+    attempts: list[int] = field(default_factory=list)
+
+    def record(self, attempt: int) -> int:
+        with self.lock:
+            self.times.append(time.monotonic())
+            self.attempts.append(attempt)
+            return len(self.times)
+
+
+class SnoozesTwice(Job[Runs]):
+    """Raises a snooze twice, then completes; it has no retries to spare."""
+
+    NAME = "snoozes_twice"
+    MAX_RETRIES = MaxRetries.count(0)
+
+    def run(self, state: Runs, ctx: JobContext) -> None:
+        if state.record(ctx.attempt) <= 2:
+            raise self.snooze(timedelta(milliseconds=100))
+
+
+class AsyncReturnsSnooze(Job[Runs]):
+    NAME = "async_returns_snooze"
+    MAX_RETRIES = MaxRetries.count(0)
+
+    async def run(self, state: Runs, ctx: JobContext) -> Snooze | None:
+        await asyncio.sleep(0)
+        if state.record(ctx.attempt) == 1:
+            return self.snooze(timedelta(0))
+        return None
+
+
+class SnoozesBadly(Job[Runs]):
+    NAME = "snoozes_badly"
+    MAX_RETRIES = MaxRetries.count(0)
+
+    def run(self, state: Runs) -> None:
+        raise self.snooze(timedelta(days=400))
+
+
+def runs_config(state: Runs, *jobs: type[Job[Runs]]) -> WorkerConfig[Runs]:
+    cfg = WorkerConfig(lambda: state)
+    for job in jobs:
+        cfg.register(job)
+    return cfg
+
+
+def test_a_snoozed_job_runs_again_later_without_counting_attempts(
+    start_worker: StartWorker,
+) -> None:
+    state = Runs()
+    worker = start_worker(runs_config(state, SnoozesTwice))
+    job_id = worker.queue(SnoozesTwice())
+    (info,) = worker.wait([job_id], timeout=WAIT)
+    assert info.status is JobStatus.COMPLETED, info.last_error
+    assert info.attempt == 1
+    assert state.attempts == [1, 1, 1]
+    assert [(a.attempt, a.outcome, a.error) for a in info.history] == [
+        (1, "snoozed", None),
+        (1, "snoozed", None),
+        (1, "completed", None),
+    ]
+    assert info.last_error is None
+    gaps = [b - a for a, b in itertools.pairwise(state.times)]
+    assert all(gap >= 0.09 for gap in gaps), gaps
+
+
+def test_an_async_job_may_return_the_snooze(start_worker: StartWorker) -> None:
+    state = Runs()
+    worker = start_worker(runs_config(state, AsyncReturnsSnooze))
+    job_id = worker.queue(AsyncReturnsSnooze())
+    (info,) = worker.wait([job_id], timeout=WAIT)
+    assert info.status is JobStatus.COMPLETED
+    assert [(a.attempt, a.outcome) for a in info.history] == [(1, "snoozed"), (1, "completed")]
+
+
+def test_a_bad_snooze_delay_fails_the_job(start_worker: StartWorker) -> None:
+    state = Runs()
+    worker = start_worker(runs_config(state, SnoozesBadly))
+    job_id = worker.queue(SnoozesBadly())
+    (info,) = worker.wait([job_id], timeout=WAIT)
+    assert info.status is JobStatus.FAILED
+    assert info.last_error is not None
+    assert info.last_error.type == "hauler.errors.ConfigError"
+    assert "snooze delay must be from 0 to 365 days" in info.last_error.message
+
+
+@pytest.mark.parametrize("delay", [timedelta(seconds=-1), MAX_SNOOZE + timedelta(1), 5, None])
+def test_snooze_takes_a_timedelta_in_range(delay: Any) -> None:
+    with pytest.raises(ConfigError, match="snooze delay must be"):
+        Snooze(delay)
+
+
+def test_snooze_rounds_up_to_milliseconds() -> None:
+    assert Snooze(timedelta(microseconds=1)).delay_ms == 1
+    assert Snooze(timedelta(seconds=2)).delay_ms == 2000
+    assert Snooze(timedelta(0)).delay_ms == 0

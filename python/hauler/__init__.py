@@ -31,7 +31,7 @@ from hauler.info import (
     JobStatus,
     ScheduleInfo,
 )
-from hauler.job import DEFAULT_QUEUE, Job
+from hauler.job import DEFAULT_QUEUE, Job, Snooze
 from hauler.retry import Backoff, MaxRetries
 from hauler.worker import Worker, WorkerConfig
 
@@ -56,6 +56,7 @@ __all__ = [
     "ScheduleInfo",
     "ScheduleNotFoundError",
     "SerializationError",
+    "Snooze",
     "StorageClosedError",
     "StorageError",
     "UnknownJobError",

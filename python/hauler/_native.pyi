@@ -258,7 +258,8 @@ class Storage:
 # Outcome of a sync run, or passed to an async run's done callback:
 #   None                                  -> success
 #   (kind, message, traceback, permanent) -> failure; permanent=True skips retries
-_Outcome = tuple[str, str, str | None, bool] | None
+#   int                                   -> snoozed for that many milliseconds
+_Outcome = tuple[str, str, str | None, bool] | int | None
 
 @final
 class CancelFlag:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import threading
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -19,12 +20,13 @@ from uuid import UUID
 from hauler._signals import block_async_signals
 from hauler.context import JobContext, _enter, _leave
 from hauler.errors import SerializationError
-from hauler.job import Job
+from hauler.job import Job, Snooze
 
 if TYPE_CHECKING:
     from hauler._native import CancelFlag
 
-Outcome = tuple[str, str, str | None, bool] | None
+# None: success; a tuple: failure; an int: snoozed for that many milliseconds.
+Outcome = tuple[str, str, str | None, bool] | int | None
 
 
 def _type_name(exc: BaseException) -> str:
@@ -109,7 +111,7 @@ class JobRunner:
 
     def _call(
         self, job: Job[Any], job_id: str, attempt: int, cancel: CancelFlag
-    ) -> Awaitable[None] | None:
+    ) -> Awaitable[Snooze | None] | Snooze | None:
         """Call ``job.run`` with the state, and the context if its ``run`` takes one."""
         spec = type(job)._spec()
         if not spec.takes_ctx:
@@ -134,12 +136,14 @@ class JobRunner:
             return job
         token = _enter(cancel)
         try:
-            self._call(job, job_id, attempt, cancel)
+            result = self._call(job, job_id, attempt, cancel)
+        except Snooze as snooze:
+            return snooze.delay_ms
         except BaseException as exc:
             return _failure(exc, permanent=False)
         finally:
             _leave(token)
-        return None
+        return result.delay_ms if isinstance(result, Snooze) else None
 
     async def _run_async(
         self, job: Job[Any], job_id: str, attempt: int, cancel: CancelFlag
@@ -147,13 +151,15 @@ class JobRunner:
         _enter(cancel)  # the task's own context: gone with the task
         try:
             result = self._call(job, job_id, attempt, cancel)
-            if asyncio.iscoroutine(result):
-                await result
+            if inspect.isawaitable(result):
+                result = await result
         except asyncio.CancelledError:
             raise
+        except Snooze as snooze:
+            return snooze.delay_ms
         except BaseException as exc:
             return _failure(exc, permanent=False)
-        return None
+        return result.delay_ms if isinstance(result, Snooze) else None
 
     def submit_async(
         self,

@@ -134,8 +134,10 @@ class AttemptInfo:
     """When it ended, or was found abandoned (aware, UTC)."""
     outcome: str
     """How it ended: ``"completed"``, ``"failed"``, ``"lease_expired"`` (the worker died
-    or stalled), ``"released"`` (handed back at shutdown, not counted) or ``"cancelled"``
-    (its cancel was requested while it ran; ``error`` is what it raised, if anything).
+    or stalled), ``"released"`` (handed back at shutdown, not counted) ``"cancelled"``
+    (its cancel was requested while it ran; ``error`` is what it raised, if anything) or
+    ``"snoozed"`` (``run`` raised or returned :meth:`~hauler.Job.snooze`; not counted, and
+    the next attempt has the same number).
 
     ``"retried"`` marks no attempt but a manual :meth:`~hauler.QueueHandle.retry`: the
     attempt count started again from 0 (``attempt`` is the count before), and

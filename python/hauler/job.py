@@ -19,6 +19,7 @@ import inspect
 import math
 import re
 from collections.abc import Awaitable, Mapping
+from datetime import timedelta
 from typing import (
     Any,
     ClassVar,
@@ -35,12 +36,44 @@ from hauler._codec import DataclassCodec, codec_for
 from hauler.errors import ConfigError
 from hauler.retry import Backoff, MaxRetries, _native_retry
 
-__all__ = ["DEFAULT_QUEUE", "Job", "JobSpec"]
+__all__ = ["DEFAULT_QUEUE", "MAX_SNOOZE", "Job", "JobSpec", "Snooze"]
 
 DEFAULT_QUEUE: Final = "default"
 """The queue a job runs on unless its class sets ``QUEUE``."""
 
 StateT = TypeVar("StateT")
+
+MAX_SNOOZE: Final = timedelta(days=365)
+"""The longest a job may snooze at once."""
+
+
+class Snooze(Exception):
+    """A job's request to run again later without counting an attempt; see :meth:`Job.snooze`.
+
+    Raise it or return it from ``run``. The job goes back to ``scheduled`` until ``delay``
+    has passed; its history gets a ``snoozed`` entry and its attempt count is unchanged,
+    so a job may snooze any number of times without using up its retries.
+
+    Attributes:
+        delay: How long to wait before the next run.
+
+    """
+
+    delay: timedelta
+
+    def __init__(self, delay: timedelta) -> None:
+        if not isinstance(delay, timedelta):
+            raise ConfigError(f"snooze delay must be a timedelta, got {type(delay).__name__}")
+        if not timedelta(0) <= delay <= MAX_SNOOZE:
+            raise ConfigError(f"snooze delay must be from 0 to {MAX_SNOOZE.days} days, got {delay}")
+        super().__init__(f"snoozed for {delay}")
+        self.delay = delay
+
+    @property
+    def delay_ms(self) -> int:
+        """The delay in whole milliseconds, rounded up."""
+        return -(-self.delay // timedelta(milliseconds=1))
+
 
 _I32: Final = 2**31
 _U32_MAX: Final = 2**32 - 1
@@ -189,12 +222,15 @@ class Job(Generic[StateT]):
         cls._hauler_spec = None  # each class computes its own spec
         dataclasses.dataclass(cls)
 
-    def run(self, state: StateT, *args: Any, **kwargs: Any) -> Awaitable[None] | None:
+    def run(
+        self, state: StateT, *args: Any, **kwargs: Any
+    ) -> Awaitable[Snooze | None] | Snooze | None:
         """Do the job's work; write it as ``def run`` or ``async def run``.
 
         Write it as ``run(self, state)``, or as ``run(self, state, ctx)`` to be given a
         :class:`~hauler.JobContext` as well (its id, attempt, a logger, ``cancelled``).
-        Raising an exception fails the attempt; the job is retried per ``MAX_RETRIES`` and
+        Raising or returning :meth:`snooze` runs it again later. Raising an exception fails
+        the attempt; the job is retried per ``MAX_RETRIES`` and
         ``BACKOFF``.
 
         Args:
@@ -207,6 +243,33 @@ class Job(Generic[StateT]):
 
         """
         raise NotImplementedError(f"{type(self).__name__} must define run(self, state)")
+
+    def snooze(self, delay: timedelta) -> Snooze:
+        """Ask to run again after ``delay`` without counting an attempt: raise or return it.
+
+        The job goes back to ``scheduled`` until ``delay`` has passed, then runs again with
+        the same attempt number; its history records a ``snoozed`` entry. Use it to wait for
+        something outside the job (a rate limit, a file not there yet) without burning
+        retries. A cancel requested while the job ran still wins: it ends ``cancelled``.
+
+        Args:
+            delay: How long to wait, from 0 to :data:`MAX_SNOOZE` (365 days).
+
+        Returns:
+            The :class:`Snooze` to raise (or return) from ``run``.
+
+        Raises:
+            ConfigError: ``delay`` is not a ``timedelta`` in that range.
+
+        Example:
+            >>> class Poll(Job[None]):  # doctest: +SKIP
+            ...     NAME = "poll"
+            ...     def run(self, state: None) -> None:
+            ...         if not report_ready():
+            ...             raise self.snooze(timedelta(minutes=5))
+
+        """
+        return Snooze(delay)
 
     @classmethod
     def _spec(cls) -> JobSpec:

@@ -20,6 +20,7 @@ from hauler import (
     JobStatus,
     MaxRetries,
     ScheduleInfo,
+    Snooze,
     WorkerConfig,
     create_server,
     current_job_cancelled,
@@ -78,6 +79,25 @@ class AsyncExport(Job[AppState]):
 
     async def run(self, state: AppState, ctx: JobContext) -> None:
         pass
+
+
+class Poll(Job[AppState]):
+    NAME = "poll"
+
+    def run(self, state: AppState) -> Snooze | None:
+        if not state.smtp_host:
+            return self.snooze(timedelta(minutes=5))
+        raise self.snooze(timedelta(seconds=30))
+
+
+class AsyncPoll(Job[AppState]):
+    NAME = "async_poll"
+
+    async def run(self, state: AppState, ctx: JobContext) -> Snooze | None:
+        return self.snooze(timedelta(seconds=ctx.attempt))
+
+
+Poll().snooze(30)  # type: ignore[arg-type]
 
 
 class WrongCtxState(Job[AppState]):

@@ -200,17 +200,21 @@ pub enum AttemptOutcome {
     /// count started again from 0. `attempt` is the count before the reset;
     /// `started_at` and `finished_at` are the time of the retry; `worker_id` is empty.
     Retried,
+    /// The job asked to run again later (`Job.snooze`): it went back to `scheduled` and the
+    /// attempt was not counted (the next one runs with the same number).
+    Snoozed,
 }
 
 impl AttemptOutcome {
     /// Every outcome.
-    pub const ALL: [AttemptOutcome; 6] = [
+    pub const ALL: [AttemptOutcome; 7] = [
         AttemptOutcome::Completed,
         AttemptOutcome::Failed,
         AttemptOutcome::LeaseExpired,
         AttemptOutcome::Released,
         AttemptOutcome::Cancelled,
         AttemptOutcome::Retried,
+        AttemptOutcome::Snoozed,
     ];
 
     /// The snake_case name used in storage and in Python (as serde writes it).
@@ -222,6 +226,7 @@ impl AttemptOutcome {
             AttemptOutcome::Released => "released",
             AttemptOutcome::Cancelled => "cancelled",
             AttemptOutcome::Retried => "retried",
+            AttemptOutcome::Snoozed => "snoozed",
         }
     }
 }

@@ -45,6 +45,11 @@ pub enum Outcome {
         /// Retrying cannot help (for example its arguments do not decode): fail at once.
         permanent: bool,
     },
+    /// It asked to run again after `delay`, without counting the attempt.
+    Snooze {
+        /// How long to wait before the next run.
+        delay: Duration,
+    },
 }
 
 /// Set once a cancel of a running job was requested; the job's code may poll it to stop
@@ -542,6 +547,9 @@ fn record_outcome(
     let now = shared.queue.clock().now();
     let outcome = match outcome {
         Outcome::Success => FinishOutcome::Completed,
+        Outcome::Snooze { delay } => FinishOutcome::Snoozed {
+            run_at: now.plus(delay),
+        },
         Outcome::Failure {
             error,
             permanent: true,

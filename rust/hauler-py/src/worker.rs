@@ -120,10 +120,16 @@ impl PyExecutor {
     }
 }
 
-/// `None` → success; `(kind, message, traceback, permanent)` → failure.
+/// `None` → success; `(kind, message, traceback, permanent)` → failure; an `int` →
+/// snoozed for that many milliseconds.
 fn parse_outcome(obj: &Bound<'_, PyAny>) -> Outcome {
     if obj.is_none() {
         return Outcome::Success;
+    }
+    if let Ok(ms) = obj.extract::<u64>() {
+        return Outcome::Snooze {
+            delay: Duration::from_millis(ms),
+        };
     }
     match obj.extract::<(String, String, Option<String>, bool)>() {
         Ok((kind, message, traceback, permanent)) => Outcome::Failure {

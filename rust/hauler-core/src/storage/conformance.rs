@@ -102,6 +102,7 @@ cases![
     reclaim_makes_expired_job_available,
     reclaim_fails_job_when_retries_are_exhausted,
     release_restores_attempt,
+    finish_snoozed_reschedules_without_counting,
     history_records_every_attempt_in_order,
     list_filters,
     list_pages_newest_first_with_cursor,
@@ -1677,6 +1678,67 @@ pub async fn release_restores_attempt(s: Arc<dyn Storage>) {
             (1, AttemptOutcome::Released),
             (1, AttemptOutcome::Completed)
         ]
+    );
+}
+
+/// A snoozed job becomes `scheduled` at its `run_at` with the attempt not counted; the
+/// history says `snoozed`; a stale token cannot snooze; a cancel request wins.
+pub async fn finish_snoozed_reschedules_without_counting(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let all = jobs(2);
+    insert(s, all.clone(), at(0)).await;
+    let mut cs = claim(s, 2, "w1", at(1)).await;
+    cs.sort_by_key(|c| c.id);
+    let snooze = FinishOutcome::Snoozed { run_at: at(10) };
+    assert!(finish(s, &cs[0], snooze.clone(), at(2)).await);
+    assert!(
+        !finish(s, &cs[0], snooze.clone(), at(3)).await,
+        "the token is spent"
+    );
+
+    let mut want = expected_record(&all[0], at(0));
+    want.status = JobStatus::Scheduled;
+    want.run_at = at(10);
+    want.started_at = Some(at(1));
+    want.history = vec![AttemptRecord {
+        attempt: 1,
+        worker_id: "w1".to_owned(),
+        started_at: at(1),
+        finished_at: at(2),
+        outcome: AttemptOutcome::Snoozed,
+        error: None,
+    }];
+    assert_eq!(get(s, all[0].id).await, want, "record after snooze");
+    assert!(
+        claim(s, 2, "w2", at(9)).await.is_empty(),
+        "not due before run_at"
+    );
+    let again = claim_one(s, "w2", at(10)).await;
+    assert_eq!(
+        (again.id, again.attempt),
+        (all[0].id, 1),
+        "the attempt is not counted"
+    );
+    assert!(finish(s, &again, FinishOutcome::Completed, at(11)).await);
+    let outcomes: Vec<_> = get(s, again.id)
+        .await
+        .history
+        .iter()
+        .map(|h| (h.attempt, h.outcome))
+        .collect();
+    assert_eq!(
+        outcomes,
+        vec![(1, AttemptOutcome::Snoozed), (1, AttemptOutcome::Completed)]
+    );
+
+    assert_eq!(cancel(s, by_ids(&[cs[1].id]), at(3)).await, cancelled(0, 1));
+    assert!(finish(s, &cs[1], snooze, at(4)).await);
+    let got = get(s, cs[1].id).await;
+    assert_eq!(got.status, JobStatus::Cancelled, "a requested cancel wins");
+    assert_eq!(got.attempt, 1);
+    assert_eq!(
+        got.history.iter().map(|h| h.outcome).collect::<Vec<_>>(),
+        vec![AttemptOutcome::Cancelled]
     );
 }
 

@@ -510,7 +510,7 @@ impl Storage for MemoryStorage {
             inner.update(finish.id, |e| match finish.outcome {
                 _ if e.record.cancel_requested_at.is_some() => {
                     let error = match finish.outcome {
-                        FinishOutcome::Completed => None,
+                        FinishOutcome::Completed | FinishOutcome::Snoozed { .. } => None,
                         FinishOutcome::Retry { error, .. } | FinishOutcome::Failed { error } => {
                             Some(error)
                         }
@@ -528,6 +528,12 @@ impl Storage for MemoryStorage {
                     end_attempt(e, now, AttemptOutcome::Failed, Some(error));
                     e.record.status = JobStatus::Retryable;
                     e.record.run_at = retry_at;
+                }
+                FinishOutcome::Snoozed { run_at } => {
+                    end_attempt(e, now, AttemptOutcome::Snoozed, None);
+                    e.record.status = JobStatus::Scheduled;
+                    e.record.run_at = run_at;
+                    e.record.attempt = e.record.attempt.saturating_sub(1);
                 }
                 FinishOutcome::Failed { error } => {
                     end_attempt(e, now, AttemptOutcome::Failed, Some(error));

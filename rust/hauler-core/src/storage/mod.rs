@@ -100,6 +100,12 @@ pub enum FinishOutcome {
         /// What went wrong.
         error: ErrorInfo,
     },
+    /// The job asked to run again later: it becomes `scheduled` at `run_at`, and the
+    /// attempt is not counted (history: `snoozed`).
+    Snoozed {
+        /// When to run again.
+        run_at: Timestamp,
+    },
 }
 
 /// One attempt's end, to record.

@@ -270,6 +270,16 @@ const MIGRATIONS: &[Migration] = &[
         updated_at       timestamptz NOT NULL
     );",
     },
+    Migration {
+        description: "snoozed jobs",
+        sql: "
+    -- One more history outcome: a job that asked to run again later (not counted).
+    ALTER TABLE attempts DROP CONSTRAINT attempts_outcome_check;
+    ALTER TABLE attempts ADD CONSTRAINT attempts_outcome_check CHECK (outcome IN (
+        'completed', 'failed', 'lease_expired', 'released', 'cancelled', 'retried',
+        'snoozed'))
+        NOT VALID;",
+    },
 ];
 
 /// The schema version this build writes and reads.
@@ -442,7 +452,8 @@ RETURNING j.id, j.lease_token, j.cancel_requested_at IS NOT NULL";
 /// End the attempts given as parallel arrays (job, token, new status, retry time, error,
 /// history outcome) at time `$7`; answer the ordinals of the accepted ones. Of repeated
 /// (job, token) pairs only the first counts, so the batch behaves as if applied in order.
-/// A job whose cancel was requested becomes `cancelled` instead (history: `cancelled`).
+/// A snoozed attempt (outcome `snoozed`, status `scheduled`) is not counted. A job whose
+/// cancel was requested becomes `cancelled` instead (history: `cancelled`).
 const JOB_FINISH: &str = "WITH f AS (
     SELECT DISTINCT ON (id, token) id, token, status, retry_at, error, outcome, ord
     FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::timestamptz[], $5::text[],
@@ -463,9 +474,11 @@ held AS MATERIALIZED (
 done AS (
     UPDATE jobs j
     SET status = CASE WHEN h.cancel THEN 'cancelled' ELSE h.status END,
+        attempt = CASE WHEN h.outcome = 'snoozed' AND NOT h.cancel THEN j.attempt - 1
+                       ELSE j.attempt END,
         run_at = CASE WHEN h.cancel THEN j.run_at ELSE coalesce(h.retry_at, j.run_at) END,
-        finished_at = CASE WHEN h.status = 'retryable' AND NOT h.cancel THEN NULL
-                           ELSE $7::timestamptz END,
+        finished_at = CASE WHEN h.status IN ('retryable', 'scheduled') AND NOT h.cancel
+                           THEN NULL ELSE $7::timestamptz END,
         last_error = coalesce(h.error, j.last_error),
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
     FROM held h
@@ -478,7 +491,7 @@ history AS (
            CASE WHEN cancel THEN 'cancelled' ELSE outcome END, error
     FROM done
 )
-SELECT ord, CASE WHEN status = 'retryable' AND NOT cancel
+SELECT ord, CASE WHEN status IN ('retryable', 'scheduled') AND NOT cancel
                  THEN pg_notify($8, left(queue, 1000))::text END
 FROM done";
 
@@ -1728,6 +1741,12 @@ impl Storage for PostgresStorage {
                     Some(serde_json::to_string(error)?),
                     AttemptOutcome::Failed,
                 ),
+                FinishOutcome::Snoozed { run_at } => (
+                    JobStatus::Scheduled,
+                    Some(to_pg_time(*run_at)?),
+                    None,
+                    AttemptOutcome::Snoozed,
+                ),
             };
             ids.push(f.id.0);
             tokens.push(f.lease.0);
@@ -1743,7 +1762,7 @@ impl Storage for PostgresStorage {
             match f.outcome {
                 FinishOutcome::Completed => crash_point(CrashPoint::BeforeCompleteCommit),
                 FinishOutcome::Retry { .. } => crash_point(CrashPoint::DuringRetryReschedule),
-                FinishOutcome::Failed { .. } => {}
+                FinishOutcome::Failed { .. } | FinishOutcome::Snoozed { .. } => {}
             }
         }
         let rows = self
@@ -2425,7 +2444,18 @@ mod tests {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(versions, vec![1, 2, 3]);
+        assert_eq!(versions, vec![1, 2, 3, 4]);
+        admin
+            .execute(
+                &format!(
+                    "INSERT INTO {}.attempts (job_id, attempt, worker_id, started_at,
+                         finished_at, outcome) VALUES ($1, 1, 'w', $2, $2, 'snoozed')",
+                    quote_ident(&schema)
+                ),
+                &[&job.id.0, &t0],
+            )
+            .await
+            .expect("version 4 allows the snoozed outcome");
         s.close().await.unwrap();
         admin
             .batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema)))

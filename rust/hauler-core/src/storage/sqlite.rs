@@ -220,9 +220,12 @@ const LEASE_EXTEND: &str = "UPDATE hauler_jobs SET lease_expires_at = ?2 WHERE i
 
 /// End the attempt of job `?1` running under token `?2` at time `?7`: new status `?3`,
 /// `run_at` `?4` (NULL: unchanged), `finished_at` `?5`, error `?6` (JSON or NULL), history
-/// outcome `?8`; or, if its cancel was requested, `cancelled` (history: `cancelled`).
+/// outcome `?8` (`snoozed`: the attempt is not counted); or, if its cancel was requested,
+/// `cancelled` (history: `cancelled`).
 const JOB_FINISH: &str = "UPDATE hauler_jobs
     SET status = CASE WHEN cancel_requested_at IS NULL THEN ?3 ELSE 'cancelled' END,
+        attempt = CASE WHEN cancel_requested_at IS NULL AND ?8 = 'snoozed' THEN attempt - 1
+                       ELSE attempt END,
         run_at = CASE WHEN cancel_requested_at IS NULL THEN coalesce(?4, run_at)
                       ELSE run_at END,
         finished_at = CASE WHEN cancel_requested_at IS NULL THEN ?5 ELSE ?7 END,
@@ -1065,6 +1068,13 @@ fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bo
                 Some(serde_json::to_string(error)?),
                 AttemptOutcome::Failed,
             ),
+            FinishOutcome::Snoozed { run_at } => (
+                JobStatus::Scheduled,
+                Some(run_at.as_micros()),
+                None,
+                None,
+                AttemptOutcome::Snoozed,
+            ),
         };
         let changed = stmt.execute(params![
             f.id.to_string(),
@@ -1082,7 +1092,7 @@ fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bo
         match f.outcome {
             FinishOutcome::Completed => crash_point(CrashPoint::BeforeCompleteCommit),
             FinishOutcome::Retry { .. } => crash_point(CrashPoint::DuringRetryReschedule),
-            FinishOutcome::Failed { .. } => {}
+            FinishOutcome::Failed { .. } | FinishOutcome::Snoozed { .. } => {}
         }
     }
     Ok(accepted)
