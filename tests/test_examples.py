@@ -95,6 +95,9 @@ def test_context(tmp_path: Path) -> None:
     assert out.splitlines() == [
         "import #1: [import <id> attempt 1] importing orders.csv",
         "import #2: [import <id> attempt 2] importing orders.csv",
+        "import #2: [import <id> attempt 2] not uploaded yet, snoozing",
+        "import #2: [import <id> attempt 2] importing orders.csv",
         "import #2: [import <id> attempt 2] done",
         "import: completed after 2 attempts",
+        "history: 1 failed, 2 snoozed, 2 completed",
     ]
