@@ -401,3 +401,10 @@ def test_undecodable_args_fail_permanently(
 def test_every_error_is_a_hauler_error() -> None:
     for cls in (ConfigError, SerializationError, StorageClosedError, UnknownJobError):
         assert issubclass(cls, HaulerError)
+
+
+@pytest.mark.parametrize("worker_id", ["", "a\x00b", "\udc80", 7])
+def test_bad_worker_id(worker_id: object) -> None:
+    # A NUL would be refused by PostgreSQL at every claim, so it is refused here, everywhere.
+    with pytest.raises(ConfigError, match="worker_id must be non-empty"):
+        WorkerConfig(worker_id=worker_id)  # type: ignore[arg-type]

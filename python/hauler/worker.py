@@ -123,8 +123,10 @@ class WorkerConfig(Generic[StateT]):
         self._storage = storage
         self._poll_interval_ms = _positive_seconds("poll_interval", poll_interval)
         self._reclaim_interval_ms = _positive_seconds("reclaim_interval", reclaim_interval) or 1000
-        if worker_id is not None and (not isinstance(worker_id, str) or not worker_id):
-            raise ConfigError(f"worker_id must be a non-empty str, got {worker_id!r}")
+        if worker_id is not None and (
+            not isinstance(worker_id, str) or not worker_id or not _is_utf8(worker_id)
+        ):
+            raise ConfigError(f"worker_id must be non-empty {_UTF8}, got {worker_id!r}")
         self._worker_id = worker_id
         self._max_payload_bytes = _max_payload(max_payload_bytes)
         self._stop_timeout = _stop_seconds(stop_timeout)
