@@ -1,18 +1,22 @@
-"""SQLite storage faults under a running worker: a database locked by another process.
+"""SQLite storage faults under a running worker: a database locked by another process, and
+a full filesystem.
 
-The fault gives the caller of ``queue()`` a clear ``StorageError`` once ``busy_timeout``
-has passed; the worker keeps running through it (its claims, heartbeats and completions
-fail and are retried) and resumes on its own once the lock is gone; every job ``queue()``
-accepted completes, each exactly once.
+Each fault gives the caller of ``queue()`` a clear ``StorageError`` (for the lock, once
+``busy_timeout`` has passed); the worker keeps running through it (its claims, heartbeats
+and completions fail and are retried) and resumes on its own once the fault clears; every
+job ``queue()`` accepted completes, each exactly once. The full filesystem is a 2 MiB
+tmpfs mounted by the test: it needs root, and skips (saying why) where it cannot mount.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +24,7 @@ import pytest
 from hauler import Job, JobStatus, QueueHandle, StorageError, WorkerConfig
 from hauler.storage import SqliteStorage
 
-pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX file locks")
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX locks, Linux mounts")
 
 
 class Note(Job[list[int]]):
@@ -90,3 +94,54 @@ print("locked", flush=True)
 time.sleep(float(sys.argv[2]))
 con.execute("COMMIT")
 """
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs, mounted for the test (skipped where mounting is not allowed)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def fill(path: Path) -> None:
+    """Write ``path`` until the filesystem has no space left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, e
+    finally:
+        os.close(fd)
+
+
+def test_full_filesystem(small_fs: Path) -> None:
+    db = small_fs / "jobs.db"
+    ran: list[int] = []
+    with start(db, ran).start() as worker:
+        before = [worker.queue(Note(n, seconds=0.05)) for n in range(10)]
+        filler = small_fs / "filler"
+        try:
+            fill(filler)
+            # A payload that needs new pages: refused, clearly.
+            with pytest.raises(StorageError, match="full"):
+                worker.queue(Note(99, pad="x" * 300_000))
+            time.sleep(0.5)  # the worker runs on (or retries) while the disk is full
+        finally:
+            filler.unlink()
+        after = [worker.queue(Note(n)) for n in range(10, 12)]
+        assert_completed_once(worker, before + after)
+    assert sorted(ran) == list(range(12))
