@@ -1,17 +1,21 @@
-"""SQLite storage faults under a running worker: a database locked by another process, and
-a full filesystem.
+"""SQLite storage faults under a running worker: a database locked by another process, a
+full filesystem, a read-only database file.
 
 Each fault gives the caller of ``queue()`` a clear ``StorageError`` (for the lock, once
 ``busy_timeout`` has passed); the worker keeps running through it (its claims, heartbeats
 and completions fail and are retried) and resumes on its own once the fault clears; every
-job ``queue()`` accepted completes, each exactly once. The full filesystem is a 2 MiB
-tmpfs mounted by the test: it needs root, and skips (saying why) where it cannot mount.
+job ``queue()`` accepted completes, each exactly once.
+
+The filesystem faults need root: the full filesystem is a 2 MiB tmpfs mounted by the test,
+and the read-only file is made immutable with ``chattr +i`` (writes refused even through
+open descriptors, even for root). Where that is not possible the tests skip, saying why.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -145,3 +149,51 @@ def test_full_filesystem(small_fs: Path) -> None:
         after = [worker.queue(Note(n)) for n in range(10, 12)]
         assert_completed_once(worker, before + after)
     assert sorted(ran) == list(range(12))
+
+
+def chattr(flag: str, *paths: Path) -> None:
+    subprocess.run(["chattr", flag, *map(str, paths)], check=True, capture_output=True)
+
+
+def immutable_files_refuse_writes(directory: Path) -> str | None:
+    """Why ``chattr +i`` cannot fake a read-only file in ``directory``, or None if it can."""
+    if shutil.which("chattr") is None:
+        return "chattr is not installed"
+    probe = directory / "probe"
+    fd = os.open(probe, os.O_RDWR | os.O_CREAT)
+    try:
+        if subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode:
+            return "this filesystem does not support chattr +i"
+        try:
+            os.write(fd, b"x")
+        except PermissionError:
+            return None
+        return "this filesystem lets open descriptors write to immutable files"
+    finally:
+        subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+        os.close(fd)
+        probe.unlink()
+
+
+def test_read_only_database_file(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("chattr +i needs root")
+    why = immutable_files_refuse_writes(tmp_path)
+    if why:
+        pytest.skip(why)
+    db = tmp_path / "jobs.db"
+    files = [db, Path(f"{db}-wal"), Path(f"{db}-shm")]
+    ran: list[int] = []
+    with start(db, ran).start() as worker:
+        first = worker.queue(Note(0))
+        assert_completed_once(worker, [first])
+        chattr("+i", *files)
+        try:
+            with pytest.raises(StorageError, match=str(db)):
+                worker.queue(Note(99))
+            time.sleep(0.5)  # the worker's claims fail meanwhile; it keeps running
+        finally:
+            chattr("-i", *files)
+        after = [worker.queue(Note(n)) for n in range(1, 6)]
+        assert_completed_once(worker, after)
+    assert sorted(ran) == list(range(6))
