@@ -23,11 +23,14 @@ from hauler import (
     JobContext,
     JobStatus,
     MaxRetries,
+    SerializationError,
     Snooze,
     WorkerConfig,
+    create_server,
     current_job_cancelled,
 )
 from hauler.job import MAX_SNOOZE
+from hauler.storage import Storage
 
 
 @dataclass
@@ -287,3 +290,123 @@ def test_snooze_rounds_up_to_milliseconds() -> None:
     assert Snooze(timedelta(microseconds=1)).delay_ms == 1
     assert Snooze(timedelta(seconds=2)).delay_ms == 2000
     assert Snooze(timedelta(0)).delay_ms == 0
+
+
+# ---------------------------------------------------------------------------------------
+# Progress and state: saved at once, shown by get(), state kept across retries.
+
+
+@dataclass
+class Steps:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    saved: threading.Event = field(default_factory=threading.Event)
+    go_on: threading.Event = field(default_factory=threading.Event)
+    resumed_from: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Reports(Job[Steps]):
+    NAME = "ctx_reports"
+
+    def run(self, state: Steps, ctx: JobContext) -> None:
+        ctx.set_progress(40, message="page 4 of 10")
+        ctx.set_state({"page": 4, "seen": ["a", "é"]})
+        state.saved.set()
+        assert state.go_on.wait(WAIT)
+        ctx.set_progress(100.0)
+
+
+class AsyncReports(Job[Steps]):
+    NAME = "ctx_async_reports"
+
+    async def run(self, state: Steps, ctx: JobContext) -> None:
+        ctx.set_progress(7.9, message="async")
+        ctx.set_state({"n": 1})
+        await asyncio.sleep(0)
+
+
+class Resumes(Job[Steps]):
+    NAME = "ctx_resumes"
+    MAX_RETRIES = MaxRetries.count(1)
+    BACKOFF = Backoff.fixed(0.01)
+
+    def run(self, state: Steps, ctx: JobContext) -> None:
+        with state.lock:
+            state.resumed_from.append(ctx.get_state())
+        ctx.set_state({"done": ctx.get_state().get("done", 0) + 5})
+        if ctx.attempt == 1:
+            raise RuntimeError("stopped half way")
+
+
+def test_progress_and_state_are_seen_by_another_handle_while_the_job_runs(
+    start_worker: StartWorker, storage: Storage
+) -> None:
+    steps = Steps()
+    worker = start_worker(WorkerConfig(lambda: steps).register(Reports))
+    job_id = worker.queue(Reports())
+    assert steps.saved.wait(WAIT)
+    other = create_server(storage)
+    running = other.get(job_id)
+    assert running.status is JobStatus.RUNNING
+    assert (running.progress, running.progress_message) == (40, "page 4 of 10")
+    assert running.state == {"page": 4, "seen": ["a", "é"]}
+    steps.go_on.set()
+    (done,) = worker.wait([job_id], timeout=WAIT)
+    assert done.status is JobStatus.COMPLETED
+    assert (done.progress, done.progress_message) == (100, None), "no message clears it"
+    assert done.state == {"page": 4, "seen": ["a", "é"]}, "kept after the job ends"
+
+
+def test_an_async_job_saves_progress_and_state(start_worker: StartWorker) -> None:
+    worker = start_worker(WorkerConfig(Steps).register(AsyncReports))
+    job_id = worker.queue(AsyncReports())
+    (info,) = worker.wait([job_id], timeout=WAIT)
+    assert info.status is JobStatus.COMPLETED
+    assert (info.progress, info.progress_message, info.state) == (7, "async", {"n": 1})
+
+
+def test_a_retried_job_resumes_from_the_state_its_failed_attempt_saved(
+    start_worker: StartWorker,
+) -> None:
+    steps = Steps()
+    worker = start_worker(WorkerConfig(lambda: steps).register(Resumes))
+    job_id = worker.queue(Resumes())
+    (info,) = worker.wait([job_id], timeout=WAIT)
+    assert info.status is JobStatus.COMPLETED
+    assert info.attempt == 2
+    assert steps.resumed_from == [{}, {"done": 5}]
+    assert info.state == {"done": 10}
+    never = worker.queue(Classic())
+    assert worker.get(never).state is None and worker.get(never).progress is None
+
+
+def test_progress_and_state_are_checked() -> None:
+    ctx = JobContext(
+        job_id=uuid.uuid4(), attempt=1, name="n", queue="q", cancel=None, max_payload_bytes=20
+    )
+    for bad in (-1, 101, 100.5, float("nan"), True, "50", None):
+        with pytest.raises(ConfigError, match="progress must be a number from 0 to 100"):
+            ctx.set_progress(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="progress message must be a str or None"):
+        ctx.set_progress(5, message=5)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="NUL"):
+        ctx.set_progress(5, message="a\x00b")
+    with pytest.raises(ConfigError, match="lone surrogate"):
+        ctx.set_progress(5, message="a\ud800")
+    ctx.set_progress(0)
+    ctx.set_progress(100, message="done")
+    assert ctx.get_state() == {}
+    for bad_state, match in [
+        ([1], "must be a dict, got list"),
+        ({"s": {1, 2}}, "is not JSON"),
+        ({"f": float("nan")}, "is not JSON"),
+        ({1: "x"}, "must have str keys"),
+        ({"s": "\ud800"}, "lone surrogate"),
+        ({"long": "x" * 20}, r"takes 31 bytes as JSON, more than max_payload_bytes \(20\)"),
+    ]:
+        with pytest.raises(SerializationError, match=match):
+            ctx.set_state(bad_state)  # type: ignore[arg-type]
+    assert ctx.get_state() == {}, "a refused state changes nothing"
+    ctx.set_state({"a": [1]})
+    got = ctx.get_state()
+    got["a"].append(2)
+    assert ctx.get_state() == {"a": [1]}, "get_state returns a copy"

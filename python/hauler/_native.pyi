@@ -12,6 +12,7 @@ from typing import Any, TypedDict, final, type_check_only
 
 __all__ = [
     "CancelFlag",
+    "JobRun",
     "Storage",
     "Worker",
     "backoff_delay",
@@ -70,6 +71,9 @@ class JobDict(TypedDict):
     cancel_requested_at: int | None
     last_error: ErrorDict | None
     history: list[AttemptDict]
+    progress: int | None
+    progress_message: str | None
+    state: dict[str, Any] | str | None  # str: the raw stored text, when not a JSON object
 
 @type_check_only
 class FilterDict(TypedDict):
@@ -269,6 +273,20 @@ class CancelFlag:
         """Whether a cancel of the job was requested."""
 
 @final
+class JobRun:
+    """One run of one job: saves its progress and state under the run's lease."""
+
+    @property
+    def claimed_state(self) -> str | None:
+        """The state an earlier attempt saved (a JSON object as text), as claimed."""
+
+    def set_progress(self, percent: int, message: str | None = None) -> bool:
+        """Save progress (0 to 100) and its message at once; False if the lease was lost."""
+
+    def set_state(self, state: str) -> bool:
+        """Save the state (a JSON object as text) at once; False if the lease was lost."""
+
+@final
 class Worker:
     """A running worker pool (one per ``WorkerConfig.start``)."""
 
@@ -277,9 +295,10 @@ class Worker:
         storage: Storage,
         queues: dict[str, int],
         names: dict[str, str],
-        run_sync: Callable[[str, dict[str, Any], str, int, int, CancelFlag], _Outcome],
+        run_sync: Callable[[str, dict[str, Any], str, int, int, CancelFlag, JobRun], _Outcome],
         submit_async: Callable[
-            [str, dict[str, Any], str, int, int, Callable[[_Outcome], None], CancelFlag], Any
+            [str, dict[str, Any], str, int, int, Callable[[_Outcome], None], CancelFlag, JobRun],
+            Any,
         ]
         | None,
         async_names: Sequence[str],

@@ -23,7 +23,7 @@ from hauler.errors import SerializationError
 from hauler.job import Job, Snooze
 
 if TYPE_CHECKING:
-    from hauler._native import CancelFlag
+    from hauler._native import CancelFlag, JobRun
 
 # None: success; a tuple: failure; an int: snoozed for that many milliseconds.
 Outcome = tuple[str, str, str | None, bool] | int | None
@@ -81,9 +81,12 @@ class EventLoopThread:
 class JobRunner:
     """Runs registered jobs for one worker pool, with the pool's shared state."""
 
-    def __init__(self, registry: Mapping[str, type[Job[Any]]], state: Any) -> None:
+    def __init__(
+        self, registry: Mapping[str, type[Job[Any]]], state: Any, *, max_payload_bytes: int | None
+    ) -> None:
         self._registry = dict(registry)
         self._state = state
+        self._max_payload_bytes = max_payload_bytes
         self.loop: EventLoopThread | None = None
 
     def _build(self, name: str, args: dict[str, Any], version: int) -> Job[Any] | Outcome:
@@ -110,14 +113,20 @@ class JobRunner:
             return _failure(exc, permanent=True)
 
     def _call(
-        self, job: Job[Any], job_id: str, attempt: int, cancel: CancelFlag
+        self, job: Job[Any], job_id: str, attempt: int, cancel: CancelFlag, run: JobRun
     ) -> Awaitable[Snooze | None] | Snooze | None:
         """Call ``job.run`` with the state, and the context if its ``run`` takes one."""
         spec = type(job)._spec()
         if not spec.takes_ctx:
             return job.run(self._state)
         ctx = JobContext(
-            job_id=UUID(job_id), attempt=attempt, name=spec.name, queue=spec.queue, cancel=cancel
+            job_id=UUID(job_id),
+            attempt=attempt,
+            name=spec.name,
+            queue=spec.queue,
+            cancel=cancel,
+            run=run,
+            max_payload_bytes=self._max_payload_bytes,
         )
         return job.run(self._state, ctx)
 
@@ -129,6 +138,7 @@ class JobRunner:
         attempt: int,
         version: int,
         cancel: CancelFlag,
+        run: JobRun,
     ) -> Outcome:
         """Run a sync job to its end on the calling (worker) thread."""
         job = self._build(name, args, version)
@@ -136,7 +146,7 @@ class JobRunner:
             return job
         token = _enter(cancel)
         try:
-            result = self._call(job, job_id, attempt, cancel)
+            result = self._call(job, job_id, attempt, cancel, run)
         except Snooze as snooze:
             return snooze.delay_ms
         except BaseException as exc:
@@ -146,11 +156,11 @@ class JobRunner:
         return result.delay_ms if isinstance(result, Snooze) else None
 
     async def _run_async(
-        self, job: Job[Any], job_id: str, attempt: int, cancel: CancelFlag
+        self, job: Job[Any], job_id: str, attempt: int, cancel: CancelFlag, run: JobRun
     ) -> Outcome:
         _enter(cancel)  # the task's own context: gone with the task
         try:
-            result = self._call(job, job_id, attempt, cancel)
+            result = self._call(job, job_id, attempt, cancel, run)
             if inspect.isawaitable(result):
                 result = await result
         except asyncio.CancelledError:
@@ -170,6 +180,7 @@ class JobRunner:
         version: int,
         done: Callable[[Outcome], None],
         cancel: CancelFlag,
+        run: JobRun,
     ) -> concurrent.futures.Future[Outcome] | None:
         """Schedule an async job on the pool's loop; ``done`` gets its outcome."""
         job = self._build(name, args, version)
@@ -179,7 +190,7 @@ class JobRunner:
         if self.loop is None:  # pragma: no cover - the pool always creates one
             done(("WorkerError", "no event loop for async jobs", None, False))
             return None
-        coro: Coroutine[Any, Any, Outcome] = self._run_async(job, job_id, attempt, cancel)
+        coro: Coroutine[Any, Any, Outcome] = self._run_async(job, job_id, attempt, cancel, run)
         fut = asyncio.run_coroutine_threadsafe(coro, self.loop.loop)
 
         def _report(f: concurrent.futures.Future[Outcome]) -> None:

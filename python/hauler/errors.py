@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "HaulerError",
     "JobNotFoundError",
+    "LeaseLostError",
     "ScheduleNotFoundError",
     "SerializationError",
     "StorageClosedError",
@@ -81,6 +82,16 @@ class JobNotFoundError(HaulerError, LookupError):
 
 class ScheduleNotFoundError(HaulerError, LookupError):
     """No schedule entry with the given name exists in the storage."""
+
+
+class LeaseLostError(HaulerError, RuntimeError):
+    """A running job wrote its progress or state after losing its lease.
+
+    Raised inside the job by ``ctx.set_progress`` and ``ctx.set_state`` when the job no
+    longer runs under this attempt's lease: it missed heartbeats long enough for another
+    worker to reclaim it, or it already ended. Nothing was written; the attempt cannot
+    report back either, so the job should stop.
+    """
 
 
 class StorageError(HaulerError):

@@ -205,6 +205,13 @@ class JobInfo:
     cancel_requested_at: datetime | None = None
     """When a cancel was requested while the job ran (it then ends ``cancelled``), else
     ``None``."""
+    progress: int | None = None
+    """The progress (0 to 100) the job last reported with ``ctx.set_progress``, or
+    ``None``; kept after it ends."""
+    progress_message: str | None = None
+    """The message given with that progress, or ``None``."""
+    state: dict[str, Any] | None = None
+    """What the job last saved with ``ctx.set_state`` (kept across retries), or ``None``."""
 
     @classmethod
     def from_native(cls, d: JobDict) -> JobInfo:
@@ -232,6 +239,9 @@ class JobInfo:
             timeout=None if timeout_ms is None else timeout_ms / 1000,
             version=d["version"],
             cancel_requested_at=_opt_dt(d["cancel_requested_at"]),
+            progress=d["progress"],
+            progress_message=d["progress_message"],
+            state=state if isinstance(state := d["state"], dict) else None,
         )
 
 

@@ -328,7 +328,7 @@ class Worker(QueueHandle):
     ) -> Worker:
         self = cls(storage, max_payload_bytes=config._max_payload_bytes)
         self._stop_timeout = config._stop_timeout
-        runner = JobRunner(config._jobs, state)
+        runner = JobRunner(config._jobs, state, max_payload_bytes=config._max_payload_bytes)
         self._loop = EventLoopThread(f"hauler-async-{worker_id}") if async_names else None
         runner.loop = self._loop
         self._runner = runner

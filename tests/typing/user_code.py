@@ -7,7 +7,7 @@ Each ``# type: ignore[code]`` marks a line that must be an error: with
 import dataclasses
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import assert_type
+from typing import Any, assert_type
 from uuid import UUID
 
 from hauler import (
@@ -72,6 +72,12 @@ class Export(Job[AppState]):
         assert_type(ctx.job_id, UUID)
         assert_type(ctx.cancelled, bool)
         ctx.attempt = "2"  # type: ignore[assignment]
+        page = ctx.get_state().get("page", 0)
+        ctx.set_state({"page": page + 1})
+        ctx.set_progress(50, message="half")
+        ctx.set_progress(12.5)
+        ctx.set_state([page])  # type: ignore[arg-type]
+        ctx.set_progress("50")  # type: ignore[arg-type]
 
 
 class AsyncExport(Job[AppState]):
@@ -173,6 +179,9 @@ assert_type(handle.delete_many(ids=[job_id], args_contains="ada@example.com"), i
 assert_type(handle.count(queue=DEFAULT_QUEUE), int)
 assert_type(handle.prune(older_than=timedelta(days=7), states=["failed"]), int)
 assert_type(current_job_cancelled(), bool)
+assert_type(handle.get(job_id).progress, int | None)
+assert_type(handle.get(job_id).progress_message, str | None)
+assert_type(handle.get(job_id).state, dict[str, Any] | None)
 handle.prune(older_than=7)  # type: ignore[arg-type]
 handle.cancel_many("available")  # type: ignore[call-arg]
 handle.count(created_from="2024-01-01")  # type: ignore[arg-type]

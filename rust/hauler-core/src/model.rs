@@ -321,6 +321,12 @@ pub struct JobRecord {
     pub last_error: Option<ErrorInfo>,
     /// Every finished attempt, oldest first.
     pub history: Vec<AttemptRecord>,
+    /// Progress the job last reported (0 to 100), if any; kept after it ends.
+    pub progress: Option<u8>,
+    /// The message given with the last progress, if any.
+    pub progress_message: Option<String>,
+    /// The job's own state (a JSON object, as text), kept across attempts.
+    pub state: Option<String>,
 }
 
 /// A job handed to a worker by a claim: what it needs to run and to report back.
@@ -348,6 +354,8 @@ pub struct ClaimedJob {
     pub started_at: Timestamp,
     /// The lease fence: only a report carrying this token is accepted.
     pub lease: LeaseToken,
+    /// The state the job saved in an earlier attempt (JSON object text), if any.
+    pub state: Option<String>,
 }
 
 /// Proof of holding a job's lease: the claim's unique token. A completion, failure or

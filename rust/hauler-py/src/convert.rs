@@ -126,5 +126,17 @@ pub(crate) fn record_to_py<'py>(py: Python<'py>, r: &JobRecord) -> PyResult<Boun
         history.append(attempt_to_py(py, a)?)?;
     }
     d.set_item("history", history)?;
+    d.set_item("progress", r.progress)?;
+    d.set_item("progress_message", &r.progress_message)?;
+    // State the job saved (a JSON object); damaged text is handed over as it is.
+    match r
+        .state
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+    {
+        None => d.set_item("state", py.None())?,
+        Some(Ok(v)) => d.set_item("state", value_to_py(py, &v)?)?,
+        Some(Err(_)) => d.set_item("state", &r.state)?,
+    }
     Ok(d)
 }

@@ -20,6 +20,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<storage::PyStorage>()?;
     m.add_class::<worker::PyWorker>()?;
     m.add_class::<worker::PyCancelFlag>()?;
+    m.add_class::<worker::PyJobRun>()?;
     m.add_function(wrap_pyfunction!(storage::now_us, m)?)?;
     m.add_function(wrap_pyfunction!(storage::validate_retry, m)?)?;
     m.add_function(wrap_pyfunction!(storage::backoff_delay, m)?)?;

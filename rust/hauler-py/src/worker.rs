@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use hauler_core::config::{PoolConfig, QueueConfig};
-use hauler_core::model::{ClaimedJob, ErrorInfo, JobId};
+use hauler_core::model::{ClaimedJob, ErrorInfo, JobId, LeaseToken};
+use hauler_core::queue::Queue;
+use hauler_core::storage::JobProgressSetParams;
 use hauler_core::worker::{CancelFlag, Completion, Executor, Outcome, WorkerPool};
 use pyo3::prelude::*;
 
@@ -24,7 +26,7 @@ use crate::storage::PyStorage;
 type Handles = Arc<Mutex<HashMap<JobId, Py<PyAny>>>>;
 
 enum AsyncMsg {
-    Run(ClaimedJob, Completion),
+    Run(Box<ClaimedJob>, Completion),
     Abandon(JobId),
 }
 
@@ -51,7 +53,7 @@ impl Executor for PyExecutor {
                 .clone();
             match tx {
                 Some(tx) => {
-                    if let Err(e) = tx.send(AsyncMsg::Run(job, done)) {
+                    if let Err(e) = tx.send(AsyncMsg::Run(Box::new(job), done)) {
                         if let AsyncMsg::Run(_, done) = e.into_inner() {
                             done.send(stopped_outcome());
                         }
@@ -103,6 +105,70 @@ impl PyCancelFlag {
     /// Whether a cancel of the job was requested.
     fn is_set(&self) -> bool {
         self.0.is_set()
+    }
+}
+
+/// One run of one job, as Python sees it (`_native.JobRun`): what it needs to save its
+/// progress and state under its lease.
+#[pyclass(name = "JobRun", module = "hauler._native", frozen)]
+pub(crate) struct PyJobRun {
+    queue: Arc<Queue>,
+    id: JobId,
+    lease: LeaseToken,
+    state: Option<String>,
+}
+
+impl PyJobRun {
+    fn new(queue: &Arc<Queue>, job: &ClaimedJob) -> Self {
+        PyJobRun {
+            queue: queue.clone(),
+            id: job.id,
+            lease: job.lease,
+            state: job.state.clone(),
+        }
+    }
+
+    fn save(
+        &self,
+        py: Python<'_>,
+        progress: Option<(u8, Option<String>)>,
+        state: Option<String>,
+    ) -> PyResult<bool> {
+        let storage = self.queue.storage().clone();
+        let params = JobProgressSetParams {
+            id: self.id,
+            lease: self.lease,
+            progress,
+            state,
+            now: self.queue.clock().now(),
+        };
+        wait(py, async move { storage.job_progress_set(params).await })
+    }
+}
+
+#[pymethods]
+impl PyJobRun {
+    /// The state saved by an earlier attempt (JSON text), as claimed.
+    #[getter]
+    fn claimed_state(&self) -> Option<String> {
+        self.state.clone()
+    }
+
+    /// Save progress (0 to 100) and its message; false if the lease was lost.
+    #[pyo3(signature = (percent, message = None))]
+    fn set_progress(&self, py: Python<'_>, percent: u8, message: Option<String>) -> PyResult<bool> {
+        if percent > 100 {
+            return Err(hauler_err(
+                "ConfigError",
+                format!("progress must be between 0 and 100, got {percent}"),
+            ));
+        }
+        self.save(py, Some((percent, message)), None)
+    }
+
+    /// Save the state (a JSON object as text); false if the lease was lost.
+    fn set_state(&self, py: Python<'_>, state: String) -> PyResult<bool> {
+        self.save(py, None, Some(state))
     }
 }
 
@@ -179,6 +245,7 @@ fn run_sync_job(
     run_sync: &Py<PyAny>,
     job: &ClaimedJob,
     cancel: CancelFlag,
+    queue: &Arc<Queue>,
 ) -> Outcome {
     let args = match from_json(py, &job.args) {
         Ok(a) => a,
@@ -186,6 +253,10 @@ fn run_sync_job(
     };
     let cancel = match Py::new(py, PyCancelFlag(cancel)) {
         Ok(c) => c,
+        Err(e) => return py_failure(py, &e, false),
+    };
+    let run = match Py::new(py, PyJobRun::new(queue, job)) {
+        Ok(r) => r,
         Err(e) => return py_failure(py, &e, false),
     };
     match run_sync.call1(
@@ -197,6 +268,7 @@ fn run_sync_job(
             job.attempt,
             job.version,
             cancel,
+            run,
         ),
     ) {
         Ok(r) => parse_outcome(r.bind(py)),
@@ -240,7 +312,7 @@ impl LiveThreads {
     }
 }
 
-fn sync_thread(rx: Receiver<(ClaimedJob, Completion)>, run_sync: Py<PyAny>) {
+fn sync_thread(rx: Receiver<(ClaimedJob, Completion)>, run_sync: Py<PyAny>, queue: Arc<Queue>) {
     // One thread state for the thread's whole life (not one per job): attaching costs a
     // thread-state allocation, and `threading.local` values survive from job to job. The
     // GIL is released while waiting for work.
@@ -248,7 +320,7 @@ fn sync_thread(rx: Receiver<(ClaimedJob, Completion)>, run_sync: Py<PyAny>) {
         while let Ok((job, done)) = py.detach(|| rx.recv()) {
             let cancel = done.cancel_flag();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                run_sync_job(py, &run_sync, &job, cancel)
+                run_sync_job(py, &run_sync, &job, cancel, &queue)
             }))
             .unwrap_or_else(|_| panic_outcome());
             done.send(outcome);
@@ -285,6 +357,7 @@ fn submit_async_job(
     py: Python<'_>,
     submit: &Py<PyAny>,
     handles: &Handles,
+    queue: &Arc<Queue>,
     job: ClaimedJob,
     done: Completion,
 ) {
@@ -294,6 +367,10 @@ fn submit_async_job(
     };
     let cancel = match Py::new(py, PyCancelFlag(done.cancel_flag())) {
         Ok(c) => c,
+        Err(e) => return done.send(py_failure(py, &e, false)),
+    };
+    let run = match Py::new(py, PyJobRun::new(queue, &job)) {
+        Ok(r) => r,
         Err(e) => return done.send(py_failure(py, &e, false)),
     };
     let cb = DoneCallback {
@@ -315,6 +392,7 @@ fn submit_async_job(
             job.version,
             cb.clone_ref(py),
             cancel,
+            run,
         ),
     ) {
         Ok(handle) => {
@@ -342,7 +420,7 @@ fn tracing_error(py: Python<'_>, e: &PyErr) {
     e.clone_ref(py).print(py);
 }
 
-fn async_thread(rx: Receiver<AsyncMsg>, submit: Py<PyAny>) {
+fn async_thread(rx: Receiver<AsyncMsg>, submit: Py<PyAny>, queue: Arc<Queue>) {
     let handles: Handles = Arc::new(Mutex::new(HashMap::new()));
     while let Ok(first) = rx.recv() {
         let _ = std::panic::catch_unwind(AssertUnwindSafe(|| {
@@ -352,7 +430,7 @@ fn async_thread(rx: Receiver<AsyncMsg>, submit: Py<PyAny>) {
                 while let Some(m) = msg.take().or_else(|| rx.try_recv().ok()) {
                     match m {
                         AsyncMsg::Run(job, done) => {
-                            submit_async_job(py, &submit, &handles, job, done)
+                            submit_async_job(py, &submit, &handles, &queue, *job, done)
                         }
                         AsyncMsg::Abandon(id) => {
                             let handle = handles
@@ -468,18 +546,22 @@ impl PyWorker {
 
         let (sync_tx, sync_rx) = crossbeam_channel::unbounded();
         let (async_tx, async_rx) = crossbeam_channel::unbounded();
+        let queue = storage.get().queue.clone();
         for i in 0..sync_threads {
             let rx = sync_rx.clone();
             let f = run_sync.clone_ref(py);
+            let q = queue.clone();
             LIVE.started();
-            if let Err(e) = spawn_thread(format!("hauler-sync-{i}"), move || sync_thread(rx, f)) {
+            if let Err(e) = spawn_thread(format!("hauler-sync-{i}"), move || sync_thread(rx, f, q))
+            {
                 LIVE.exited();
                 return Err(e);
             }
         }
         if let Some(submit) = submit_async {
+            let q = queue.clone();
             spawn_thread("hauler-async-submit".into(), move || {
-                async_thread(async_rx, submit)
+                async_thread(async_rx, submit, q)
             })?;
         }
         let executor = Arc::new(PyExecutor {
@@ -488,7 +570,6 @@ impl PyWorker {
             async_names,
         });
         let rt = runtime()?;
-        let queue = storage.get().queue.clone();
         let pool = {
             let _guard = rt.enter();
             WorkerPool::start(queue, config, executor.clone()).map_err(crate::errors::to_pyerr)?

@@ -31,9 +31,9 @@ use uuid::Uuid;
 use super::{
     lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
     JobCountParams, JobDeleteParams, JobFilter, JobFinish, JobFinishManyParams, JobHeartbeatParams,
-    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams, JobPruneParams,
-    JobReclaimParams, JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
-    ScheduleUpsertParams, Storage,
+    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
+    JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
+    ScheduleRunNowParams, ScheduleTickParams, ScheduleUpsertParams, Storage,
 };
 use crate::error::Error;
 use crate::model::{
@@ -103,6 +103,8 @@ cases![
     reclaim_fails_job_when_retries_are_exhausted,
     release_restores_attempt,
     finish_snoozed_reschedules_without_counting,
+    progress_set_is_fenced_and_visible,
+    state_survives_retry_and_reclaim,
     history_records_every_attempt_in_order,
     list_filters,
     list_pages_newest_first_with_cursor,
@@ -271,6 +273,9 @@ fn expected_record(job: &NewJob, now: Timestamp) -> JobRecord {
         cancel_requested_at: None,
         last_error: None,
         history: Vec::new(),
+        progress: None,
+        progress_message: None,
+        state: None,
     }
 }
 
@@ -544,6 +549,9 @@ pub async fn insert_and_get_round_trip(s: Arc<dyn Storage>) {
         cancel_requested_at: None,
         last_error: None,
         history: Vec::new(),
+        progress: None,
+        progress_message: None,
+        state: None,
     };
     assert_eq!(
         get(s, full.id).await,
@@ -708,6 +716,7 @@ pub async fn claim_marks_job_running(s: Arc<dyn Storage>) {
         version: 3,
         started_at: now,
         lease: c.lease,
+        state: None,
     };
     assert_eq!(c, want, "claimed job fields");
 
@@ -1739,6 +1748,125 @@ pub async fn finish_snoozed_reschedules_without_counting(s: Arc<dyn Storage>) {
     assert_eq!(
         got.history.iter().map(|h| h.outcome).collect::<Vec<_>>(),
         vec![AttemptOutcome::Cancelled]
+    );
+}
+
+async fn progress_set(
+    s: &dyn Storage,
+    c: &ClaimedJob,
+    progress: Option<(u8, Option<&str>)>,
+    state: Option<&str>,
+    now: Timestamp,
+) -> bool {
+    s.job_progress_set(JobProgressSetParams {
+        id: c.id,
+        lease: c.lease,
+        progress: progress.map(|(p, m)| (p, m.map(str::to_owned))),
+        state: state.map(str::to_owned),
+        now,
+    })
+    .await
+    .expect("job_progress_set failed")
+}
+
+/// Progress and state are written at once under the claim's token and shown by get; each
+/// is left alone when not given; a spent or unknown token is refused and changes nothing.
+pub async fn progress_set_is_fenced_and_visible(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let job = new_job(NAME, QUEUE);
+    insert(s, vec![job.clone()], at(0)).await;
+    let c = claim_one(s, "w1", at(1)).await;
+    assert_eq!(c.state, None, "no state before the job saves one");
+    assert!(progress_set(s, &c, Some((40, Some("reading"))), None, at(2)).await);
+    let got = get(s, job.id).await;
+    assert_eq!(
+        (got.progress, got.progress_message.as_deref(), got.state),
+        (Some(40), Some("reading"), None)
+    );
+    assert!(progress_set(s, &c, None, Some(r#"{"page":3}"#), at(3)).await);
+    let got = get(s, job.id).await;
+    assert_eq!(
+        (
+            got.progress,
+            got.progress_message.as_deref(),
+            got.state.as_deref()
+        ),
+        (Some(40), Some("reading"), Some(r#"{"page":3}"#)),
+        "state alone leaves progress as it was"
+    );
+    assert!(progress_set(s, &c, Some((100, None)), None, at(4)).await);
+    let got = get(s, job.id).await;
+    assert_eq!(
+        (
+            got.progress,
+            got.progress_message.as_deref(),
+            got.state.as_deref()
+        ),
+        (Some(100), None, Some(r#"{"page":3}"#)),
+        "a progress without message clears the message"
+    );
+
+    let stranger = ClaimedJob {
+        lease: LeaseToken::new(),
+        ..c.clone()
+    };
+    assert!(
+        !progress_set(s, &stranger, Some((1, None)), Some("{}"), at(5)).await,
+        "another token is refused"
+    );
+    assert!(finish(s, &c, FinishOutcome::Completed, at(6)).await);
+    assert!(
+        !progress_set(s, &c, Some((1, None)), Some("{}"), at(7)).await,
+        "a finished job's token is spent"
+    );
+    let got = get(s, job.id).await;
+    assert_eq!(got.status, JobStatus::Completed);
+    assert_eq!(
+        (got.progress, got.state.as_deref()),
+        (Some(100), Some(r#"{"page":3}"#)),
+        "refused writes change nothing; progress and state outlive the run"
+    );
+}
+
+/// State saved in one attempt is handed to the next claim, after a retry and after a
+/// reclaim; the old attempt's token can no longer write it.
+pub async fn state_survives_retry_and_reclaim(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let job = job_with_hb(1_000);
+    insert(s, vec![job.clone()], at(0)).await;
+    let first = claim_one(s, "w1", at(1)).await;
+    assert!(progress_set(s, &first, Some((30, None)), Some(r#"{"step":1}"#), at(2)).await);
+    let retry = FinishOutcome::Retry {
+        retry_at: at(3),
+        error: boom("first try"),
+    };
+    assert!(finish(s, &first, retry, at(3)).await);
+    let second = claim_one(s, "w2", at(3)).await;
+    assert_eq!(second.attempt, 2);
+    assert_eq!(
+        second.state.as_deref(),
+        Some(r#"{"step":1}"#),
+        "kept across a retry"
+    );
+
+    assert!(progress_set(s, &second, None, Some(r#"{"step":2}"#), at(4)).await);
+    let now = just_after(at(3).plus(lease_duration(1_000)));
+    assert_eq!(reclaim(s, now).await, 1);
+    assert!(
+        !progress_set(s, &second, None, Some(r#"{"step":9}"#), now).await,
+        "a reclaimed lease can no longer write"
+    );
+    let third = claim_one(s, "w3", now).await;
+    assert_eq!(third.attempt, 3);
+    assert_eq!(
+        third.state.as_deref(),
+        Some(r#"{"step":2}"#),
+        "kept across a reclaim"
+    );
+    let got = get(s, job.id).await;
+    assert_eq!(
+        (got.progress, got.state.as_deref()),
+        (Some(30), Some(r#"{"step":2}"#))
     );
 }
 

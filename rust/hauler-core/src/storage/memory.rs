@@ -28,9 +28,9 @@ use uuid::Uuid;
 use super::{
     lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
     JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams,
-    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams, JobPruneParams,
-    JobReclaimParams, JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
-    ScheduleUpsertParams, Storage,
+    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
+    JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
+    ScheduleRunNowParams, ScheduleTickParams, ScheduleUpsertParams, Storage,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -276,6 +276,9 @@ impl Inner {
                 cancel_requested_at: None,
                 last_error: None,
                 history: Vec::new(),
+                progress: None,
+                progress_message: None,
+                state: None,
             };
             inner.idx.insert(&record);
             inner.jobs.insert(
@@ -471,6 +474,7 @@ impl Storage for MemoryStorage {
                     version: r.version,
                     started_at: now,
                     lease,
+                    state: r.state.clone(),
                 }
             });
             claimed.extend(job);
@@ -544,6 +548,23 @@ impl Storage for MemoryStorage {
             accepted.push(true);
         }
         Ok(accepted)
+    }
+
+    async fn job_progress_set(&self, params: JobProgressSetParams) -> Result<bool> {
+        let mut inner = self.open()?;
+        if !inner.held(params.id, params.lease) {
+            return Ok(false);
+        }
+        inner.update(params.id, |e| {
+            if let Some((progress, message)) = params.progress {
+                e.record.progress = Some(progress);
+                e.record.progress_message = message;
+            }
+            if let Some(state) = params.state {
+                e.record.state = Some(state);
+            }
+        });
+        Ok(true)
     }
 
     async fn job_release(&self, params: JobReleaseParams) -> Result<u64> {

@@ -128,6 +128,21 @@ pub struct JobFinishManyParams {
     pub now: Timestamp,
 }
 
+/// Parameters of [`Storage::job_progress_set`].
+#[derive(Debug, Clone)]
+pub struct JobProgressSetParams {
+    /// The job.
+    pub id: JobId,
+    /// The lease it runs under; the write is refused unless the job still runs under it.
+    pub lease: LeaseToken,
+    /// New progress (0 to 100) and message; `None` leaves both as they are.
+    pub progress: Option<(u8, Option<String>)>,
+    /// New state (a JSON object, as text); `None` leaves it as it is.
+    pub state: Option<String>,
+    /// The current time.
+    pub now: Timestamp,
+}
+
 /// Hand running jobs back without counting the attempt (a worker shutting down).
 #[derive(Debug, Clone)]
 pub struct JobReleaseParams {
@@ -318,6 +333,11 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// whose cancel was requested becomes `cancelled` whatever the outcome, and its
     /// history entry says `cancelled` (with the attempt's error, if it had one).
     async fn job_finish_many(&self, params: JobFinishManyParams) -> Result<Vec<bool>>;
+
+    /// Save a running job's progress and/or state at once. Returns whether it was
+    /// accepted (`false`: the job no longer runs under `lease`; nothing changed). State
+    /// is kept across attempts and handed back by [`Storage::job_claim`].
+    async fn job_progress_set(&self, params: JobProgressSetParams) -> Result<bool>;
 
     /// Hand running jobs back: `available` at once, attempt count restored, history gets
     /// a `released` entry. Returns how many were released (fenced like finish). A job

@@ -55,8 +55,8 @@ use uuid::Uuid;
 use super::{
     FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams, JobCountParams,
     JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams, JobHeartbeatResult,
-    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobPruneParams, JobReclaimParams,
-    JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
+    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobProgressSetParams, JobPruneParams,
+    JobReclaimParams, JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
     ScheduleUpsertParams, Storage, LEASE_HEARTBEATS,
 };
 use crate::error::{Error, Result};
@@ -280,6 +280,15 @@ const MIGRATIONS: &[Migration] = &[
         'snoozed'))
         NOT VALID;",
     },
+    Migration {
+        description: "job progress and state",
+        sql: "
+    -- The last progress a running job reported (0 to 100) and its message.
+    ALTER TABLE jobs ADD COLUMN progress smallint;
+    ALTER TABLE jobs ADD COLUMN progress_message text;
+    -- The job's own state: a JSON object as text, kept across attempts.
+    ALTER TABLE jobs ADD COLUMN state text;",
+    },
 ];
 
 /// The schema version this build writes and reads.
@@ -430,7 +439,16 @@ SET status = 'running', attempt = j.attempt + 1, started_at = $3::timestamptz,
 FROM picked
 WHERE j.id = picked.id
 RETURNING j.id, j.name, j.queue, j.args, j.attempt, j.retry, j.timeout_ms, j.heartbeat_ms,
-          j.version, j.lease_token, j.priority, j.run_at";
+          j.version, j.lease_token, j.priority, j.run_at, j.state";
+
+/// Set, for job `$1` running under token `$2`, progress `$3` with message `$4` (unless
+/// `$5` is false) and state `$6` (unless NULL).
+const JOB_PROGRESS_SET: &str = "UPDATE jobs
+SET progress = CASE WHEN $5::boolean THEN $3::smallint ELSE progress END,
+    progress_message = CASE WHEN $5::boolean THEN $4::text ELSE progress_message END,
+    state = coalesce($6::text, state)
+WHERE id = $1 AND status = 'running' AND lease_token = $2
+RETURNING 1";
 
 /// Extend to `$3 + least(heartbeat_ms, $4) * $5` ms the leases of the jobs `$1` running
 /// under tokens `$2`.
@@ -572,7 +590,7 @@ macro_rules! job_select {
             j.timeout_ms, j.heartbeat_ms, j.version, j.unique_key, j.created_at, j.run_at,
             j.started_at, j.finished_at, j.worker_id, j.lease_expires_at, j.last_error,
             h.attempts, h.workers, h.started, h.finished, h.outcomes, h.errors,
-            j.cancel_requested_at
+            j.cancel_requested_at, j.progress, j.progress_message, j.state
         FROM jobs j
         LEFT JOIN LATERAL (
             SELECT array_agg(a.attempt ORDER BY a.seq) AS attempts,
@@ -1441,6 +1459,11 @@ fn record_from_row(row: &Row) -> Result<JobRecord> {
             .map(|text| parse_error(&text, id, "last_error"))
             .transpose()?,
         history,
+        progress: column::<Option<i16>>(row, 26, id)?
+            .map(|v| int(v, id, "progress"))
+            .transpose()?,
+        progress_message: column(row, 27, id)?,
+        state: column(row, 28, id)?,
     })
 }
 
@@ -1512,6 +1535,7 @@ fn claimed_from_row(row: &Row, started_at: Timestamp) -> Result<(ClaimedJob, i32
         version: int(column::<i64>(row, 8, id)?, id, "version")?,
         started_at,
         lease: LeaseToken(column(row, 9, id)?),
+        state: column(row, 12, id)?,
     };
     let priority: i32 = column(row, 10, id)?;
     let run_at = from_pg_time(column(row, 11, id)?);
@@ -1813,6 +1837,21 @@ impl Storage for PostgresStorage {
             )
             .await?;
         Ok(rows.len() as u64)
+    }
+
+    async fn job_progress_set(&self, p: JobProgressSetParams) -> Result<bool> {
+        let (set, progress, message) = match p.progress {
+            Some((progress, message)) => (true, Some(i16::from(progress)), message),
+            None => (false, None, None),
+        };
+        let rows = self
+            .query(
+                "job_progress_set",
+                JOB_PROGRESS_SET,
+                &[&p.id.0, &p.lease.0, &progress, &message, &set, &p.state],
+            )
+            .await?;
+        Ok(!rows.is_empty())
     }
 
     async fn job_reclaim_expired(&self, p: JobReclaimParams) -> Result<u64> {
@@ -2444,7 +2483,7 @@ mod tests {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(versions, vec![1, 2, 3, 4]);
+        assert_eq!(versions, vec![1, 2, 3, 4, 5]);
         admin
             .execute(
                 &format!(

@@ -38,9 +38,9 @@ use rusqlite::{
 use super::{
     lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
     JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams,
-    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams, JobPruneParams,
-    JobReclaimParams, JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
-    ScheduleUpsertParams, Storage,
+    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
+    JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
+    ScheduleRunNowParams, ScheduleTickParams, ScheduleUpsertParams, Storage,
 };
 use crate::error::{Error, Result};
 use crate::model::{
@@ -174,6 +174,10 @@ const MIGRATIONS: &[&str] = &[
         created_at       INTEGER NOT NULL,
         updated_at       INTEGER NOT NULL
     ) STRICT;",
+    // 4: a running job's progress and its own state (kept across attempts).
+    "ALTER TABLE hauler_jobs ADD COLUMN progress INTEGER;
+    ALTER TABLE hauler_jobs ADD COLUMN progress_message TEXT;
+    ALTER TABLE hauler_jobs ADD COLUMN state TEXT;",
 ];
 
 /// The schema version this build writes and reads.
@@ -211,7 +215,15 @@ const CLAIM_ONE: &str = "UPDATE hauler_jobs
     SET status = 'running', attempt = attempt + 1, started_at = ?2, worker_id = ?3,
         lease_token = ?4, lease_expires_at = ?5
     WHERE id = ?1 AND status IN ('scheduled', 'available', 'retryable')
-    RETURNING name, queue, args, attempt, retry, timeout_ms, heartbeat_ms, version";
+    RETURNING name, queue, args, attempt, retry, timeout_ms, heartbeat_ms, version, state";
+
+/// Set, for job `?1` running under token `?2`, progress `?3` with message `?4` (unless
+/// `?5` is 0) and state `?6` (unless NULL).
+const JOB_PROGRESS_SET: &str = "UPDATE hauler_jobs
+    SET progress = CASE WHEN ?5 THEN ?3 ELSE progress END,
+        progress_message = CASE WHEN ?5 THEN ?4 ELSE progress_message END,
+        state = coalesce(?6, state)
+    WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
 
 const LEASE_HEARTBEAT_MS: &str = "SELECT heartbeat_ms, cancel_requested_at IS NOT NULL
     FROM hauler_jobs WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
@@ -285,7 +297,8 @@ macro_rules! job_columns {
     () => {
         "id, name, queue, args, status, attempt, retry, priority, timeout_ms, heartbeat_ms, \
          version, unique_key, created_at, run_at, started_at, finished_at, worker_id, \
-         lease_expires_at, last_error, history, cancel_requested_at"
+         lease_expires_at, last_error, history, cancel_requested_at, progress, \
+         progress_message, state"
     };
 }
 
@@ -732,6 +745,9 @@ struct RawJob {
     last_error: Option<String>,
     history: String,
     cancel_requested_at: Option<i64>,
+    progress: Option<i64>,
+    progress_message: Option<String>,
+    state: Option<String>,
 }
 
 impl RawJob {
@@ -759,6 +775,9 @@ impl RawJob {
             last_error: row.get(18)?,
             history: row.get(19)?,
             cancel_requested_at: row.get(20)?,
+            progress: row.get(21)?,
+            progress_message: row.get(22)?,
+            state: row.get(23)?,
         })
     }
 
@@ -801,6 +820,12 @@ impl RawJob {
             args: self.args,
             unique_key: self.unique_key,
             worker_id: self.worker_id,
+            progress: self
+                .progress
+                .map(|v| from_sql_int(v, id, "progress"))
+                .transpose()?,
+            progress_message: self.progress_message,
+            state: self.state,
         })
     }
 }
@@ -824,6 +849,7 @@ struct ClaimedRow {
     timeout_ms: Option<i64>,
     heartbeat_ms: Option<i64>,
     version: Option<i64>,
+    state: Option<Vec<u8>>,
 }
 
 impl ClaimedRow {
@@ -849,6 +875,10 @@ impl ClaimedRow {
             timeout_ms: int(5)?,
             heartbeat_ms: int(6)?,
             version: int(7)?,
+            state: match r.get_ref(8)? {
+                ValueRef::Text(b) | ValueRef::Blob(b) => Some(b.to_vec()),
+                _ => None,
+            },
         })
     }
 }
@@ -885,6 +915,7 @@ fn decode_claimed(
         version: from_sql_int(int("version", row.version)?, id, "version")?,
         started_at: now,
         lease,
+        state: row.state.map(|b| text("state", b)).transpose()?,
     })
 }
 
@@ -1110,6 +1141,22 @@ fn release_jobs(tx: &Transaction<'_>, p: &JobReleaseParams) -> DbResult<u64> {
         released += changed as u64;
     }
     Ok(released)
+}
+
+fn set_progress(tx: &Transaction<'_>, p: &JobProgressSetParams) -> DbResult<bool> {
+    let (set, progress, message) = match &p.progress {
+        Some((progress, message)) => (true, Some(i64::from(*progress)), message.as_deref()),
+        None => (false, None, None),
+    };
+    let changed = tx.prepare_cached(JOB_PROGRESS_SET)?.execute(params![
+        p.id.to_string(),
+        p.lease.to_string(),
+        progress,
+        message,
+        set,
+        p.state,
+    ])?;
+    Ok(changed == 1)
 }
 
 fn reclaim_jobs(tx: &Transaction<'_>, p: &JobReclaimParams) -> DbResult<u64> {
@@ -1449,6 +1496,11 @@ impl Storage for SqliteStorage {
             .await
     }
 
+    async fn job_progress_set(&self, params: JobProgressSetParams) -> Result<bool> {
+        self.run(move |db| db.write("job_progress_set", |tx| set_progress(tx, &params)))
+            .await
+    }
+
     async fn job_reclaim_expired(&self, params: JobReclaimParams) -> Result<u64> {
         self.run(move |db| db.write("job_reclaim_expired", |tx| reclaim_jobs(tx, &params)))
             .await
@@ -1595,6 +1647,7 @@ mod tests {
             CLAIM_ONE,
             JOB_FINISH,
             JOB_RELEASE,
+            JOB_PROGRESS_SET,
             LEASE_HEARTBEAT_MS,
             LEASE_EXTEND,
             JOB_GET,
