@@ -42,7 +42,9 @@ def test_any_job_name(storage: Storage, name: str) -> None:
         return
     info = handle.get(job_id)
     assert (info.name, info.status) == (name, JobStatus.AVAILABLE)
-    assert [j.id for j in handle.list(name=name)] == [job_id]
+    # Hypothesis may generate a name twice against the same storage: one job per example.
+    found = handle.list(name=name, limit=1000).jobs
+    assert job_id in [j.id for j in found] and {j.name for j in found} == {name}
 
 
 @given(queue=names)
