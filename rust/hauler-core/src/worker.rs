@@ -187,6 +187,8 @@ impl std::fmt::Debug for WorkerPool {
 }
 
 const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// How long `stop` waits, past its timeout, for the last outcomes to be written.
+const STOP_FLUSH_GRACE: Duration = Duration::from_secs(5);
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 fn next_backoff(d: Duration) -> Duration {
@@ -319,10 +321,26 @@ impl WorkerPool {
             }
             shared.queue.wake();
         }
-        // Write every recorded outcome before the tasks end.
+        // Write every recorded outcome before the tasks end; but a storage that keeps
+        // failing must not hold the stop forever: past the timeout (and a short grace for
+        // the write itself) the outcomes are given up, their leases expire and the jobs
+        // run again elsewhere (at-least-once).
         let (ack_tx, ack_rx) = oneshot::channel();
         if shared.finish_tx.send(FinishMsg::Flush(ack_tx)).is_ok() {
-            let _ = ack_rx.await;
+            let flush_deadline = deadline.max(Instant::now()) + STOP_FLUSH_GRACE;
+            if tokio::time::timeout_at(flush_deadline, ack_rx)
+                .await
+                .is_err()
+            {
+                log::error!(
+                    "worker {}: could not record the last outcomes before stopping (the \
+                     storage keeps failing); their jobs will run again once their leases expire",
+                    shared.config.worker_id
+                );
+                result = result.and(Err(Error::Storage(
+                    "stopped before the last outcomes could be recorded".to_owned(),
+                )));
+            }
         }
         let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|p| p.into_inner()));
         for t in tasks {
