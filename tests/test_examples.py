@@ -10,16 +10,22 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
-def test_quickstart(tmp_path: Path) -> None:
+def run_example(name: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run examples/<name>.py in ``cwd``; fail the test unless it exits 0."""
     done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "quickstart.py")],
-        cwd=tmp_path,
+        [sys.executable, str(EXAMPLES / f"{name}.py")],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=90,
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_quickstart(tmp_path: Path) -> None:
+    done = run_example("quickstart", tmp_path)
     out = done.stdout
     assert "queued 10 jobs into hauler-quickstart.db" in out
     results = re.findall(r"^[0-9a-f-]{36}  (\w+)\s+attempts=(\d+)  (\S+)", out, re.MULTILINE)
@@ -34,15 +40,7 @@ def test_quickstart(tmp_path: Path) -> None:
 
 
 def test_admin(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "admin.py")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_example("admin", tmp_path)
     assert done.stdout.splitlines() == [
         "broken: failed (database timeout)",
         "cancel nightly: cancelled",
@@ -61,15 +59,7 @@ def test_admin(tmp_path: Path) -> None:
 
 
 def test_cron(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "cron.py")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_example("cron", tmp_path)
     assert done.stdout.splitlines() == [
         "schedule nightly: 30 2 * * mon-fri, job report",
         "schedule ping: * * * * * *, job ping",
@@ -82,15 +72,7 @@ def test_cron(tmp_path: Path) -> None:
 
 
 def test_context(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(EXAMPLES / "context.py")],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=90,
-        check=False,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = run_example("context", tmp_path)
     out = re.sub(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", "<id>", done.stdout)
     assert out.splitlines() == [
         "import #1: [import <id> attempt 1] importing orders.csv",
