@@ -94,6 +94,10 @@ async fn two_pools_store_one_job_per_tick() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ticks_missed_while_no_pool_ran_are_caught_up_once_or_skipped() {
     for catch_up in [CatchUp::One, CatchUp::None] {
+        // Start just after a whole second, so the entry's next on-time tick is ~1 s away and
+        // cannot be mistaken for the catch-up job (it was, when `now` fell at x.975).
+        let into_second = Timestamp::now().as_micros().rem_euclid(1_000_000) as u64;
+        tokio::time::sleep(Duration::from_micros(1_000_000 - into_second + 10_000)).await;
         let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new());
         let now = Timestamp::now();
         let mut entry = new_schedule("missed", "{}");
