@@ -493,17 +493,7 @@ class QueueHandle:
         next_cursor = str(jobs[-1].id) if len(jobs) == limit else None
         return JobPage(jobs=jobs, next_cursor=next_cursor)
 
-    def count(
-        self,
-        *,
-        status: _Status | None = None,
-        name: str | None = None,
-        queue: str | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        args_contains: str | None = None,
-        ids: _Ids | None = None,
-    ) -> int:
+    def count(self, **filters: Unpack[JobFilterArgs]) -> int:
         """How many jobs match every given filter (the filters of :meth:`list`).
 
         Example:
@@ -511,15 +501,7 @@ class QueueHandle:
             3
 
         """
-        f = _filter(
-            ids=ids,
-            status=status,
-            name=name,
-            queue=queue,
-            created_from=created_from,
-            created_to=created_to,
-            args_contains=args_contains,
-        )
+        f = _filter(**filters)
         return self._storage._native.count(f)
 
     def cancel(self, job_id: uuid.UUID | str) -> CancelResult:
@@ -589,17 +571,7 @@ class QueueHandle:
         self.get(job_id)  # raises JobNotFoundError
         return False
 
-    def cancel_many(
-        self,
-        *,
-        status: _Status | None = None,
-        name: str | None = None,
-        queue: str | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        args_contains: str | None = None,
-        ids: _Ids | None = None,
-    ) -> CancelCounts:
+    def cancel_many(self, **filters: Unpack[JobFilterArgs]) -> CancelCounts:
         """Cancel every waiting or running job matching the filters of :meth:`list`.
 
         One transaction; each job as :meth:`cancel` says. Finished jobs are left alone.
@@ -612,29 +584,11 @@ class QueueHandle:
             CancelCounts(cancelled=120, requested=0)
 
         """
-        f = _filter(
-            ids=ids,
-            status=status,
-            name=name,
-            queue=queue,
-            created_from=created_from,
-            created_to=created_to,
-            args_contains=args_contains,
-        )
+        f = _filter(**filters)
         cancelled, requested = self._storage._native.cancel(_bulk("cancel_many", f, _CANCELLABLE))
         return CancelCounts(cancelled=cancelled, requested=requested)
 
-    def retry_many(
-        self,
-        *,
-        status: _Status | None = None,
-        name: str | None = None,
-        queue: str | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        args_contains: str | None = None,
-        ids: _Ids | None = None,
-    ) -> int:
+    def retry_many(self, **filters: Unpack[JobFilterArgs]) -> int:
         """Retry every failed or cancelled job matching the filters; return how many.
 
         One transaction; each job as :meth:`retry` says.
@@ -647,28 +601,10 @@ class QueueHandle:
             7
 
         """
-        f = _filter(
-            ids=ids,
-            status=status,
-            name=name,
-            queue=queue,
-            created_from=created_from,
-            created_to=created_to,
-            args_contains=args_contains,
-        )
+        f = _filter(**filters)
         return self._storage._native.retry(_bulk("retry_many", f, _RETRYABLE))
 
-    def delete_many(
-        self,
-        *,
-        status: _Status | None = None,
-        name: str | None = None,
-        queue: str | None = None,
-        created_from: datetime | None = None,
-        created_to: datetime | None = None,
-        args_contains: str | None = None,
-        ids: _Ids | None = None,
-    ) -> int:
+    def delete_many(self, **filters: Unpack[JobFilterArgs]) -> int:
         """Delete every job matching the filters, with its history, except running ones.
 
         One transaction; returns how many were deleted.
@@ -681,15 +617,7 @@ class QueueHandle:
             12
 
         """
-        f = _filter(
-            ids=ids,
-            status=status,
-            name=name,
-            queue=queue,
-            created_from=created_from,
-            created_to=created_to,
-            args_contains=args_contains,
-        )
+        f = _filter(**filters)
         return self._storage._native.delete(_bulk("delete_many", f, _DELETABLE))
 
     def prune(
