@@ -6,6 +6,7 @@ cross-process test runs two worker processes on one SQLite file and on PostgreSQ
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import time
@@ -126,6 +127,30 @@ def test_schedules_lists_entries_with_their_next_run_and_run_now_leaves_them(
     assert daily_after.last_enqueued_at is not None
     with pytest.raises(ScheduleNotFoundError, match="nope"):
         handle.run_now("nope")
+
+
+def test_async_twins_of_the_schedule_methods(handle: QueueHandle) -> None:
+    """aevery, aschedules, arun_now and aunschedule do what their sync twins do."""
+
+    async def scenario() -> None:
+        info = await handle.aevery(
+            timedelta(hours=1), Report(kind="async"), name="async-beat", catch_up="none"
+        )
+        assert (info.name, info.every, info.catch_up) == ("async-beat", timedelta(hours=1), "none")
+        (listed,) = await handle.aschedules()
+        assert listed == info
+        job_id = await handle.arun_now("async-beat")
+        job = await handle.aget(job_id)
+        assert (job.name, job.args) == ("report", {"kind": "async"})
+        assert await handle.aunschedule("async-beat") is True
+        assert await handle.aunschedule("async-beat") is False
+        assert await handle.aschedules() == []
+        with pytest.raises(ScheduleNotFoundError, match="async-beat"):
+            await handle.arun_now("async-beat")
+        with pytest.raises(ConfigError, match="interval"):
+            await handle.aevery(timedelta(0), Report(kind="x"), name="zero")
+
+    asyncio.run(scenario())
 
 
 class Missed(Job[None]):

@@ -705,6 +705,29 @@ class QueueHandle:
         """Async twin of :meth:`schedule`."""
         return await asyncio.to_thread(self.schedule, job, at=at, after=after)
 
+    async def aevery(
+        self,
+        interval: timedelta,
+        job: Job[Any] | type[Job[Any]],
+        *,
+        name: str,
+        catch_up: str = "one",
+    ) -> ScheduleInfo:
+        """Async twin of :meth:`every`."""
+        return await asyncio.to_thread(self.every, interval, job, name=name, catch_up=catch_up)
+
+    async def aunschedule(self, name: str) -> bool:
+        """Async twin of :meth:`unschedule`."""
+        return await asyncio.to_thread(self.unschedule, name)
+
+    async def arun_now(self, name: str) -> uuid.UUID:
+        """Async twin of :meth:`run_now`."""
+        return await asyncio.to_thread(self.run_now, name)
+
+    async def aschedules(self) -> builtins.list[ScheduleInfo]:
+        """Async twin of :meth:`schedules`."""
+        return await asyncio.to_thread(self.schedules)
+
     async def aget(self, job_id: uuid.UUID | str) -> JobInfo:
         """Async twin of :meth:`get`."""
         return await asyncio.to_thread(self.get, job_id)

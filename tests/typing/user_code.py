@@ -197,3 +197,13 @@ assert_type(handle.run_now("digest"), UUID)
 assert_type(handle.schedules()[0].next_run_at, datetime)
 handle.every(300, email, name="beat")  # type: ignore[arg-type]
 handle.every(timedelta(minutes=5), email)  # type: ignore[call-arg]
+
+
+async def manage_schedules() -> None:
+    """The async twins of the schedule methods."""
+    info = await handle.aevery(timedelta(minutes=5), email, name="beat", catch_up="none")
+    assert_type(info, ScheduleInfo)
+    assert_type(await handle.aschedules(), list[ScheduleInfo])
+    assert_type(await handle.arun_now("beat"), UUID)
+    assert_type(await handle.aunschedule("beat"), bool)
+    await handle.aevery(300, email, name="beat")  # type: ignore[arg-type]
