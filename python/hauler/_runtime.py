@@ -19,7 +19,7 @@ from uuid import UUID
 
 from hauler._signals import block_async_signals
 from hauler.context import JobContext, _enter, _leave
-from hauler.errors import SerializationError
+from hauler.errors import JobVersionError
 from hauler.job import Job, Snooze
 
 if TYPE_CHECKING:
@@ -39,6 +39,19 @@ def _type_name(exc: BaseException) -> str:
 def _failure(exc: BaseException, *, permanent: bool) -> Outcome:
     tb = "".join(traceback.format_exception(exc))
     return (_type_name(exc), str(exc), tb, permanent)
+
+
+def _version_failure(
+    name: str, version: int, cls: type[Job[Any]], what: str, exc: Exception
+) -> Outcome:
+    """Return the permanent failure of a job whose migration from ``version`` went wrong."""
+    error = JobVersionError(
+        f"job {name!r} was stored with VERSION {version}, older than "
+        f"{cls.__name__}.MIN_SUPPORTED_VERSION ({cls._spec().min_supported_version}), and "
+        f"{what}: {_type_name(exc)}: {exc}"
+    )
+    error.__cause__ = exc
+    return _failure(error, permanent=True)
 
 
 class EventLoopThread:
@@ -98,19 +111,54 @@ class JobRunner:
                 None,
                 True,
             )
-        own = cls._spec().version
+        spec = cls._spec()
+        own = spec.version
         if not 1 <= version <= own:
             # Stored by newer code (or damaged): this class cannot know what its fields mean.
-            error = SerializationError(
+            error = JobVersionError(
                 f"job {name!r} was stored with VERSION {version}, but the registered class "
                 f"{cls.__name__} has VERSION {own}; a worker runs only jobs stored with its "
                 "class's VERSION or older"
             )
             return _failure(error, permanent=True)
+        oldest = spec.min_supported_version
+        if oldest is not None and version < oldest:
+            if not spec.migrates:
+                return _failure(
+                    JobVersionError(
+                        f"job {name!r} was stored with VERSION {version}, older than "
+                        f"{cls.__name__}.MIN_SUPPORTED_VERSION ({oldest}), and "
+                        f"{cls.__name__} defines no migrate(); it was not run"
+                    ),
+                    permanent=True,
+                )
+            return self._migrate(cls, name, args, version)
         try:
             return cls._decode(args)
         except Exception as exc:  # a payload that does not decode will never decode
             return _failure(exc, permanent=True)
+
+    @staticmethod
+    def _migrate(
+        cls: type[Job[Any]], name: str, args: dict[str, Any], version: int
+    ) -> Job[Any] | Outcome:
+        """Upgrade a job stored with an old ``version`` through ``cls.migrate``, and build it.
+
+        Any failure is permanent: migrating the same stored fields again gives the same.
+        """
+        what = f"{cls.__name__}.migrate(old_args, {version})"
+        try:
+            new_args = cls.migrate(args, version)
+            if not isinstance(new_args, dict):
+                raise TypeError(f"it must return a dict of fields, got {type(new_args).__name__}")
+        except Exception as exc:
+            return _version_failure(name, version, cls, f"{what} failed", exc)
+        try:
+            return cls._decode(new_args)
+        except Exception as exc:
+            return _version_failure(
+                name, version, cls, f"{what} returned fields that do not fit", exc
+            )
 
     def _call(
         self, job: Job[Any], job_id: str, attempt: int, cancel: CancelFlag, run: JobRun

@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "HaulerError",
     "JobNotFoundError",
+    "JobVersionError",
     "LeaseLostError",
     "ScheduleNotFoundError",
     "SerializationError",
@@ -65,6 +66,17 @@ class SerializationError(HaulerError, TypeError):
     naive ``datetime``, a float NaN...), and when a stored job's arguments no longer fit its
     class (a missing field, or a value of the wrong type). The message names the job class,
     the path of the field (for example ``Report.items[2].when``) and the type involved.
+    """
+
+
+class JobVersionError(SerializationError):
+    """A stored job's ``VERSION`` is one its registered class cannot run.
+
+    Recorded (as the job's ``last_error``) when a worker claims a job stored with a
+    ``VERSION`` newer than its class's, or older than its class's
+    ``MIN_SUPPORTED_VERSION`` with no ``migrate`` defined, or whose ``migrate`` failed.
+    The job ends ``failed`` at once, never retried; the message names the job, its stored
+    version and the versions the class runs.
     """
 
 

@@ -105,6 +105,10 @@ class JobSpec:
     """``HEARTBEAT_INTERVAL`` in milliseconds."""
     version: int
     """``VERSION``."""
+    min_supported_version: int | None
+    """``MIN_SUPPORTED_VERSION``: stored jobs of an older version are migrated or failed."""
+    migrates: bool
+    """Whether the class defines :meth:`Job.migrate`."""
     is_async: bool
     """Whether ``run`` is a coroutine function (``async def``)."""
     takes_ctx: bool
@@ -207,7 +211,17 @@ class Job(Generic[StateT]):
     """How often, in milliseconds, a running job tells the storage it is alive. A job whose
     worker stops heartbeating for three intervals is taken back and retried."""
     VERSION: ClassVar[int] = 1
-    """The version of the job's fields, stored with each job; bump it when they change."""
+    """The version of the job's fields, stored with each job; bump it when they change.
+
+    A worker runs a stored job only if its version is at most the registered class's
+    ``VERSION`` (a job stored by newer code fails at once, never retried) and, when
+    ``MIN_SUPPORTED_VERSION`` is set, at least that (else see :meth:`migrate`)."""
+    MIN_SUPPORTED_VERSION: ClassVar[int | None] = None
+    """The oldest stored ``VERSION`` the class still runs as is (``None``: every one up to
+    ``VERSION``). A stored job of an older version is passed to :meth:`migrate` if the
+    class defines it, else it is not run: it ends ``failed`` at once (no retries) with a
+    :class:`~hauler.errors.JobVersionError` naming the job, its stored version and this
+    minimum. An int from 1 to ``VERSION``."""
 
     _hauler_spec: ClassVar[JobSpec | None] = None
 
@@ -243,6 +257,42 @@ class Job(Generic[StateT]):
 
         """
         raise NotImplementedError(f"{type(self).__name__} must define run(self, state)")
+
+    @classmethod
+    def migrate(cls, old_args: dict[str, Any], old_version: int) -> dict[str, Any]:
+        """Upgrade the stored fields of a job older than ``MIN_SUPPORTED_VERSION``.
+
+        Not defined by default. Define it as a classmethod on a class that sets
+        ``MIN_SUPPORTED_VERSION``: a worker that claims a job stored with an older
+        ``VERSION`` calls it with the job's stored fields (as JSON values, the way
+        :attr:`~hauler.JobInfo.args` shows them) and runs the job with the fields it
+        returns, decoded like any stored job. The stored job is not rewritten: it keeps
+        its old fields and version, and each attempt migrates it again, so keep
+        ``migrate`` a pure function of its arguments. If it raises (or returns fields
+        that do not fit the class), the job ends ``failed`` at once, not retried, with a
+        :class:`~hauler.errors.JobVersionError` that gives the reason.
+
+        Args:
+            old_args: The fields as stored by the old version.
+            old_version: The ``VERSION`` the job was stored with (below
+                ``MIN_SUPPORTED_VERSION``).
+
+        Returns:
+            The fields in the shape of the current ``VERSION``, as JSON values.
+
+        Example:
+            >>> class SendEmail(Job[None]):  # doctest: +SKIP
+            ...     NAME = "send_email"
+            ...     VERSION = 3
+            ...     MIN_SUPPORTED_VERSION = 2
+            ...     to: list[str]  # VERSION 1 stored a single address
+            ...
+            ...     @classmethod
+            ...     def migrate(cls, old_args: dict[str, Any], old_version: int) -> dict[str, Any]:
+            ...         return {"to": [old_args["to"]]}
+
+        """
+        raise NotImplementedError(f"{cls.__name__} defines no migrate()")
 
     def snooze(self, delay: timedelta) -> Snooze:
         """Ask to run again after ``delay`` without counting an attempt: raise or return it.
@@ -353,8 +403,29 @@ def _build_spec(cls: type[Job[Any]]) -> JobSpec:
         problem("PRIORITY", f"an int from {-_I32} to {_I32 - 1}")
     if not _is_int(cls.HEARTBEAT_INTERVAL) or cls.HEARTBEAT_INTERVAL <= 0:
         problem("HEARTBEAT_INTERVAL", "a positive int (milliseconds)")
-    if not _is_int(cls.VERSION) or not 1 <= cls.VERSION <= _U32_MAX:
+    version_ok = _is_int(cls.VERSION) and 1 <= cls.VERSION <= _U32_MAX
+    if not version_ok:
         problem("VERSION", f"an int from 1 to {_U32_MAX}")
+    min_version = cls.MIN_SUPPORTED_VERSION
+    if min_version is not None and (
+        not _is_int(min_version) or min_version < 1 or (version_ok and min_version > cls.VERSION)
+    ):
+        problem(
+            "MIN_SUPPORTED_VERSION",
+            f"None or an int from 1 to VERSION ({cls.VERSION!r})",
+        )
+    migrates = inspect.getattr_static(cls, "migrate") is not inspect.getattr_static(Job, "migrate")
+    if migrates:
+        if not isinstance(inspect.getattr_static(cls, "migrate"), classmethod):
+            problems.append(
+                f"{label}.migrate must be a classmethod: "
+                "@classmethod def migrate(cls, old_args, old_version)"
+            )
+        elif min_version is None:
+            problems.append(
+                f"{label}.migrate is never called without MIN_SUPPORTED_VERSION: set it to "
+                "the oldest VERSION the class runs as is"
+            )
     run = getattr(cls, "run", None)
     takes_ctx = False
     if run is Job.run or not callable(run):
@@ -383,6 +454,8 @@ def _build_spec(cls: type[Job[Any]]) -> JobSpec:
         timeout_ms=timeout_ms,
         heartbeat_ms=cls.HEARTBEAT_INTERVAL,
         version=cls.VERSION,
+        min_supported_version=min_version,
+        migrates=migrates,
         is_async=inspect.iscoroutinefunction(run),
         takes_ctx=takes_ctx,
         codec=codec,

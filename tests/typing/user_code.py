@@ -106,6 +106,39 @@ class AsyncPoll(Job[AppState]):
 Poll().snooze(30)  # type: ignore[arg-type]
 
 
+class SendEmailV3(Job[AppState]):
+    NAME = "send_email_v3"
+    VERSION = 3
+    MIN_SUPPORTED_VERSION = 2
+
+    to: list[str]
+
+    @classmethod
+    def migrate(cls, old_args: dict[str, Any], old_version: int) -> dict[str, Any]:
+        return {"to": [old_args["to"]]}
+
+    def run(self, state: AppState) -> None:
+        pass
+
+
+class BadVersions(Job[AppState]):
+    NAME = "bad_versions"
+    MIN_SUPPORTED_VERSION = "2"  # type: ignore[assignment]
+
+    @classmethod
+    def migrate(  # type: ignore[override]
+        cls, old_args: dict[str, Any], old_version: str
+    ) -> dict[str, Any]:
+        return old_args
+
+    def run(self, state: AppState) -> None:
+        pass
+
+
+assert_type(Job.MIN_SUPPORTED_VERSION, int | None)
+assert_type(SendEmailV3.migrate({"to": "a@b.c"}, 1), dict[str, Any])
+
+
 class WrongCtxState(Job[AppState]):
     NAME = "wrong_ctx_state"
 
