@@ -122,6 +122,99 @@ async fn reopened_file_keeps_jobs_and_history() {
     s.close().await.unwrap();
 }
 
+fn moved_error(res: hauler_core::Result<()>) -> String {
+    match res {
+        Err(Error::Storage(msg)) => msg,
+        other => panic!("expected Error::Storage, got {other:?}"),
+    }
+}
+
+/// The database file deleted under open handles: the next write is refused, naming the
+/// path, and nothing goes to the deleted file; the handles then use a fresh database at
+/// the path, and a second handle (another process's, in effect) joins the same file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_file_is_refused_then_recreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let a = open(&path);
+    let b = open(&path);
+    let before = jobs(2);
+    insert(&a, before.clone(), at(0)).await;
+    std::fs::remove_file(&path).unwrap();
+
+    let lost = jobs(1);
+    let msg = moved_error(
+        a.job_insert_many(JobInsertManyParams {
+            jobs: lost.clone(),
+            now: at(1),
+        })
+        .await,
+    );
+    assert!(
+        msg.contains("database file was deleted or replaced"),
+        "{msg}"
+    );
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(path.exists(), "the path holds a fresh database again");
+
+    let after = jobs(3);
+    insert(&a, after.clone(), at(2)).await;
+    // b notices on its own (a read), then sees the fresh file a writes to.
+    assert!(b.job_get(after[0].id).await.is_err());
+    for job in &after {
+        assert!(b.job_get(job.id).await.unwrap().is_some());
+    }
+    for job in before.iter().chain(&lost) {
+        assert!(a.job_get(job.id).await.unwrap().is_none());
+    }
+    assert_eq!(claim(&b, 10, "w", at(3)).await.len(), 3);
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+
+    // Nothing of the deleted file's WAL leaked into the new one.
+    let s = open(&path);
+    assert_eq!(claim(&s, 10, "w", at(4)).await.len(), 0);
+    for job in &after {
+        let r = s.job_get(job.id).await.unwrap().expect("job kept");
+        assert_eq!(r.status, JobStatus::Running);
+    }
+    s.close().await.unwrap();
+}
+
+/// The file replaced by another database (moved over the path): the open handle is
+/// refused once, then works on the new file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_file_is_refused_then_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let other = dir.path().join("other.db");
+    let a = open(&path);
+    insert(&a, jobs(1), at(0)).await;
+    let kept = jobs(1);
+    let o = open(&other);
+    insert(&o, kept.clone(), at(0)).await;
+    o.close().await.unwrap();
+    std::fs::rename(&other, &path).unwrap();
+
+    let msg = moved_error(
+        a.job_insert_many(JobInsertManyParams {
+            jobs: jobs(1),
+            now: at(1),
+        })
+        .await,
+    );
+    assert!(
+        msg.contains("database file was deleted or replaced"),
+        "{msg}"
+    );
+    let got = claim(&a, 10, "w", at(2)).await;
+    assert_eq!(
+        got.iter().map(|c| c.id).collect::<Vec<_>>(),
+        vec![kept[0].id]
+    );
+    a.close().await.unwrap();
+}
+
 /// Two handles on one file (each with its own connections, as two processes would have),
 /// four threads with a runtime each: no job is handed out twice, and every job is.
 #[test]

@@ -18,8 +18,17 @@
 //!   gets its own [`LeaseToken`]; every later change to a running job is fenced by it.
 //! * **SQL.** Static text with bound parameters; lists (queues, names, statuses) are bound
 //!   as one JSON array and read with `json_each`.
+//! * **A deleted or replaced file.** An open connection keeps writing to the file it
+//!   opened even after that file is unlinked, and those commits vanish when the process
+//!   exits. So every transaction compares the device and inode at the path with the
+//!   file the connections opened, before it starts and again just before it commits. On
+//!   a mismatch the call fails (nothing committed), the error is logged, and the
+//!   connections are reopened on whatever the path now holds: a fresh database if the
+//!   file is missing (its leftover `-wal` and `-shm`, which belong to the deleted file,
+//!   are removed first). Jobs the deleted file held are gone with it.
 
 use std::collections::BTreeSet;
+use std::ffi::c_int;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -437,12 +446,54 @@ impl fmt::Debug for SqliteStorage {
     }
 }
 
+/// Locks are taken in field order: `writer`, `reader`, `file`.
 struct Inner {
     path: PathBuf,
-    busy_timeout: Duration,
+    opts: SqliteOptions,
     closed: AtomicBool,
     writer: Mutex<Option<Connection>>,
     reader: Mutex<Option<Connection>>,
+    /// The files both connections have open; `None` while a reopen has failed.
+    file: Mutex<Option<OpenFiles>>,
+}
+
+/// The database file the connections opened, and its WAL and shared-memory files.
+#[derive(Debug, Clone, Copy)]
+struct OpenFiles {
+    db: FileId,
+    wal: Option<FileId>,
+    shm: Option<FileId>,
+}
+
+/// Which file a path names: its device and inode (on Unix; elsewhere an open file
+/// cannot be deleted, and every file looks the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+/// The file at `path` now: `Ok(None)` if nothing is there.
+fn file_id(path: &Path) -> std::io::Result<Option<FileId>> {
+    match std::fs::metadata(path) {
+        Ok(meta) => Ok(Some(file_id_of(&meta))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(unix)]
+fn file_id_of(meta: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::MetadataExt;
+    FileId {
+        dev: meta.dev(),
+        ino: meta.ino(),
+    }
+}
+
+#[cfg(not(unix))]
+fn file_id_of(_: &std::fs::Metadata) -> FileId {
+    FileId { dev: 0, ino: 0 }
 }
 
 /// A failure inside a database call: SQLite's (given context when mapped) or already ours.
@@ -483,19 +534,15 @@ impl SqliteStorage {
     /// write lock: from async code, call it on a blocking thread.
     pub fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
-        let mut writer = open_connection(&path, &opts)?;
-        migrate(&mut writer, &path)?;
-        let reader = open_connection(&path, &opts)?;
-        reader
-            .execute_batch("PRAGMA query_only = ON")
-            .map_err(|e| open_error(&path, &e))?;
+        let (writer, reader, file) = open_files(&path, &opts)?;
         Ok(SqliteStorage {
             inner: Arc::new(Inner {
                 path,
-                busy_timeout: opts.busy_timeout,
+                opts,
                 closed: AtomicBool::new(false),
                 writer: Mutex::new(Some(writer)),
                 reader: Mutex::new(Some(reader)),
+                file: Mutex::new(Some(file)),
             }),
             poll_interval: opts.poll_interval,
         })
@@ -521,6 +568,62 @@ impl SqliteStorage {
             Ok(())
         }
     }
+}
+
+/// The writer (the schema migrated) and the reader on `path`, and the file they opened.
+fn open_files(path: &Path, opts: &SqliteOptions) -> Result<(Connection, Connection, OpenFiles)> {
+    let mut writer = open_connection(path, opts)?;
+    migrate(&mut writer, path)?;
+    let reader = open_connection(path, opts)?;
+    reader
+        .execute_batch("PRAGMA query_only = ON")
+        .map_err(|e| open_error(path, &e))?;
+    let db = file_id(path)
+        .map_err(|e| {
+            Error::Storage(format!(
+                "cannot open SQLite database {}: {e}",
+                path.display()
+            ))
+        })?
+        .ok_or_else(|| {
+            Error::Storage(format!(
+                "cannot open SQLite database {}: the file was deleted while it was opened",
+                path.display()
+            ))
+        })?;
+    let side = |suffix| file_id(&sibling(path, suffix)).ok().flatten();
+    let files = OpenFiles {
+        db,
+        wal: side("-wal"),
+        shm: side("-shm"),
+    };
+    Ok((writer, reader, files))
+}
+
+/// `path` with `suffix` appended (`jobs.db` -> `jobs.db-wal`).
+fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// Close a connection whose database file was deleted or replaced. SQLite removes the
+/// `-wal` and `-shm` files by name when a database's last connection closes; by now those
+/// names may be another database's (a fresh one some process created at the path), so the
+/// WAL is marked persistent first and nothing is removed.
+fn close_moved(conn: Connection) {
+    let mut persist: c_int = 1;
+    // SAFETY: the handle is valid while `conn` lives; SQLITE_FCNTL_PERSIST_WAL reads and
+    // writes the one int it is given.
+    unsafe {
+        rusqlite::ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            rusqlite::ffi::SQLITE_FCNTL_PERSIST_WAL,
+            (&raw mut persist).cast(),
+        );
+    }
+    drop(conn);
 }
 
 fn open_error(path: &Path, e: &rusqlite::Error) -> Error {
@@ -624,23 +727,38 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
 }
 
 impl Inner {
-    /// Run `f` in one `BEGIN IMMEDIATE` transaction on the writer; commit if it succeeds.
+    /// Run `f` in one `BEGIN IMMEDIATE` transaction on the writer; commit if it succeeds
+    /// and the file at the path is still the one the writer has open.
     fn write<T>(&self, op: &str, f: impl FnOnce(&Transaction<'_>) -> DbResult<T>) -> Result<T> {
         let mut guard = self.writer.lock().map_err(|_| poisoned())?;
-        let conn = guard.as_mut().ok_or(Error::StorageClosed)?;
-        let run = || -> DbResult<T> {
+        self.reopen_if_moved(op, &mut guard)?;
+        let conn = guard.as_mut().ok_or_else(|| self.not_open())?;
+        let run = || -> DbResult<Option<T>> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let value = f(&tx)?;
+            if self.moved() {
+                return Ok(None); // rolled back: the commit would go to a deleted file
+            }
             tx.commit()?;
-            Ok(value)
+            Ok(Some(value))
         };
-        run().map_err(|e| self.failure(op, e))
+        match run().map_err(|e| self.failure(op, e))? {
+            Some(value) => Ok(value),
+            None => {
+                self.reopen_if_moved(op, &mut guard)?;
+                Err(self.moved_error(op, "the file changed back; nothing was written"))
+            }
+        }
     }
 
     /// Run `f` in one read transaction (one snapshot) on the reader.
     fn read<T>(&self, op: &str, f: impl FnOnce(&Transaction<'_>) -> DbResult<T>) -> Result<T> {
+        if self.moved() {
+            let mut writer = self.writer.lock().map_err(|_| poisoned())?;
+            self.reopen_if_moved(op, &mut writer)?;
+        }
         let mut guard = self.reader.lock().map_err(|_| poisoned())?;
-        let conn = guard.as_mut().ok_or(Error::StorageClosed)?;
+        let conn = guard.as_mut().ok_or_else(|| self.not_open())?;
         let run = || -> DbResult<T> {
             let tx = conn.transaction()?;
             let value = f(&tx)?;
@@ -648,6 +766,85 @@ impl Inner {
             Ok(value)
         };
         run().map_err(|e| self.failure(op, e))
+    }
+
+    /// Whether the path no longer names the file the connections have open (or they
+    /// are not open). A path that cannot be checked (a permission error) counts as
+    /// unchanged: SQLite then reports what is wrong.
+    fn moved(&self) -> bool {
+        let open = *self.file.lock().unwrap_or_else(PoisonError::into_inner);
+        match (open, file_id(&self.path)) {
+            (Some(open), Ok(now)) => now != Some(open.db),
+            (Some(_), Err(_)) => false,
+            (None, _) => true,
+        }
+    }
+
+    /// If the database file was deleted or replaced: close both connections, reopen the
+    /// path (creating and migrating a fresh database if nothing is there) and fail with
+    /// an error saying so. `writer` is the writer's locked slot.
+    fn reopen_if_moved(&self, op: &str, writer: &mut Option<Connection>) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::StorageClosed);
+        }
+        if !self.moved() {
+            return Ok(());
+        }
+        let mut reader = self.reader.lock().map_err(|_| poisoned())?;
+        let mut file = self.file.lock().map_err(|_| poisoned())?;
+        let path = self.path.display();
+        let old = file.take();
+        if old.is_some() {
+            log::error!(
+                "SQLite database {path}: the database file was deleted or replaced while \
+                 open; writes to it are refused, reopening the path"
+            );
+        }
+        // The WAL and shared memory at the path that are the old file's (still open, so
+        // their inodes cannot have been reused), or any if no database is there: SQLite
+        // would read them as the new file's.
+        let missing = matches!(file_id(&self.path), Ok(None));
+        let sides = [
+            ("-wal", old.and_then(|o| o.wal)),
+            ("-shm", old.and_then(|o| o.shm)),
+        ];
+        for (suffix, was) in sides {
+            let side = sibling(&self.path, suffix);
+            let now = file_id(&side).ok().flatten();
+            if now.is_some() && (missing || now == was) {
+                let _ = std::fs::remove_file(&side);
+            }
+        }
+        for conn in [writer.take(), reader.take()].into_iter().flatten() {
+            close_moved(conn);
+        }
+        let (w, r, id) = open_files(&self.path, &self.opts)
+            .map_err(|e| self.moved_error(op, &format!("reopening it failed: {e}")))?;
+        *writer = Some(w);
+        *reader = Some(r);
+        *file = Some(id);
+        log::warn!("SQLite database {path}: reopened after the file was deleted or replaced");
+        Err(self.moved_error(
+            op,
+            "nothing was written; the path is reopened (a fresh database if the file was \
+             missing), so a retry goes to the file now there",
+        ))
+    }
+
+    fn moved_error(&self, op: &str, what: &str) -> Error {
+        Error::Storage(format!(
+            "{op} on {}: the database file was deleted or replaced while open; {what}",
+            self.path.display()
+        ))
+    }
+
+    /// The error for connections that are gone: closed, or a reopen that failed.
+    fn not_open(&self) -> Error {
+        if self.closed.load(Ordering::Acquire) {
+            Error::StorageClosed
+        } else {
+            self.moved_error("reopen", "the database is not open")
+        }
     }
 
     fn failure(&self, op: &str, failure: Failure) -> Error {
@@ -660,7 +857,7 @@ impl Inner {
             Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => Error::Storage(format!(
                 "{op} on {path}: the database stayed locked by another connection for longer \
                  than busy_timeout ({} ms): {e}",
-                self.busy_timeout.as_millis()
+                self.opts.busy_timeout.as_millis()
             )),
             Some(ErrorCode::ReadOnly) => {
                 Error::Storage(format!("{op} on {path}: the database is read-only: {e}"))
@@ -682,6 +879,12 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
+        if self.moved() {
+            for conn in [reader, writer].into_iter().flatten() {
+                close_moved(conn);
+            }
+            return Ok(());
+        }
         let mut result = Ok(());
         if let Some(conn) = reader {
             if let Err((_, e)) = conn.close() {
