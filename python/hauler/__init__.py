@@ -8,6 +8,7 @@ Example:
 
 """
 
+from hauler._hooks import JobHook
 from hauler.context import JobContext, current_job_cancelled
 from hauler.errors import (
     ConfigError,
@@ -49,6 +50,7 @@ __all__ = [
     "HaulerError",
     "Job",
     "JobContext",
+    "JobHook",
     "JobInfo",
     "JobNotFoundError",
     "JobPage",

@@ -307,6 +307,8 @@ class Worker:
         poll_interval_ms: int | None = None,
         reclaim_interval_ms: int = 1000,
         retention_ms: int | None = None,
+        on_recorded: Callable[[str, str], None] | None = None,
+        recorded_kinds: Sequence[str] = ...,
     ) -> Worker:
         """Start claiming and running jobs.
 
@@ -318,7 +320,10 @@ class Worker:
         event loop without blocking, calls ``done(outcome)`` when it ends, and returns an
         object with a ``cancel()`` method (called when the job times out or is cancelled).
         ``retention_ms``: delete completed jobs this long after they finished (``None``:
-        keep them).
+        keep them). ``on_recorded(job_id, kind)`` is called on the pool's hooks thread,
+        one call at a time, after the storage recorded an outcome of a kind listed in
+        ``recorded_kinds`` (``"completed"``, ``"retry"``, ``"failed"``); ``stop`` waits
+        up to 5 s for the calls still due.
         """
 
     @property

@@ -17,13 +17,15 @@ from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from hauler._hooks import Hooks, call_hook, read_job, recorded_hook
 from hauler._signals import block_async_signals
 from hauler.context import JobContext, _enter, _leave
 from hauler.errors import JobVersionError
+from hauler.info import JobStatus
 from hauler.job import Job, Snooze
 
 if TYPE_CHECKING:
-    from hauler._native import CancelFlag, JobRun
+    from hauler._native import CancelFlag, JobRun, Storage
 
 # None: success; a tuple: failure; an int: snoozed for that many milliseconds.
 Outcome = tuple[str, str, str | None, bool] | int | None
@@ -95,12 +97,42 @@ class JobRunner:
     """Runs registered jobs for one worker pool, with the pool's shared state."""
 
     def __init__(
-        self, registry: Mapping[str, type[Job[Any]]], state: Any, *, max_payload_bytes: int | None
+        self,
+        registry: Mapping[str, type[Job[Any]]],
+        state: Any,
+        *,
+        max_payload_bytes: int | None,
+        hooks: Hooks | None = None,
+        storage: Storage | None = None,
     ) -> None:
         self._registry = dict(registry)
         self._state = state
         self._max_payload_bytes = max_payload_bytes
+        self._hooks = hooks or Hooks()
+        self._storage = storage
         self.loop: EventLoopThread | None = None
+
+    def _on_start(self, job_id: str) -> None:
+        """Call the ``on_start`` hook with the job as stored now (running)."""
+        hook = self._hooks.on_start
+        if hook is None or self._storage is None:
+            return
+        info = read_job(self._storage, job_id, "on_start")
+        if info is not None:
+            call_hook("on_start", hook, info)
+
+    def recorded(self, job_id: str, kind: str) -> None:
+        """Call the hook that follows an outcome the storage recorded (on the hooks thread).
+
+        ``kind`` is ``"completed"``, ``"retry"`` or ``"failed"``. A job whose cancel was
+        requested ends ``cancelled`` whatever it reported: no hook follows it.
+        """
+        event, hook = recorded_hook(self._hooks, kind)
+        if hook is None or self._storage is None:
+            return
+        info = read_job(self._storage, job_id, event)
+        if info is not None and info.status is not JobStatus.CANCELLED:
+            call_hook(event, hook, info)
 
     def _build(self, name: str, args: dict[str, Any], version: int) -> Job[Any] | Outcome:
         cls = self._registry.get(name)
@@ -192,6 +224,8 @@ class JobRunner:
         job = self._build(name, args, version)
         if not isinstance(job, Job):
             return job
+        if self._hooks.on_start is not None:
+            self._on_start(job_id)
         token = _enter(cancel)
         try:
             result = self._call(job, job_id, attempt, cancel, run)
@@ -207,6 +241,8 @@ class JobRunner:
         self, job: Job[Any], job_id: str, attempt: int, cancel: CancelFlag, run: JobRun
     ) -> Outcome:
         _enter(cancel)  # the task's own context: gone with the task
+        if self._hooks.on_start is not None:
+            await asyncio.to_thread(self._on_start, job_id)  # off the loop: it reads storage
         try:
             result = self._call(job, job_id, attempt, cancel, run)
             if inspect.isawaitable(result):

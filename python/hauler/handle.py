@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Protocol, TypedDict, Unpack
 
 from hauler import _native
+from hauler._hooks import JobHook, call_hook, check_hook, read_jobs
 from hauler.errors import ConfigError, JobNotFoundError, ScheduleNotFoundError
 from hauler.info import (
     CancelCounts,
@@ -247,9 +248,19 @@ class QueueHandle:
             (default :data:`DEFAULT_MAX_PAYLOAD_BYTES`, 1 MiB), or ``None`` for no limit. A
             larger job is refused by :meth:`queue` with ``SerializationError`` and nothing is
             stored: keep big data (files, blobs) elsewhere and queue a reference to it.
+        on_enqueue: A hook called with the :class:`~hauler.JobInfo` of each job queued
+            through this handle (:meth:`queue`, :meth:`queue_many`, :meth:`schedule`,
+            :meth:`run_now` and their async twins), once the job is durable, in the
+            calling thread, before the call returns. Not called for jobs queued with
+            ``connection=`` (they exist only if that transaction commits), by schedule
+            ticks, or through other handles and processes. The job is read back once
+            stored (one storage read per call, per 500 jobs for :meth:`queue_many`), so a
+            worker may already be running it (its ``on_start`` may come first). Whatever the hook raises is logged on the
+            ``hauler.hooks`` logger and the job stays queued.
 
     Raises:
-        ConfigError: ``max_payload_bytes`` is not a positive int or ``None``.
+        ConfigError: ``max_payload_bytes`` is not a positive int or ``None``, or
+            ``on_enqueue`` is not a plain function.
 
     Example:
         >>> handle = create_server("memory://", max_payload_bytes=64 * 1024)
@@ -262,8 +273,11 @@ class QueueHandle:
         storage: Storage | str | None = None,
         *,
         max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+        on_enqueue: JobHook | None = None,
     ) -> None:
         self._max_payload_bytes = _max_payload(max_payload_bytes)
+        hook = check_hook("on_enqueue", on_enqueue)
+        self._enqueue_hooks: tuple[JobHook, ...] = () if hook is None else (hook,)
         self._storage = resolve_storage(storage)
 
     @property
@@ -281,11 +295,31 @@ class QueueHandle:
     ) -> builtins.list[str]:
         native = self._storage._native
         if connection is None:
-            return native.push_many(tuples, max_payload_bytes=self._max_payload_bytes)
+            ids = native.push_many(tuples, max_payload_bytes=self._max_payload_bytes)
+            self._enqueued(ids)
+            return ids
         sql, params, ids = native.pg_insert(tuples, max_payload_bytes=self._max_payload_bytes)
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
         return ids
+
+    def _enqueued(self, ids: builtins.list[str]) -> None:
+        """Call the ``on_enqueue`` hooks with the jobs just stored (if there are hooks)."""
+        hooks = self._enqueue_hooks
+        if not hooks:
+            return
+        for info in read_jobs(self._storage._native, ids, "on_enqueue"):
+            for hook in hooks:
+                call_hook("on_enqueue", hook, info, catch=Exception)
+
+    def _add_enqueue_hook(self, hook: JobHook) -> None:
+        self._enqueue_hooks = (*self._enqueue_hooks, hook)
+
+    def _remove_enqueue_hook(self, hook: JobHook) -> None:
+        hooks = list(self._enqueue_hooks)
+        if hook in hooks:
+            hooks.remove(hook)
+        self._enqueue_hooks = tuple(hooks)
 
     def queue(self, job: Job[Any], *, connection: DbConnection | None = None) -> uuid.UUID:
         """Store ``job`` to run as soon as a worker is free; return its id once durable.
@@ -413,6 +447,7 @@ class QueueHandle:
         job_id = self._storage._native.schedule_run_now(name)
         if job_id is None:
             raise ScheduleNotFoundError(f"no schedule entry named {name!r}")
+        self._enqueued([job_id])
         return uuid.UUID(job_id)
 
     def schedules(self) -> builtins.list[ScheduleInfo]:
@@ -787,13 +822,15 @@ def create_server(
     storage: Storage | str | None = None,
     *,
     max_payload_bytes: int | None = DEFAULT_MAX_PAYLOAD_BYTES,
+    on_enqueue: JobHook | None = None,
 ) -> QueueHandle:
     """Return a queue handle for a process that only enqueues (a web app, a script).
 
     ``storage`` is a :class:`~hauler.storage.Storage`, a storage URL (``sqlite:///jobs.db``,
     ``memory://``), or ``None`` for ``$HAULER_STORAGE`` or else ``SqliteStorage("hauler.db")``.
     ``max_payload_bytes`` caps the JSON size of each queued job's fields (default 1 MiB;
-    ``None``: no limit); see :class:`QueueHandle`.
+    ``None``: no limit), and ``on_enqueue`` is a hook called with each job queued through
+    the handle; see :class:`QueueHandle`.
 
     Example:
         >>> from hauler import create_server
@@ -802,4 +839,4 @@ def create_server(
         1048576
 
     """
-    return QueueHandle(storage, max_payload_bytes=max_payload_bytes)
+    return QueueHandle(storage, max_payload_bytes=max_payload_bytes, on_enqueue=on_enqueue)

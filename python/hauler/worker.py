@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 from hauler import _native
+from hauler._hooks import Hooks, JobHook, check_hook
 from hauler._runtime import EventLoopThread, JobRunner
 from hauler.errors import ConfigError, StorageClosedError, UnknownJobError
 from hauler.handle import (
@@ -97,10 +98,40 @@ class WorkerConfig(Generic[StateT]):
             forever. The pool deletes older ones in batches, at most ``min(retention,
             1 min)`` late. Failed and cancelled jobs are kept: prune them with
             :meth:`QueueHandle.prune`.
+        on_enqueue: Lifecycle hook: called with each job queued through the started
+            :class:`Worker` (it is a queue handle) or through the queue handle given to
+            :meth:`start`, while the pool runs; see ``on_enqueue`` of
+            :class:`QueueHandle` for the details (``create_server(on_enqueue=...)`` sets
+            it on a producer's handle).
+        on_start: Lifecycle hook: called before each attempt's ``run``, on the thread
+            that runs the job (an async job's is called off the event loop), with the job
+            ``running``. Not called for a job that cannot be built (an unknown NAME, fields
+            that do not decode, an unsupported VERSION): it fails at once.
+        on_success: Lifecycle hook: called once a job's success is recorded (``completed``).
+        on_failure: Lifecycle hook: called once a job has failed for good (``failed``:
+            its retries are used up, or the failure is permanent).
+        on_retry: Lifecycle hook: called once a failed attempt is recorded with a retry
+            scheduled (``retryable``; ``JobInfo.last_error`` holds the error and
+            ``run_at`` the retry time; a retry due at once may already be running).
+
+    Lifecycle hooks are plain functions (not ``async def``), each given the
+    :class:`~hauler.JobInfo` of the job, read from the storage when the hook is due: a
+    hook that is not set costs nothing, one that is set costs one storage read per call.
+    They fire for sync and async jobs alike. ``on_success``, ``on_failure`` and
+    ``on_retry`` run one at a time on the pool's hooks thread, after the storage recorded
+    the outcome (a slow hook delays later hooks, never jobs); :meth:`Worker.stop` waits
+    up to 5 s for those still due. An outcome this pool did not record fires none: a job
+    whose cancel was requested ends ``cancelled`` (no hook), a job whose worker died is
+    retried or failed by the worker that reclaims it. Whatever a hook raises is logged
+    on the ``hauler.hooks`` logger with the job's id; the job's outcome never changes and
+    the job is never lost. Hooks run on several threads at once: make them thread-safe.
 
     Example:
         >>> config = WorkerConfig(lambda: AppState("my app")).register(SendEmail)  # doctest: +SKIP
         >>> worker = config.set_worker_count("default", 16).start()  # doctest: +SKIP
+        >>> def alert(info: JobInfo) -> None:
+        ...     print(f"{info.name} {info.id} failed: {info.last_error}")
+        >>> config = WorkerConfig(on_failure=alert)  # doctest: +SKIP
 
     """
 
@@ -116,6 +147,11 @@ class WorkerConfig(Generic[StateT]):
         stop_timeout: float = 30.0,
         handle_sigterm: bool = True,
         retention: timedelta | None = DEFAULT_RETENTION,
+        on_enqueue: JobHook | None = None,
+        on_start: JobHook | None = None,
+        on_success: JobHook | None = None,
+        on_failure: JobHook | None = None,
+        on_retry: JobHook | None = None,
     ) -> None:
         if state_factory is not None and not callable(state_factory):
             raise ConfigError(f"state_factory must be callable, got {type(state_factory).__name__}")
@@ -132,6 +168,13 @@ class WorkerConfig(Generic[StateT]):
         self._stop_timeout = _stop_seconds(stop_timeout)
         self._handle_sigterm = bool(handle_sigterm)
         self._retention_ms = _retention_ms(retention)
+        self._hooks = Hooks(
+            on_enqueue=check_hook("on_enqueue", on_enqueue),
+            on_start=check_hook("on_start", on_start),
+            on_success=check_hook("on_success", on_success),
+            on_failure=check_hook("on_failure", on_failure),
+            on_retry=check_hook("on_retry", on_retry),
+        )
         self._jobs: dict[str, type[Job[Any]]] = {}
         self._counts: dict[str, int] = {}
         # name -> (spec, catch_up, job): the cron entries stored when the pool starts.
@@ -282,7 +325,9 @@ class WorkerConfig(Generic[StateT]):
         worker_id = (
             self._worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         )
-        return Worker._start(self, storage, queues, names, async_names, state, worker_id)
+        return Worker._start(
+            self, storage, queues, names, async_names, state, worker_id, queue_handle
+        )
 
 
 class Worker(QueueHandle):
@@ -314,6 +359,7 @@ class Worker(QueueHandle):
     _loop: EventLoopThread | None
     _runner: JobRunner
     _stop_timeout: float
+    _hooked_handle: QueueHandle | None
 
     @classmethod
     def _start(
@@ -325,10 +371,22 @@ class Worker(QueueHandle):
         async_names: list[str],
         state: Any,
         worker_id: str,
+        queue_handle: QueueHandle | None,
     ) -> Worker:
-        self = cls(storage, max_payload_bytes=config._max_payload_bytes)
+        hooks = config._hooks
+        self = cls(
+            storage, max_payload_bytes=config._max_payload_bytes, on_enqueue=hooks.on_enqueue
+        )
         self._stop_timeout = config._stop_timeout
-        runner = JobRunner(config._jobs, state, max_payload_bytes=config._max_payload_bytes)
+        self._hooked_handle = None
+        runner = JobRunner(
+            config._jobs,
+            state,
+            max_payload_bytes=config._max_payload_bytes,
+            hooks=hooks,
+            storage=storage._native,
+        )
+        recorded_kinds = hooks.recorded_kinds()
         self._loop = EventLoopThread(f"hauler-async-{worker_id}") if async_names else None
         runner.loop = self._loop
         self._runner = runner
@@ -352,11 +410,16 @@ class Worker(QueueHandle):
                 poll_interval_ms=config._poll_interval_ms,
                 reclaim_interval_ms=config._reclaim_interval_ms,
                 retention_ms=config._retention_ms,
+                on_recorded=runner.recorded if recorded_kinds else None,
+                recorded_kinds=recorded_kinds,
             )
         except BaseException:
             if self._loop is not None:
                 self._loop.stop()
             raise
+        if hooks.on_enqueue is not None and queue_handle is not None:
+            queue_handle._add_enqueue_hook(hooks.on_enqueue)
+            self._hooked_handle = queue_handle
         with _running_lock:
             _running.add(self)
         if config._handle_sigterm:
@@ -398,6 +461,9 @@ class Worker(QueueHandle):
         finally:
             # Interrupted while the pool still drains: leave it to interpreter exit.
             if not self._native_worker.running:
+                hooked, self._hooked_handle = self._hooked_handle, None
+                if hooked is not None and self._enqueue_hooks:
+                    hooked._remove_enqueue_hook(self._enqueue_hooks[0])
                 if self._loop is not None:
                     self._loop.stop()
                 with _running_lock:

@@ -111,6 +111,16 @@ pub trait Executor: Send + Sync + 'static {
     fn cancel(&self, job_id: JobId) {
         let _ = job_id;
     }
+
+    /// The storage accepted the outcome of an attempt this pool ran: `outcome` is what
+    /// was written, except that a job whose cancel was requested ends `cancelled` instead
+    /// (the storage decides; read the job to know). Not called for outcomes the storage
+    /// refused (the lease was taken over), nor for jobs released at shutdown or reclaimed
+    /// after their lease expired. Called from the pool's completer task, in the order
+    /// written: must not block (hand the report to a thread). Lifecycle hooks use it.
+    fn recorded(&self, job_id: JobId, outcome: &FinishOutcome) {
+        let _ = (job_id, outcome);
+    }
 }
 
 /// A running job's lease, as the heartbeat task sees it.
@@ -627,11 +637,11 @@ async fn write_finishes(shared: &Shared, batch: Vec<JobFinish>) {
         match res {
             Ok(accepted) => {
                 let mut leases = shared.leases();
-                for (f, ok) in batch.iter().zip(accepted) {
+                for (f, ok) in batch.iter().zip(&accepted) {
                     if leases.get(&f.id).is_some_and(|e| e.token == f.lease) {
                         leases.remove(&f.id);
                     }
-                    if !ok {
+                    if !*ok {
                         log::warn!(
                             "worker {}: outcome of job {} refused: its lease was taken over",
                             shared.config.worker_id,
@@ -640,6 +650,9 @@ async fn write_finishes(shared: &Shared, batch: Vec<JobFinish>) {
                     }
                 }
                 drop(leases);
+                for (f, _) in batch.iter().zip(&accepted).filter(|(_, ok)| **ok) {
+                    shared.executor.recorded(f.id, &f.outcome);
+                }
                 if batch
                     .iter()
                     .any(|f| !matches!(f.outcome, FinishOutcome::Completed))

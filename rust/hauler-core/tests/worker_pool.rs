@@ -15,7 +15,7 @@ use hauler_core::queue::Queue;
 use hauler_core::retry::{Backoff, BackoffKind, MaxRetries, RetryPolicy};
 use hauler_core::storage::conformance::new_job;
 use hauler_core::storage::{
-    JobCancelResult, JobFilter, MemoryStorage, SqliteOptions, SqliteStorage, Storage,
+    FinishOutcome, JobCancelResult, JobFilter, MemoryStorage, SqliteOptions, SqliteStorage, Storage,
 };
 use hauler_core::worker::{Completion, Executor, Outcome, WorkerPool};
 
@@ -656,5 +656,79 @@ async fn retention_deletes_old_completed_jobs() {
             "{kind}: failed jobs are kept"
         );
         pool.stop(Duration::from_secs(1)).await.unwrap();
+    }
+}
+
+/// Reports each outcome the storage accepted (see [`Executor::recorded`]).
+struct Recording {
+    inner: Arc<FnExecutor>,
+    recorded: Mutex<Vec<(JobId, FinishOutcome)>>,
+}
+
+impl Executor for Recording {
+    fn execute(&self, job: ClaimedJob, done: Completion) {
+        self.inner.execute(job, done);
+    }
+    fn recorded(&self, job_id: JobId, outcome: &FinishOutcome) {
+        self.recorded
+            .lock()
+            .unwrap()
+            .push((job_id, outcome.clone()));
+    }
+}
+
+/// The executor hears of every outcome once the storage accepted it, in order: success,
+/// each retry, the final failure, and a permanent failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_executor_hears_of_each_recorded_outcome() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        let inner = FnExecutor::new(|j: ClaimedJob| async move {
+            match j.name.as_str() {
+                "ok" => Outcome::Success,
+                "flaky" => fail("boom"),
+                _ => Outcome::Failure {
+                    error: ErrorInfo::engine("Bad", "cannot decode"),
+                    permanent: true,
+                },
+            }
+        });
+        let exec = Arc::new(Recording {
+            inner,
+            recorded: Mutex::new(Vec::new()),
+        });
+        let pool = WorkerPool::start(
+            queue.clone(),
+            pool_config(2, &["ok", "flaky", "bad"]),
+            exec.clone(),
+        )
+        .unwrap();
+        let flaky = NewJob {
+            retry: fast_retry(1),
+            ..job("flaky")
+        };
+        let ids = queue
+            .push_many(vec![job("ok"), flaky, job("bad")])
+            .await
+            .unwrap();
+        wait_final(&storage, &ids, Duration::from_secs(10)).await;
+        pool.stop(Duration::from_secs(1)).await.unwrap();
+        let recorded = exec.recorded.lock().unwrap().clone();
+        let of = |id: JobId| -> Vec<&'static str> {
+            recorded
+                .iter()
+                .filter(|(i, _)| *i == id)
+                .map(|(_, o)| match o {
+                    FinishOutcome::Completed => "completed",
+                    FinishOutcome::Retry { .. } => "retry",
+                    FinishOutcome::Failed { .. } => "failed",
+                    FinishOutcome::Snoozed { .. } => "snoozed",
+                })
+                .collect()
+        };
+        assert_eq!(of(ids[0]), ["completed"], "{kind}");
+        assert_eq!(of(ids[1]), ["retry", "failed"], "{kind}");
+        assert_eq!(of(ids[2]), ["failed"], "{kind}");
+        assert_eq!(recorded.len(), 4, "{kind}");
     }
 }

@@ -10,11 +10,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use hauler_core::config::{PoolConfig, QueueConfig};
 use hauler_core::model::{ClaimedJob, ErrorInfo, JobId, LeaseToken};
 use hauler_core::queue::Queue;
-use hauler_core::storage::JobProgressSetParams;
+use hauler_core::storage::{FinishOutcome, JobProgressSetParams};
 use hauler_core::worker::{CancelFlag, Completion, Executor, Outcome, WorkerPool};
 use pyo3::prelude::*;
 
@@ -30,11 +30,27 @@ enum AsyncMsg {
     Abandon(JobId),
 }
 
+/// A recorded outcome on its way to the pool's hooks: the job and `"completed"`,
+/// `"retry"` or `"failed"`.
+type Report = (JobId, &'static str);
+
+/// Where recorded outcomes go when the pool has lifecycle hooks for them.
+struct Reports {
+    tx: Mutex<Option<Sender<Report>>>,
+    /// The kinds of outcome a hook wants; the others are not sent.
+    kinds: HashSet<String>,
+}
+
 struct PyExecutor {
     sync_tx: Mutex<Option<Sender<(ClaimedJob, Completion)>>>,
     async_tx: Mutex<Option<Sender<AsyncMsg>>>,
     async_names: HashSet<String>,
+    /// `None` when no hook wants recorded outcomes: then nothing is sent at all.
+    reports: Option<Reports>,
 }
+
+/// How long `stop` waits for the hooks of the last recorded outcomes to be called.
+const REPORT_DRAIN: Duration = Duration::from_secs(5);
 
 fn stopped_outcome() -> Outcome {
     Outcome::Failure {
@@ -93,6 +109,30 @@ impl Executor for PyExecutor {
     /// sees its flag, set by the engine before this call.
     fn cancel(&self, job_id: JobId) {
         self.abandon(job_id);
+    }
+
+    /// Hand the outcome to the hooks thread, if a hook wants this kind.
+    fn recorded(&self, job_id: JobId, outcome: &FinishOutcome) {
+        let Some(reports) = &self.reports else {
+            return;
+        };
+        let kind = match outcome {
+            FinishOutcome::Completed => "completed",
+            FinishOutcome::Retry { .. } => "retry",
+            FinishOutcome::Failed { .. } => "failed",
+            FinishOutcome::Snoozed { .. } => return,
+        };
+        if !reports.kinds.contains(kind) {
+            return;
+        }
+        if let Some(tx) = reports
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            let _ = tx.send((job_id, kind));
+        }
     }
 }
 
@@ -183,6 +223,9 @@ impl PyExecutor {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
+        if let Some(r) = &self.reports {
+            r.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
+        }
     }
 }
 
@@ -331,6 +374,24 @@ fn sync_thread(rx: Receiver<(ClaimedJob, Completion)>, run_sync: Py<PyAny>, queu
     LIVE.exited();
 }
 
+/// Call `on_recorded(job_id, kind)` for each recorded outcome, one at a time, until the
+/// pool shuts down and every report sent before is handled. `_done` is dropped on exit,
+/// which tells `stop` the hooks are through.
+fn report_thread(rx: Receiver<Report>, on_recorded: Py<PyAny>, _done: Sender<()>) {
+    Python::attach(|py| {
+        while let Ok((id, kind)) = py.detach(|| rx.recv()) {
+            let called = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                on_recorded.call1(py, (id.to_string(), kind))
+            }));
+            if let Ok(Err(e)) = called {
+                tracing_error(py, &e);
+            }
+        }
+        drop(on_recorded);
+    });
+    LIVE.exited();
+}
+
 /// Called by the asyncio loop when an async job ends.
 #[pyclass(frozen)]
 struct DoneCallback {
@@ -455,23 +516,28 @@ fn async_thread(rx: Receiver<AsyncMsg>, submit: Py<PyAny>, queue: Arc<Queue>) {
 pub(crate) struct PyWorker {
     pool: Arc<WorkerPool>,
     executor: Arc<PyExecutor>,
+    /// The hooks thread's id, and a channel that disconnects when it has exited.
+    reports_done: Mutex<Option<(std::thread::ThreadId, Receiver<()>)>>,
 }
 
-fn spawn_thread(name: String, f: impl FnOnce() + Send + 'static) -> PyResult<()> {
+fn spawn_thread(
+    name: String,
+    f: impl FnOnce() + Send + 'static,
+) -> PyResult<std::thread::ThreadId> {
     std::thread::Builder::new()
         .name(name)
         .spawn(move || {
             crate::runtime::block_async_signals();
             f()
         })
-        .map(|_| ())
+        .map(|h| h.thread().id())
         .map_err(|e| hauler_err("ConfigError", format!("cannot start a worker thread: {e}")))
 }
 
 #[pymethods]
 impl PyWorker {
     #[new]
-    #[pyo3(signature = (storage, queues, names, run_sync, submit_async, async_names, *, worker_id, poll_interval_ms = None, reclaim_interval_ms = 1000, retention_ms = None))]
+    #[pyo3(signature = (storage, queues, names, run_sync, submit_async, async_names, *, worker_id, poll_interval_ms = None, reclaim_interval_ms = 1000, retention_ms = None, on_recorded = None, recorded_kinds = Vec::new()))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -485,6 +551,8 @@ impl PyWorker {
         poll_interval_ms: Option<i64>,
         reclaim_interval_ms: i64,
         retention_ms: Option<i64>,
+        on_recorded: Option<Py<PyAny>>,
+        recorded_kinds: Vec<String>,
     ) -> PyResult<Self> {
         let mut queue_configs = Vec::new();
         let mut sync_threads = 0usize;
@@ -564,10 +632,40 @@ impl PyWorker {
                 async_thread(async_rx, submit, q)
             })?;
         }
+        if let Some(kind) = recorded_kinds
+            .iter()
+            .find(|k| !["completed", "retry", "failed"].contains(&k.as_str()))
+        {
+            return Err(hauler_err(
+                "ConfigError",
+                format!("unknown recorded outcome kind {kind:?}"),
+            ));
+        }
+        let mut reports = None;
+        let mut reports_done = None;
+        if let Some(on_recorded) = on_recorded.filter(|_| !recorded_kinds.is_empty()) {
+            let (tx, rx) = crossbeam_channel::unbounded();
+            let (done_tx, done_rx) = crossbeam_channel::bounded(0);
+            LIVE.started();
+            match spawn_thread("hauler-hooks".into(), move || {
+                report_thread(rx, on_recorded, done_tx)
+            }) {
+                Ok(id) => reports_done = Some((id, done_rx)),
+                Err(e) => {
+                    LIVE.exited();
+                    return Err(e);
+                }
+            }
+            reports = Some(Reports {
+                tx: Mutex::new(Some(tx)),
+                kinds: recorded_kinds.into_iter().collect(),
+            });
+        }
         let executor = Arc::new(PyExecutor {
             sync_tx: Mutex::new(Some(sync_tx)),
             async_tx: Mutex::new(Some(async_tx)),
             async_names,
+            reports,
         });
         let rt = runtime()?;
         let pool = {
@@ -577,6 +675,7 @@ impl PyWorker {
         Ok(PyWorker {
             pool: Arc::new(pool),
             executor,
+            reports_done: Mutex::new(reports_done),
         })
     }
 
@@ -618,6 +717,9 @@ impl PyWorker {
             })
         });
         self.executor.shutdown();
+        if result.is_ok() {
+            self.drain_reports(py);
+        }
         result
     }
 
@@ -644,6 +746,35 @@ impl PyWorker {
                 }
             })
         })
+    }
+}
+
+impl PyWorker {
+    /// Wait (up to [`REPORT_DRAIN`]) for the hooks thread to call the hooks of the
+    /// outcomes recorded before the stop; it goes on in the background past that. Not
+    /// from the hooks thread itself (a hook that stops its own pool).
+    fn drain_reports(&self, py: Python<'_>) {
+        let taken = self
+            .reports_done
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some((thread, done)) = taken else {
+            return;
+        };
+        if std::thread::current().id() == thread {
+            return;
+        }
+        if let Ok(()) | Err(RecvTimeoutError::Timeout) =
+            py.detach(|| done.recv_timeout(REPORT_DRAIN))
+        {
+            log::warn!(
+                "worker {}: lifecycle hooks still running {:?} after the stop; they go on in \
+                 the background",
+                self.pool.worker_id(),
+                REPORT_DRAIN
+            );
+        }
     }
 }
 
