@@ -17,9 +17,13 @@ from hauler import (
     CancelResult,
     Job,
     JobContext,
+    JobHook,
+    JobInfo,
     JobStatus,
+    JobVersionError,
     MaxRetries,
     ScheduleInfo,
+    SerializationError,
     Snooze,
     WorkerConfig,
     create_server,
@@ -240,3 +244,29 @@ async def manage_schedules() -> None:
     assert_type(await handle.arun_now("beat"), UUID)
     assert_type(await handle.aunschedule("beat"), bool)
     await handle.aevery(300, email, name="beat")  # type: ignore[arg-type]
+
+
+# Lifecycle hooks.
+def alert(info: JobInfo) -> None:
+    print(f"{info.name} {info.id} failed for good: {info.last_error}")
+
+
+def count_started(info: JobInfo) -> int:
+    return info.attempt  # a hook's return value is ignored
+
+
+hook: JobHook = alert
+hooked = WorkerConfig(
+    lambda: AppState("app"),
+    on_enqueue=print,
+    on_start=count_started,
+    on_success=hook,
+    on_failure=alert,
+    on_retry=lambda info: print(info.last_error),
+)
+assert_type(hooked, WorkerConfig[AppState])
+create_server(MemoryStorage(), on_enqueue=alert)
+WorkerConfig(on_failure=lambda: None)  # type: ignore[arg-type,misc]
+WorkerConfig(on_success="alert")  # type: ignore[arg-type]
+create_server(on_enqueue=alert, max_payload_bytes=None)
+assert issubclass(JobVersionError, SerializationError)
