@@ -8,6 +8,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -148,6 +149,21 @@ def run_one(
     return Run(peer, workload, status, result, reason, seconds)
 
 
+def median(runs: list[Run]) -> Run:
+    """One run's worth of numbers: the median of each over the repeats (FAILED if any failed)."""
+    failed = [r for r in runs if r.status != "ok"]
+    if failed:
+        return failed[0]
+    first = runs[0]
+    values = {
+        k: statistics.median(r.values[k] for r in runs)
+        for k in first.values
+        if all(isinstance(r.values.get(k), int | float) for r in runs)
+    }
+    seconds = sum(r.seconds for r in runs)
+    return Run(first.peer, first.workload, "ok", values, "", seconds)
+
+
 def plan(keys: list[str], batch: dict[str, bool], sizes: Sizes) -> list[tuple[str, str, list[str]]]:
     """(peer, workload, arguments) in run order: each workload across all peers in turn.
 
@@ -206,6 +222,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benches.compare")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke check")
     parser.add_argument("--only", default="", help="comma-separated peer keys (default: all)")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="run everything N times; report the medians"
+    )
     parser.add_argument("--note", default="", help="a line put on top of the report")
     parser.add_argument(
         "--out",
@@ -245,12 +264,16 @@ def main(argv: list[str] | None = None) -> None:
             BENCH_PG_DSN=pg.dsn,
         )
         steps = plan(keys, {k: v[3] for k, v in settings.items()}, sizes)
-        for n, (key, workload, wargs) in enumerate(steps, 1):
-            say(f"[{n}/{len(steps)}] {key} {workload}")
-            run = run_one(key, workload, wargs, env, base, sizes.run_timeout)
-            shown = run.reason if run.status != "ok" else json.dumps(run.values)
-            say(f"    {run.status} in {run.seconds:.0f}s: {shown}")
-            runs.append(run)
+        done: dict[tuple[str, str], list[Run]] = {}
+        total = len(steps) * args.repeat
+        for r in range(args.repeat):
+            for n, (key, workload, wargs) in enumerate(steps, 1 + r * len(steps)):
+                say(f"[{n}/{total}] {key} {workload}")
+                run = run_one(key, workload, wargs, env, base, sizes.run_timeout)
+                shown = run.reason if run.status != "ok" else json.dumps(run.values)
+                say(f"    {run.status} in {run.seconds:.0f}s: {shown}")
+                done.setdefault((key, workload), []).append(run)
+        runs = [median(group) for group in done.values()]
     finally:
         redis.stop()
         pg.stop()
@@ -262,6 +285,7 @@ def main(argv: list[str] | None = None) -> None:
         "started": started.isoformat(timespec="seconds"),
         "minutes": round((finished - started).total_seconds() / 60, 1),
         "mode": "quick" if args.quick else "full",
+        "repeat": args.repeat,
         "note": args.note,
         "machine": f"{cpu_model()}, {os.cpu_count()} CPUs, "
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, {platform.platform()}",

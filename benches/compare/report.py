@@ -188,7 +188,10 @@ def markdown(meta: dict[str, Any], settings: Settings, runs: Sequence[Run]) -> s
     out += [
         "Produced by `python -m benches.compare"
         + (" --quick" if meta["mode"] == "quick" else "")
-        + f"` in {meta['minutes']} minutes. All numbers come from this one run; the ratios "
+        + (f" --repeat {meta['repeat']}" if meta["repeat"] > 1 else "")
+        + f"` in {meta['minutes']} minutes"
+        + (f" (medians of {meta['repeat']} rounds)" if meta["repeat"] > 1 else "")
+        + ". All numbers come from this one run; the ratios "
         "(x hauler: the peer's number divided by hauler's on the same kind of storage; Redis "
         "peers are compared with hauler on PostgreSQL) are what to read, absolute numbers are "
         "context.",
@@ -340,7 +343,7 @@ def chart(path: Path, meta: dict[str, Any], settings: Settings, runs: Sequence[R
 
     res = Results(settings, runs)
     panels = [
-        ("drain-batch", "drain_per_s", "Drain, batch-queued (jobs/s)", True),
+        ("drain-best", "drain_per_s", "Drain (jobs/s; * = queued one by one: no batch)", True),
         ("drain-single", "drain_per_s", "Drain, singly queued (jobs/s)", True),
         ("drain-single", "enqueue_per_s", "Enqueue, single (jobs/s)", True),
         ("latency", "p50_ms", "Schedule-to-start p50 (ms, lower is better)", True),
@@ -349,8 +352,15 @@ def chart(path: Path, meta: dict[str, Any], settings: Settings, runs: Sequence[R
     ]
     labels = [f"{settings[k][0]} ({settings[k][1]})" for k in res.keys]
     fig, axes = plt.subplots(3, 2, figsize=(14, 15))
-    for ax, (workload, name, title, log) in zip(axes.flat, panels, strict=True):
-        values = [res.value(k, workload, name) for k in res.keys]
+    for ax, (panel, name, title, log) in zip(axes.flat, panels, strict=True):
+        values = []
+        marks = []
+        for k in res.keys:
+            workload = panel
+            if panel == "drain-best":
+                workload = "drain-batch" if settings[k][3] else "drain-single"
+            values.append(res.value(k, workload, name))
+            marks.append("*" if panel == "drain-best" and not settings[k][3] else "")
         colors = ["#d95f02" if settings[k][0] == "hauler" else "#7570b3" for k in res.keys]
         y = list(range(len(res.keys)))
         ax.barh(y, [v or 0 for v in values], color=colors)
@@ -359,13 +369,14 @@ def chart(path: Path, meta: dict[str, Any], settings: Settings, runs: Sequence[R
         ax.set_title(title, fontsize=10)
         if log and any(values):
             ax.set_xscale("log")
-        for yi, (k, v) in enumerate(zip(res.keys, values, strict=True)):
-            run = res.run(k, workload)
+        for yi, (v, mark) in enumerate(zip(values, marks, strict=True)):
             if v is None:
-                text = "FAILED" if run is not None and run.status != "ok" else "n/a"
-                ax.text(0.01, yi, text, va="center", fontsize=8, transform=ax.get_yaxis_transform())
+                ax.text(
+                    0.01, yi, "FAILED", va="center", fontsize=8, transform=ax.get_yaxis_transform()
+                )
             else:
-                ax.text(v, yi, f" {v:,.0f}" if v >= 10 else f" {v:.2f}", va="center", fontsize=7)
+                text = f" {v:,.0f}" if v >= 10 else f" {v:.2f}"
+                ax.text(v, yi, text + mark, va="center", fontsize=7)
         ax.grid(axis="x", alpha=0.3)
     title = f"hauler vs peers, {meta['mode']} run {meta['started']}"
     if meta["note"]:
@@ -421,5 +432,8 @@ def summary(settings: Settings, runs: Sequence[Run]) -> str:
             f"{f(key, 'latency', 'p50_ms', '.2f'):>8} {f(key, 'latency', 'p99_ms', '.2f'):>8} "
             f"{f(key, 'io', 'drain_per_s', ',.0f'):>8} {f(key, 'rss', 'peak_rss_mb', ',.0f'):>7}"
         )
-    lines.append("(drain: batch-queued where the library has a batch enqueue, else singly queued)")
+    lines.append(
+        "drain: batch-queued where the library has a batch enqueue, else singly queued; "
+        "xh: drain / hauler's on the same kind of storage (Redis peers: hauler on PostgreSQL)"
+    )
     return "\n".join(lines)
