@@ -8,8 +8,12 @@
 //! interval (the fallback for those notifications), or stop. A completer task writes
 //! finished attempts many per transaction; a heartbeat task renews leases and learns which
 //! running jobs were asked to stop (cancelled); a reclaim task takes back jobs whose worker
-//! died; a retention task deletes old completed jobs; a scheduler task takes the ticks of
-//! the schedule entries whose job the pool has registered (see [`crate::schedule`]).
+//! died (never this pool's own: it reclaims only leases that expired before the earliest
+//! one this pool still holds, so a pool cut off from its storage for longer than a lease
+//! does not take back its own running jobs when the storage returns, and its heartbeats
+//! extend them instead); a retention task deletes old completed jobs; a scheduler task
+//! takes the ticks of the schedule entries whose job the pool has registered (see
+//! [`crate::schedule`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,8 +32,9 @@ use crate::queue::Queue;
 use crate::retry::RetryPolicy;
 use crate::schedule::{plan_tick, Ticker};
 use crate::storage::{
-    FinishOutcome, JobClaimParams, JobFinish, JobFinishManyParams, JobHeartbeatParams,
-    JobNextRunAtParams, JobPruneParams, JobReclaimParams, JobReleaseParams, ScheduleTickParams,
+    lease_duration, FinishOutcome, JobClaimParams, JobFinish, JobFinishManyParams,
+    JobHeartbeatParams, JobNextRunAtParams, JobPruneParams, JobReclaimParams, JobReleaseParams,
+    ScheduleTickParams,
 };
 use crate::testhook::{crash_point, CrashPoint};
 
@@ -128,6 +133,11 @@ pub trait Executor: Send + Sync + 'static {
 struct LeaseEntry {
     token: LeaseToken,
     heartbeat: Duration,
+    /// The lease length the storage gives the job (claim and each heartbeat).
+    lease: Duration,
+    /// When the lease ends in storage, as of its last extension (the claim, or the last
+    /// heartbeat the storage accepted).
+    expires_at: Timestamp,
     next_beat: Instant,
     /// Still executing (not yet handed to the completer).
     executing: bool,
@@ -197,6 +207,8 @@ impl std::fmt::Debug for WorkerPool {
 }
 
 const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(50);
+/// After a failed heartbeat, the longest wait before the next try.
+const HEARTBEAT_RETRY_MAX: Duration = Duration::from_secs(1);
 /// How long `stop` waits, past its timeout, for the last outcomes to be written.
 const STOP_FLUSH_GRACE: Duration = Duration::from_secs(5);
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -490,12 +502,15 @@ fn start_job(shared: &Arc<Shared>, slots: &Arc<Slots>, job: ClaimedJob) {
     slots.busy.fetch_add(1, Ordering::SeqCst);
     shared.executing.fetch_add(1, Ordering::SeqCst);
     let heartbeat = Duration::from_millis(job.heartbeat_ms.max(1));
+    let lease = lease_duration(job.heartbeat_ms);
     let cancel = CancelFlag::default();
     shared.leases().insert(
         job.id,
         LeaseEntry {
             token: job.lease,
             heartbeat,
+            lease,
+            expires_at: job.started_at.plus(lease),
             next_beat: Instant::now() + heartbeat,
             executing: true,
             lost: false,
@@ -739,6 +754,11 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             Ok(result) => {
                 let kept: HashSet<JobId> = result.extended.iter().copied().collect();
                 let mut leases = shared.leases();
+                for (id, token) in due.iter().filter(|(id, _)| kept.contains(id)) {
+                    if let Some(e) = leases.get_mut(id).filter(|e| e.token == *token) {
+                        e.expires_at = now.plus(e.lease);
+                    }
+                }
                 for (id, token) in due.iter().filter(|(id, _)| !kept.contains(id)) {
                     log::warn!(
                         "worker {}: lost the lease of job {id}; another worker may run it",
@@ -776,6 +796,16 @@ async fn heartbeat_loop(shared: Arc<Shared>) {
             }
             Err(e) => {
                 log::error!("worker {}: heartbeat failed: {e}", shared.config.worker_id);
+                // Try again soon rather than a whole interval later: the leases run out.
+                let retry_at = Instant::now();
+                let mut leases = shared.leases();
+                for (id, token) in &due {
+                    if let Some(e) = leases.get_mut(id).filter(|e| e.token == *token) {
+                        e.next_beat = e
+                            .next_beat
+                            .min(retry_at + (e.heartbeat / 4).min(HEARTBEAT_RETRY_MAX));
+                    }
+                }
             }
         }
     }
@@ -951,7 +981,28 @@ async fn reclaim_loop(shared: Arc<Shared>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
+        // Leases that expired before the earliest one this pool holds: its own leases may
+        // have run out while the storage was unreachable, but they are still being run and
+        // the heartbeat task extends them as soon as it gets through. Another pool's
+        // reclaim may take them (at-least-once); this one does not.
         let now = shared.queue.clock().now();
+        let held = shared
+            .leases()
+            .values()
+            .filter(|e| !e.lost)
+            .map(|e| e.expires_at)
+            .min();
+        let now = match held {
+            Some(earliest) if earliest < now => {
+                log::debug!(
+                    "worker {}: not reclaiming leases that ended after {earliest:?}: this \
+                     pool holds leases it has not been able to extend",
+                    shared.config.worker_id
+                );
+                earliest
+            }
+            _ => now,
+        };
         match shared
             .queue
             .storage()

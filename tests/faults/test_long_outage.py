@@ -1,0 +1,134 @@
+"""A storage unreachable for longer than a lease, with jobs running through it.
+
+A worker pool cut off from its storage cannot extend its leases, so in storage they run
+out. When the storage returns, the pool's own reclaim task must not take back the jobs the
+pool is still running: it reclaims only leases that ended before the earliest one the pool
+holds, and its heartbeats extend its own as soon as they get through. So each job completes
+once, with a single attempt in its history, however long the outage was. (Another process's
+worker could reclaim them meanwhile; at-least-once allows that, and the crash-storm and
+fencing tests show what then happens.)
+
+Also: ``Worker.stop()`` on a storage that keeps failing gives up in bounded time, and what
+it could not write is not lost once the storage is back.
+
+The storages: a SQLite file locked by another process (``BEGIN EXCLUSIVE``) and a
+PostgreSQL server of the test's own, stopped (``pg_ctl stop``) and started again.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import pgserver as pg
+from conftest import wait_for
+from hauler import Job, JobStatus, QueueHandle, WorkerConfig
+from hauler.storage import PostgresStorage, SqliteStorage, Storage
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="POSIX locks, pg_ctl")
+
+
+class Long(Job[list[int]]):
+    """Work for ``seconds``, then record ``n``. A 0.6 s lease (heartbeat every 200 ms)."""
+
+    NAME = "long"
+    HEARTBEAT_INTERVAL = 200
+    n: int
+    seconds: float
+
+    def run(self, state: list[int]) -> None:
+        time.sleep(self.seconds)
+        state.append(self.n)
+
+
+# Holds SQLite's write lock (BEGIN EXCLUSIVE) for argv[2] seconds, in another process.
+_LOCKER = """
+import sqlite3, sys, time
+con = sqlite3.connect(sys.argv[1], isolation_level=None)
+con.execute("BEGIN EXCLUSIVE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+con.execute("COMMIT")
+"""
+
+
+class Outage:
+    """Make one storage unreachable (``begin``) and reachable again (``end``)."""
+
+    def __init__(self, backend: str, tmp_path: Path) -> None:
+        self.backend = backend
+        self.db = tmp_path / "jobs.db"
+        self.server: pg.PrivateServer | None = None
+        self.locker: subprocess.Popen[str] | None = None
+        if backend == "postgres":
+            self.server = pg.PrivateServer()
+
+    def storage(self) -> Storage:
+        if self.server is not None:
+            return PostgresStorage(self.server.dsn, poll_interval=0.05)
+        return SqliteStorage(self.db, poll_interval=0.02, busy_timeout=0.2)
+
+    def begin(self, seconds: float) -> None:
+        """Cut the storage off; for SQLite, the lock lifts by itself after ``seconds``."""
+        if self.server is not None:
+            self.server.stop()
+            return
+        self.locker = subprocess.Popen(
+            [sys.executable, "-c", _LOCKER, str(self.db), str(seconds)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.locker.stdout is not None and self.locker.stdout.readline() == "locked\n"
+
+    def end(self) -> None:
+        if self.server is not None:
+            self.server.start()
+        elif self.locker is not None:
+            assert self.locker.wait(timeout=60) == 0
+            self.locker.communicate()
+            self.locker = None
+
+    def close(self) -> None:
+        if self.locker is not None:
+            self.locker.kill()
+            self.locker.communicate()
+        if self.server is not None:
+            self.server.destroy()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def outage(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outage]:
+    o = Outage(request.param, tmp_path)
+    yield o
+    o.close()
+
+
+def statuses(handle: QueueHandle, ids: list[uuid.UUID]) -> set[JobStatus]:
+    return {handle.get(i).status for i in ids}
+
+
+def test_own_running_jobs_are_not_reclaimed_after_an_outage_longer_than_a_lease(
+    outage: Outage,
+) -> None:
+    ran: list[int] = []
+    config = WorkerConfig(lambda: ran, storage=outage.storage(), reclaim_interval=0.05)
+    config.register(Long).set_worker_count("default", 4)
+    with config.start() as worker:
+        ids = [worker.queue(Long(n, 3.0)) for n in range(4)]
+        wait_for(lambda: statuses(worker, ids) == {JobStatus.RUNNING}, timeout=30)
+        t = time.monotonic()
+        outage.begin(2.0)  # more than three leases (0.6 s)
+        time.sleep(max(0.0, 2.0 - (time.monotonic() - t)))
+        outage.end()
+        infos = worker.wait(ids, timeout=60)
+    for info in infos:
+        assert info.status is JobStatus.COMPLETED, info
+        assert [a.outcome for a in info.history] == ["completed"], info.history
+        assert info.attempt == 1
+    assert sorted(ran) == [0, 1, 2, 3]  # each ran once
