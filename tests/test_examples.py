@@ -83,3 +83,17 @@ def test_context(tmp_path: Path) -> None:
         "import: completed after 2 attempts",
         "history: 1 failed, 2 snoozed, 2 completed",
     ]
+
+
+def test_versions_and_hooks(tmp_path: Path) -> None:
+    done = run_example("versions_and_hooks", tmp_path)
+    assert done.stdout.splitlines() == [
+        "send_email VERSION 1: completed after 1 attempt(s); hooks: on_start x1, on_success x1",
+        "digest VERSION 1: failed after 1 attempt(s); hooks: on_failure x1",
+        "send_email VERSION 2: completed after 2 attempt(s); hooks: on_enqueue x1, on_start x2, "
+        "on_retry x1, on_success x1",
+        "digest VERSION 2: completed after 1 attempt(s); hooks: on_enqueue x1, on_start x1, "
+        "on_success x1",
+        "alert: digest failed for good: job 'digest' was stored with VERSION 1, older than "
+        "Digest.MIN_SUPPORTED_VERSION (2), and Digest defines no migrate(); it was not run",
+    ]
