@@ -255,8 +255,9 @@ class QueueHandle:
             ``connection=`` (they exist only if that transaction commits), by schedule
             ticks, or through other handles and processes. The job is read back once
             stored (one storage read per call, per 500 jobs for :meth:`queue_many`), so a
-            worker may already be running it (its ``on_start`` may come first). Whatever the hook raises is logged on the
-            ``hauler.hooks`` logger and the job stays queued.
+            worker may already be running it (its ``on_start`` may come first). Whatever
+            the hook raises is logged on the ``hauler.hooks`` logger and the job stays
+            queued.
 
     Raises:
         ConfigError: ``max_payload_bytes`` is not a positive int or ``None``, or

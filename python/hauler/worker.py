@@ -105,8 +105,9 @@ class WorkerConfig(Generic[StateT]):
             it on a producer's handle).
         on_start: Lifecycle hook: called before each attempt's ``run``, on the thread
             that runs the job (an async job's is called off the event loop), with the job
-            ``running``. Not called for a job that cannot be built (an unknown NAME, fields
-            that do not decode, an unsupported VERSION): it fails at once.
+            ``running``; its time counts toward the job's ``TIMEOUT``. Not called for a
+            job that cannot be built (an unknown NAME, fields that do not decode, an
+            unsupported VERSION): it fails at once.
         on_success: Lifecycle hook: called once a job's success is recorded (``completed``).
         on_failure: Lifecycle hook: called once a job has failed for good (``failed``:
             its retries are used up, or the failure is permanent).
@@ -120,11 +121,12 @@ class WorkerConfig(Generic[StateT]):
     They fire for sync and async jobs alike. ``on_success``, ``on_failure`` and
     ``on_retry`` run one at a time on the pool's hooks thread, after the storage recorded
     the outcome (a slow hook delays later hooks, never jobs); :meth:`Worker.stop` waits
-    up to 5 s for those still due. An outcome this pool did not record fires none: a job
-    whose cancel was requested ends ``cancelled`` (no hook), a job whose worker died is
-    retried or failed by the worker that reclaims it. Whatever a hook raises is logged
-    on the ``hauler.hooks`` logger with the job's id; the job's outcome never changes and
-    the job is never lost. Hooks run on several threads at once: make them thread-safe.
+    up to 5 s for those still due. A snooze fires none, nor does an outcome this pool did
+    not record: a job whose cancel was requested ends ``cancelled`` (no hook), a job whose
+    worker died is retried or failed by the worker that reclaims it. Whatever a hook
+    raises is logged on the ``hauler.hooks`` logger with the job's id; the job's outcome
+    never changes and the job is never lost. Hooks run on several threads at once: make
+    them thread-safe.
 
     Example:
         >>> config = WorkerConfig(lambda: AppState("my app")).register(SendEmail)  # doctest: +SKIP
