@@ -20,8 +20,9 @@ use hauler_core::queue::Queue;
 use hauler_core::storage::conformance::{self, new_job, NAME, QUEUE, T0};
 use hauler_core::storage::postgres::{self, SCHEMA_VERSION};
 use hauler_core::storage::{
-    FinishOutcome, JobClaimParams, JobFinish, JobFinishManyParams, JobInsertManyParams,
-    JobListParams, JobReclaimParams, JobReleaseParams, PostgresOptions, PostgresStorage, Storage,
+    FinishOutcome, JobClaimParams, JobDeleteParams, JobFilter, JobFinish, JobFinishManyParams,
+    JobInsertManyParams, JobListParams, JobReclaimParams, JobReleaseParams, PostgresOptions,
+    PostgresStorage, Storage,
 };
 use hauler_core::worker::{Completion, Executor, Outcome, WorkerPool};
 use hauler_core::Error;
@@ -680,7 +681,7 @@ async fn corrupt_rows_fail_alone_in_the_claim() {
         .unwrap();
     assert!(claim(&s, 10, "w", later).await.is_empty());
 
-    // Read back raw: job_get refuses rows that do not decode.
+    // Read back raw (job_get would report the damage, not the stored error).
     let sql = format!(
         "SELECT status, attempt, last_error, \
              (SELECT array_agg(outcome) FROM \"{schema}\".attempts a WHERE a.job_id = j.id) \
@@ -697,6 +698,69 @@ async fn corrupt_rows_fail_alone_in_the_claim() {
         assert!(message.contains(reason), "{message}");
         assert_eq!(row.get::<_, Vec<String>>(3), vec!["failed"]);
     }
+    s.close().await.unwrap();
+    drop_schema(&dsn, &schema).await;
+}
+
+/// A row whose columns do not decode is still listed and found by id: the record keeps
+/// what decodes, and `last_error` (kind `CorruptJob`) names the job and every damaged
+/// column; an admin can delete it. The other rows are unaffected.
+#[tokio::test]
+async fn damaged_rows_are_listed_with_what_is_wrong() {
+    let Some(dsn) = dsn() else { return };
+    let schema = fresh_schema();
+    let s = open(&dsn, &schema).await;
+    let batch = jobs(3);
+    let ids: Vec<JobId> = batch.iter().map(|j| j.id).collect();
+    insert(&s, batch, at(0)).await;
+    let admin = admin(&dsn).await;
+    // Test-only SQL built from constants.
+    let sql = format!(
+        "UPDATE \"{schema}\".jobs SET retry = 'garbage', version = -1, last_error = '{{' \
+         WHERE id = $1"
+    );
+    assert_eq!(admin.execute(&sql, &[&ids[1].0]).await.unwrap(), 1);
+
+    let listed = s
+        .job_list(JobListParams {
+            filter: JobFilter::default(),
+            cursor: None,
+            limit: 10,
+        })
+        .await
+        .expect("a damaged row must not fail the listing");
+    let mut got: Vec<JobId> = listed.iter().map(|r| r.id).collect();
+    got.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(got, want);
+    for r in &listed {
+        if r.id == ids[1] {
+            let error = r.last_error.as_ref().expect("the damage is reported");
+            assert_eq!(error.kind, "CorruptJob");
+            for part in [&ids[1].to_string(), "retry: ", "version -1", "last_error: "] {
+                assert!(error.message.contains(part), "{part}: {}", error.message);
+            }
+            assert_eq!((r.status, r.name.as_str()), (JobStatus::Available, NAME));
+        } else {
+            assert!(r.last_error.is_none(), "{r:?}");
+        }
+    }
+    let one = s.job_get(ids[1]).await.unwrap().expect("found by id");
+    assert_eq!(
+        one.last_error,
+        listed.iter().find(|r| r.id == ids[1]).unwrap().last_error
+    );
+    let deleted = s
+        .job_delete(JobDeleteParams {
+            filter: JobFilter {
+                ids: Some(vec![ids[1]]),
+                ..JobFilter::default()
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
     s.close().await.unwrap();
     drop_schema(&dsn, &schema).await;
 }

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use hauler_core::model::{ClaimedJob, ErrorInfo, JobId, JobStatus, NewJob, QueueCount, Timestamp};
 use hauler_core::storage::conformance::{self, new_job, NAME, QUEUE, T0};
 use hauler_core::storage::{
-    FinishOutcome, JobClaimParams, JobFilter, JobFinish, JobFinishManyParams, JobInsertManyParams,
-    JobListParams, SqliteOptions, SqliteStorage, Storage, Synchronous,
+    FinishOutcome, JobClaimParams, JobDeleteParams, JobFilter, JobFinish, JobFinishManyParams,
+    JobInsertManyParams, JobListParams, SqliteOptions, SqliteStorage, Storage, Synchronous,
 };
 use hauler_core::Error;
 
@@ -213,6 +213,76 @@ async fn a_replaced_file_is_refused_then_reopened() {
         vec![kept[0].id]
     );
     a.close().await.unwrap();
+}
+
+/// A row whose columns do not decode is still listed and found by id: the record keeps
+/// what decodes (text that is not UTF-8 decoded lossily), and `last_error` (kind
+/// `CorruptJob`) names the job and every damaged column; an admin can delete it. A row
+/// whose id is not one is left out of the listing. The other rows are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damaged_rows_are_listed_with_what_is_wrong() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    let s = open(&path);
+    let batch = jobs(4);
+    let ids: Vec<JobId> = batch.iter().map(|j| j.id).collect();
+    insert(&s, batch, at(0)).await;
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let damage = "UPDATE hauler_jobs SET retry = 'garbage', version = -1, last_error = '{', \
+                  args = CAST(x'7b22ff227d' AS TEXT) WHERE id = ?1";
+    assert_eq!(raw.execute(damage, [ids[1].to_string()]).unwrap(), 1);
+    let no_id = "UPDATE hauler_jobs SET id = 'not-an-id' WHERE id = ?1";
+    assert_eq!(raw.execute(no_id, [ids[3].to_string()]).unwrap(), 1);
+    drop(raw);
+
+    let listed = s
+        .job_list(JobListParams {
+            filter: JobFilter::default(),
+            cursor: None,
+            limit: 10,
+        })
+        .await
+        .expect("a damaged row must not fail the listing");
+    let mut got: Vec<JobId> = listed.iter().map(|r| r.id).collect();
+    got.sort();
+    let mut want = ids[..3].to_vec();
+    want.sort();
+    assert_eq!(got, want);
+    for r in &listed {
+        if r.id == ids[1] {
+            let error = r.last_error.as_ref().expect("the damage is reported");
+            assert_eq!(error.kind, "CorruptJob");
+            for part in [
+                &ids[1].to_string(),
+                "retry: ",
+                "version -1",
+                "last_error: ",
+                "args is not valid UTF-8",
+            ] {
+                assert!(error.message.contains(part), "{part}: {}", error.message);
+            }
+            assert_eq!((r.status, r.name.as_str()), (JobStatus::Available, NAME));
+            assert_eq!(r.args, "{\"\u{fffd}\"}");
+        } else {
+            assert!(r.last_error.is_none(), "{r:?}");
+        }
+    }
+    let one = s.job_get(ids[1]).await.unwrap().expect("found by id");
+    assert_eq!(
+        one.last_error,
+        listed.iter().find(|r| r.id == ids[1]).unwrap().last_error
+    );
+    let deleted = s
+        .job_delete(JobDeleteParams {
+            filter: JobFilter {
+                ids: Some(vec![ids[1]]),
+                ..JobFilter::default()
+            },
+        })
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    s.close().await.unwrap();
 }
 
 /// Two handles on one file (each with its own connections, as two processes would have),

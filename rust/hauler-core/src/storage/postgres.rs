@@ -1423,48 +1423,105 @@ fn first_column<T: for<'a> FromSql<'a>>(op: &str, rows: &[Row]) -> Result<T> {
         .map_err(|e| Error::Storage(format!("{op}: unexpected row: {e}")))
 }
 
-/// Read a row of `job_select!`.
+/// Read a row of `job_select!`. A column that does not decode does not fail the read (an
+/// admin listing must still show, cancel or delete the job): the record gets a stand-in
+/// for it (the default retry policy, 0, the epoch, no history, status `failed`) and its
+/// `last_error` says what is damaged, with kind `CorruptJob`. Only an unreadable id fails.
 fn record_from_row(row: &Row) -> Result<JobRecord> {
     let id: Uuid = row
         .try_get(0)
         .map_err(|e| Error::Storage(format!("corrupt job id in the jobs table: {e}")))?;
-    let status: String = column(row, 4, id)?;
-    let retry: String = column(row, 6, id)?;
-    let last_error: Option<String> = column(row, 18, id)?;
-    let history = history_from_row(row, id)?;
-    Ok(JobRecord {
+    let mut d = Damage::default();
+    let epoch = Timestamp::from_micros(0);
+    let status = column::<String>(row, 4, id).and_then(|s| s.parse().map_err(|e| corrupt(id, e)));
+    let retry = column::<String>(row, 6, id).and_then(|r| {
+        RetryPolicy::from_json(&r).map_err(|e| corrupt(id, format_args!("retry: {e}")))
+    });
+    let last_error = column::<Option<String>>(row, 18, id).and_then(|text| {
+        text.map(|text| parse_error(&text, id, "last_error"))
+            .transpose()
+    });
+    let time = |d: &mut Damage, idx| {
+        d.or(
+            column::<DateTime<Utc>>(row, idx, id).map(from_pg_time),
+            epoch,
+        )
+    };
+    let maybe_time = |d: &mut Damage, idx| {
+        d.or(
+            column::<Option<DateTime<Utc>>>(row, idx, id).map(|t| t.map(from_pg_time)),
+            None,
+        )
+    };
+    let record = JobRecord {
         id: JobId(id),
-        name: column(row, 1, id)?,
-        queue: column(row, 2, id)?,
-        args: column(row, 3, id)?,
-        status: status.parse().map_err(|e| corrupt(id, e))?,
-        attempt: int(column::<i32>(row, 5, id)?, id, "attempt")?,
-        retry: RetryPolicy::from_json(&retry)
-            .map_err(|e| corrupt(id, format_args!("retry: {e}")))?,
-        priority: column(row, 7, id)?,
-        timeout_ms: column::<Option<i64>>(row, 8, id)?
-            .map(|v| int(v, id, "timeout_ms"))
-            .transpose()?,
-        heartbeat_ms: int(column::<i64>(row, 9, id)?, id, "heartbeat_ms")?,
-        version: int(column::<i64>(row, 10, id)?, id, "version")?,
-        unique_key: column(row, 11, id)?,
-        created_at: from_pg_time(column(row, 12, id)?),
-        run_at: from_pg_time(column(row, 13, id)?),
-        started_at: column::<Option<DateTime<Utc>>>(row, 14, id)?.map(from_pg_time),
-        finished_at: column::<Option<DateTime<Utc>>>(row, 15, id)?.map(from_pg_time),
-        worker_id: column(row, 16, id)?,
-        lease_expires_at: column::<Option<DateTime<Utc>>>(row, 17, id)?.map(from_pg_time),
-        cancel_requested_at: column::<Option<DateTime<Utc>>>(row, 25, id)?.map(from_pg_time),
-        last_error: last_error
-            .map(|text| parse_error(&text, id, "last_error"))
-            .transpose()?,
-        history,
-        progress: column::<Option<i16>>(row, 26, id)?
-            .map(|v| int(v, id, "progress"))
-            .transpose()?,
-        progress_message: column(row, 27, id)?,
-        state: column(row, 28, id)?,
-    })
+        name: d.or(column(row, 1, id), String::new()),
+        queue: d.or(column(row, 2, id), String::new()),
+        args: d.or(column(row, 3, id), String::new()),
+        status: d.or(status, JobStatus::Failed),
+        attempt: d.or(
+            column::<i32>(row, 5, id).and_then(|v| int(v, id, "attempt")),
+            0,
+        ),
+        retry: d.or(retry, RetryPolicy::default()),
+        priority: d.or(column(row, 7, id), 0),
+        timeout_ms: d.or(
+            column::<Option<i64>>(row, 8, id)
+                .and_then(|v| v.map(|v| int(v, id, "timeout_ms")).transpose()),
+            None,
+        ),
+        heartbeat_ms: d.or(
+            column::<i64>(row, 9, id).and_then(|v| int(v, id, "heartbeat_ms")),
+            0,
+        ),
+        version: d.or(
+            column::<i64>(row, 10, id).and_then(|v| int(v, id, "version")),
+            0,
+        ),
+        unique_key: d.or(column(row, 11, id), None),
+        created_at: time(&mut d, 12),
+        run_at: time(&mut d, 13),
+        started_at: maybe_time(&mut d, 14),
+        finished_at: maybe_time(&mut d, 15),
+        worker_id: d.or(column(row, 16, id), None),
+        lease_expires_at: maybe_time(&mut d, 17),
+        cancel_requested_at: maybe_time(&mut d, 25),
+        last_error: d.or(last_error, None),
+        history: d.or(history_from_row(row, id), Vec::new()),
+        progress: d.or(
+            column::<Option<i16>>(row, 26, id)
+                .and_then(|v| v.map(|v| int(v, id, "progress")).transpose()),
+            None,
+        ),
+        progress_message: d.or(column(row, 27, id), None),
+        state: d.or(column(row, 28, id), None),
+    };
+    Ok(d.mark(record))
+}
+
+/// What was wrong with the columns of one row, each replaced by a stand-in value.
+#[derive(Default)]
+struct Damage(Vec<String>);
+
+impl Damage {
+    /// `value`, or `stand_in` with the error noted.
+    fn or<T>(&mut self, value: Result<T>, stand_in: T) -> T {
+        value.unwrap_or_else(|e| {
+            self.0.push(match e {
+                Error::Storage(m) => m,
+                other => other.to_string(),
+            });
+            stand_in
+        })
+    }
+
+    /// `record`, its `last_error` saying what is damaged if anything is.
+    fn mark(self, mut record: JobRecord) -> JobRecord {
+        if !self.0.is_empty() {
+            record.last_error = Some(ErrorInfo::engine("CorruptJob", self.0.join("; ")));
+        }
+        record
+    }
 }
 
 /// The history arrays of a `job_select!` row (columns 19 to 24), oldest first.

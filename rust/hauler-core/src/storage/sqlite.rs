@@ -925,111 +925,184 @@ fn parse_id(id: &str) -> Result<JobId> {
     id.parse::<JobId>().map_err(|e| corrupt(id, e))
 }
 
-/// A `hauler_jobs` row as SQLite hands it over, before decoding.
+/// A `hauler_jobs` row as stored: text columns as bytes (a damaged one may not be UTF-8).
 struct RawJob {
-    id: String,
-    name: String,
-    queue: String,
-    args: String,
-    status: String,
+    id: Vec<u8>,
+    name: Vec<u8>,
+    queue: Vec<u8>,
+    args: Vec<u8>,
+    status: Vec<u8>,
     attempt: i64,
-    retry: String,
+    retry: Vec<u8>,
     priority: i64,
     timeout_ms: Option<i64>,
     heartbeat_ms: i64,
     version: i64,
-    unique_key: Option<String>,
+    unique_key: Option<Vec<u8>>,
     created_at: i64,
     run_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
-    worker_id: Option<String>,
+    worker_id: Option<Vec<u8>>,
     lease_expires_at: Option<i64>,
-    last_error: Option<String>,
-    history: String,
+    last_error: Option<Vec<u8>>,
+    history: Vec<u8>,
     cancel_requested_at: Option<i64>,
     progress: Option<i64>,
-    progress_message: Option<String>,
-    state: Option<String>,
+    progress_message: Option<Vec<u8>>,
+    state: Option<Vec<u8>>,
+}
+
+/// Column `i` as bytes (NULL: `None`); the table is STRICT, so text columns hold text.
+fn text_bytes(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<Vec<u8>>> {
+    Ok(match row.get_ref(i)? {
+        ValueRef::Text(b) | ValueRef::Blob(b) => Some(b.to_vec()),
+        _ => None,
+    })
 }
 
 impl RawJob {
     /// Read the columns of `job_columns!`, in order.
     fn from_row(row: &Row<'_>) -> rusqlite::Result<Self> {
+        let text = |i| text_bytes(row, i).map(Option::unwrap_or_default);
         Ok(RawJob {
-            id: row.get(0)?,
-            name: row.get(1)?,
-            queue: row.get(2)?,
-            args: row.get(3)?,
-            status: row.get(4)?,
+            id: text(0)?,
+            name: text(1)?,
+            queue: text(2)?,
+            args: text(3)?,
+            status: text(4)?,
             attempt: row.get(5)?,
-            retry: row.get(6)?,
+            retry: text(6)?,
             priority: row.get(7)?,
             timeout_ms: row.get(8)?,
             heartbeat_ms: row.get(9)?,
             version: row.get(10)?,
-            unique_key: row.get(11)?,
+            unique_key: text_bytes(row, 11)?,
             created_at: row.get(12)?,
             run_at: row.get(13)?,
             started_at: row.get(14)?,
             finished_at: row.get(15)?,
-            worker_id: row.get(16)?,
+            worker_id: text_bytes(row, 16)?,
             lease_expires_at: row.get(17)?,
-            last_error: row.get(18)?,
-            history: row.get(19)?,
+            last_error: text_bytes(row, 18)?,
+            history: text(19)?,
             cancel_requested_at: row.get(20)?,
             progress: row.get(21)?,
-            progress_message: row.get(22)?,
-            state: row.get(23)?,
+            progress_message: text_bytes(row, 22)?,
+            state: text_bytes(row, 23)?,
         })
     }
 
+    /// The record. A column that does not decode does not fail it (an admin listing must
+    /// still show, cancel or delete the job): it gets a stand-in (text decoded lossily,
+    /// the default retry policy, 0, no history, status `failed`) and `last_error` says
+    /// what is damaged, with kind `CorruptJob`. Only an id that is not one fails.
     fn into_record(self) -> Result<JobRecord> {
-        let id = self.id.as_str();
-        let last_error = match &self.last_error {
-            Some(text) => Some(
-                serde_json::from_str::<ErrorInfo>(text)
-                    .map_err(|e| corrupt(id, format_args!("last_error: {e}")))?,
-            ),
-            None => None,
+        let id_text = String::from_utf8_lossy(&self.id).into_owned();
+        let id = id_text.as_str();
+        let job_id = parse_id(id)?;
+        let mut d = Damage::default();
+        let mut text = |field: &str, b: Vec<u8>| {
+            String::from_utf8(b).unwrap_or_else(|e| {
+                d.0.push(
+                    corrupt(
+                        id,
+                        format_args!("{field} is not valid UTF-8: {}", e.utf8_error()),
+                    )
+                    .to_string(),
+                );
+                String::from_utf8_lossy(e.as_bytes()).into_owned()
+            })
         };
-        Ok(JobRecord {
-            id: parse_id(id)?,
-            status: self
-                .status
-                .parse::<JobStatus>()
-                .map_err(|e| corrupt(id, e))?,
-            attempt: from_sql_int(self.attempt, id, "attempt")?,
-            retry: RetryPolicy::from_json(&self.retry)
-                .map_err(|e| corrupt(id, format_args!("retry: {e}")))?,
-            priority: from_sql_int(self.priority, id, "priority")?,
-            timeout_ms: self
-                .timeout_ms
-                .map(|v| from_sql_int(v, id, "timeout_ms"))
-                .transpose()?,
-            heartbeat_ms: from_sql_int(self.heartbeat_ms, id, "heartbeat_ms")?,
-            version: from_sql_int(self.version, id, "version")?,
+        let name = text("name", self.name);
+        let queue = text("queue", self.queue);
+        let args = text("args", self.args);
+        let status = text("status", self.status);
+        let retry = text("retry", self.retry);
+        let history = text("history", self.history);
+        let unique_key = self.unique_key.map(|b| text("unique_key", b));
+        let worker_id = self.worker_id.map(|b| text("worker_id", b));
+        let last_error = self.last_error.map(|b| text("last_error", b));
+        let progress_message = self.progress_message.map(|b| text("progress_message", b));
+        let state = self.state.map(|b| text("state", b));
+        let last_error = last_error
+            .map(|t| {
+                serde_json::from_str::<ErrorInfo>(&t)
+                    .map_err(|e| corrupt(id, format_args!("last_error: {e}")))
+            })
+            .transpose();
+        let record = JobRecord {
+            id: job_id,
+            status: d.or(
+                status.parse::<JobStatus>().map_err(|e| corrupt(id, e)),
+                JobStatus::Failed,
+            ),
+            attempt: d.or(from_sql_int(self.attempt, id, "attempt"), 0),
+            retry: d.or(
+                RetryPolicy::from_json(&retry).map_err(|e| corrupt(id, format_args!("retry: {e}"))),
+                RetryPolicy::default(),
+            ),
+            priority: d.or(from_sql_int(self.priority, id, "priority"), 0),
+            timeout_ms: d.or(
+                self.timeout_ms
+                    .map(|v| from_sql_int(v, id, "timeout_ms"))
+                    .transpose(),
+                None,
+            ),
+            heartbeat_ms: d.or(from_sql_int(self.heartbeat_ms, id, "heartbeat_ms"), 0),
+            version: d.or(from_sql_int(self.version, id, "version"), 0),
             created_at: Timestamp::from_micros(self.created_at),
             run_at: Timestamp::from_micros(self.run_at),
             started_at: self.started_at.map(Timestamp::from_micros),
             finished_at: self.finished_at.map(Timestamp::from_micros),
             lease_expires_at: self.lease_expires_at.map(Timestamp::from_micros),
             cancel_requested_at: self.cancel_requested_at.map(Timestamp::from_micros),
-            last_error,
-            history: serde_json::from_str::<Vec<AttemptRecord>>(&self.history)
-                .map_err(|e| corrupt(id, format_args!("history: {e}")))?,
-            name: self.name,
-            queue: self.queue,
-            args: self.args,
-            unique_key: self.unique_key,
-            worker_id: self.worker_id,
-            progress: self
-                .progress
-                .map(|v| from_sql_int(v, id, "progress"))
-                .transpose()?,
-            progress_message: self.progress_message,
-            state: self.state,
+            last_error: d.or(last_error, None),
+            history: d.or(
+                serde_json::from_str::<Vec<AttemptRecord>>(&history)
+                    .map_err(|e| corrupt(id, format_args!("history: {e}"))),
+                Vec::new(),
+            ),
+            name,
+            queue,
+            args,
+            unique_key,
+            worker_id,
+            progress: d.or(
+                self.progress
+                    .map(|v| from_sql_int(v, id, "progress"))
+                    .transpose(),
+                None,
+            ),
+            progress_message,
+            state,
+        };
+        Ok(d.mark(record))
+    }
+}
+
+/// What was wrong with the columns of one row, each replaced by a stand-in value.
+#[derive(Default)]
+struct Damage(Vec<String>);
+
+impl Damage {
+    /// `value`, or `stand_in` with the error noted.
+    fn or<T>(&mut self, value: Result<T>, stand_in: T) -> T {
+        value.unwrap_or_else(|e| {
+            self.0.push(match e {
+                Error::Storage(m) => m,
+                other => other.to_string(),
+            });
+            stand_in
         })
+    }
+
+    /// `record`, its `last_error` saying what is damaged if anything is.
+    fn mark(self, mut record: JobRecord) -> JobRecord {
+        if !self.0.is_empty() {
+            record.last_error = Some(ErrorInfo::engine("CorruptJob", self.0.join("; ")));
+        }
+        record
     }
 }
 
@@ -1451,7 +1524,12 @@ fn list_jobs(tx: &Transaction<'_>, p: &JobListParams) -> DbResult<Vec<JobRecord>
     let rows = stmt.query_map(&*f.params(&[&cursor, &p.limit]), RawJob::from_row)?;
     let mut jobs = Vec::new();
     for raw in rows {
-        jobs.push(raw?.into_record()?);
+        // Damaged columns are reported in the record; a row without a usable id cannot be
+        // shown or acted on by id at all, so it is left out (and logged).
+        match raw?.into_record() {
+            Ok(job) => jobs.push(job),
+            Err(e) => log::error!("job_list: leaving out a row of hauler_jobs: {e}"),
+        }
     }
     Ok(jobs)
 }
