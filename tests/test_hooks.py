@@ -297,3 +297,24 @@ def test_a_hook_returning_a_coroutine_is_logged(
     (record,) = [r for r in caplog.records if r.name == "hauler.hooks"]
     assert str(job_id) in record.getMessage()
     assert "returned a coroutine" in record.getMessage()
+
+
+def test_a_hook_may_stop_its_own_pool(storage: Storage) -> None:
+    """stop() called from the hooks thread does not wait for that thread (no deadlock)."""
+    handle = create_server(storage)
+    workers: list[Any] = []
+    stopped = threading.Event()
+
+    def stop_on_success(info: JobInfo) -> None:
+        workers[0].stop(timeout=5)
+        stopped.set()
+
+    worker = WorkerConfig(on_success=stop_on_success).register(Works).start(handle)
+    workers.append(worker)
+    try:
+        job_id = handle.queue(Works())
+        assert stopped.wait(WAIT)
+        assert not worker.running
+        assert handle.get(job_id).status is JobStatus.COMPLETED
+    finally:
+        worker.stop(timeout=5)
