@@ -9,6 +9,8 @@
   opted out, is left alone: SIGTERM does what it did before.
 - Ctrl-C while ``stop()`` drains does not abandon the stop: it completes in the background
   and interpreter exit waits for it.
+- A stop that begins while a claim is in flight leaves none of the claimed jobs
+  ``running`` (on every storage).
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ import pytest
 
 from faults.fault_worker import Hold, Step
 from faults.helpers import Log, Processes, pid_of, wait_until
-from hauler import JobStatus, QueueHandle
+from hauler import Job, JobStatus, QueueHandle, WorkerConfig, create_server
+from hauler.storage import Storage
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="uses POSIX signals")
 
@@ -195,3 +198,24 @@ def test_interrupted_stop_still_releases(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["interrupted", "released"]
+
+
+class Quick(Job[None]):
+    NAME = "quick"
+
+    def run(self, state: None) -> None:
+        time.sleep(0.01)
+
+
+def test_stop_right_after_start_leaves_no_job_running(storage: Storage) -> None:
+    """A stop that begins while the pool's first claim is in flight: the claim still
+    commits (the storage call is not cancelled), so the pool must hand those jobs back (or
+    run them) before it stops. Nothing may stay ``running`` with no pool behind it, which
+    would hold the job until its lease expired (15 s here)."""
+    handle = create_server(storage)
+    handle.queue_many(Quick() for _ in range(2000))
+    config = WorkerConfig(storage=storage).register(Quick).set_worker_count("default", 8)
+    for _ in range(20):
+        config.start(handle).stop(timeout=5)
+        assert handle.count(status="running") == 0
+    assert handle.counts()["default"].keys() <= {"available", "completed"}

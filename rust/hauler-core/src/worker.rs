@@ -238,6 +238,7 @@ impl WorkerPool {
             finish_tx,
             stopping,
         });
+        // The dispatchers first, one per queue: `stop` finds them by position.
         let mut tasks = Vec::new();
         for qc in &shared.config.queues {
             let slots = Arc::new(Slots {
@@ -290,6 +291,20 @@ impl WorkerPool {
         let shared = &self.shared;
         shared.stopping.send_replace(true);
         let deadline = Instant::now() + timeout;
+        // A claim in flight when the stop began commits even if its task is aborted (the
+        // storage call runs on): let the dispatchers finish it and release what it took.
+        // Each returns as soon as it sees the stop; one stuck on a failing storage past
+        // the timeout is aborted (its claim, if it commits, waits for lease expiry).
+        let dispatchers: Vec<JoinHandle<()>> = {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            let n = shared.config.queues.len().min(tasks.len());
+            tasks.drain(..n).collect()
+        };
+        for mut d in dispatchers {
+            if tokio::time::timeout_at(deadline, &mut d).await.is_err() {
+                d.abort();
+            }
+        }
         loop {
             let idle = shared.idle.notified();
             if shared.executing.load(Ordering::SeqCst) == 0 {
@@ -440,6 +455,12 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
                     continue;
                 }
             };
+            if *stop_rx.borrow() && !claimed.is_empty() {
+                // The stop began while this claim ran: hand the jobs straight back rather
+                // than start them (or leave them running with nobody behind them).
+                release_claimed(&shared, &claimed).await;
+                return;
+            }
             let got = claimed.len();
             if got > 0 {
                 crash_point(CrashPoint::AfterClaim);
@@ -479,6 +500,29 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
             _ = sleep_or_forever(wait_for), if !full => {}
         }
     }
+}
+
+/// Release jobs a dispatcher claimed after the stop began: available again at once.
+async fn release_claimed(shared: &Shared, claimed: &[ClaimedJob]) {
+    let leases = claimed.iter().map(|j| (j.id, j.lease)).collect();
+    let now = shared.queue.clock().now();
+    let released = shared
+        .queue
+        .storage()
+        .job_release(JobReleaseParams { leases, now })
+        .await;
+    match released {
+        Ok(n) => log::info!(
+            "worker {}: released {n} job(s) claimed as the pool stopped",
+            shared.config.worker_id
+        ),
+        Err(e) => log::error!(
+            "worker {}: could not release jobs claimed as the pool stopped (they run again \
+             once their leases expire): {e}",
+            shared.config.worker_id
+        ),
+    }
+    shared.queue.wake();
 }
 
 async fn changed_or_forever(rx: &mut Option<watch::Receiver<u64>>) {
