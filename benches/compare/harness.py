@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
@@ -126,11 +127,12 @@ def run_one(
     try:
         out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        kill_leftovers(run_dir)
         return Run(peer, workload, "FAILED", reason=f"no result within {timeout:.0f}s (killed)")
     finally:
+        # On a timeout, or Ctrl-C in the harness (the run is in a session of its own).
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
         kill_leftovers(run_dir)
     seconds = time.monotonic() - start
     lines = out.decode(errors="replace").strip().splitlines()
@@ -164,7 +166,12 @@ def median(runs: list[Run]) -> Run:
     return Run(first.peer, first.workload, "ok", values, "", seconds)
 
 
-def plan(keys: list[str], batch: dict[str, bool], sizes: Sizes) -> list[tuple[str, str, list[str]]]:
+WORKLOADS = ("drain-batch", "drain-single", "latency", "io", "rss")
+
+
+def plan(
+    keys: list[str], batch: dict[str, bool], sizes: Sizes, workloads: Sequence[str] = WORKLOADS
+) -> list[tuple[str, str, list[str]]]:
     """(peer, workload, arguments) in run order: each workload across all peers in turn.
 
     A peer without batch enqueue has no batch drain (n/a in the report).
@@ -179,6 +186,8 @@ def plan(keys: list[str], batch: dict[str, bool], sizes: Sizes) -> list[tuple[st
         ("io", ["--n", str(sizes.io), "--concurrency", str(IO_CONCURRENCY)]),
         ("rss", ["--n", str(sizes.rss), *c, "--window", str(sizes.rss_window)]),
     ]:
+        if workload not in workloads:
+            continue
         for key in keys:
             if workload != "drain-batch" or batch[key]:
                 steps.append((key, workload, [*args, *t]))
@@ -225,6 +234,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="run everything N times; report the medians"
     )
+    parser.add_argument(
+        "--workloads",
+        default=",".join(WORKLOADS),
+        help=f"comma-separated, of {', '.join(WORKLOADS)} (default: all)",
+    )
     parser.add_argument("--note", default="", help="a line put on top of the report")
     parser.add_argument(
         "--out",
@@ -240,6 +254,10 @@ def main(argv: list[str] | None = None) -> None:
     for key in keys:
         if key not in registry.KEYS:
             parser.error(f"unknown peer {key!r}; known: {', '.join(registry.KEYS)}")
+    workloads = args.workloads.split(",")
+    for workload in workloads:
+        if workload not in WORKLOADS:
+            parser.error(f"unknown workload {workload!r}; known: {', '.join(WORKLOADS)}")
 
     settings: report.Settings = {}
     for key in keys:
@@ -263,7 +281,7 @@ def main(argv: list[str] | None = None) -> None:
             BENCH_REDIS_URL=redis.url,
             BENCH_PG_DSN=pg.dsn,
         )
-        steps = plan(keys, {k: v[3] for k, v in settings.items()}, sizes)
+        steps = plan(keys, {k: v[3] for k, v in settings.items()}, sizes, workloads)
         done: dict[tuple[str, str], list[Run]] = {}
         total = len(steps) * args.repeat
         for r in range(args.repeat):
