@@ -11,8 +11,11 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import psutil
+
+T = TypeVar("T")
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -174,9 +177,10 @@ class Peer(abc.ABC):
         self.workers = Workers(argv, self.ctx.env(**env), self.ctx.run_dir / "worker.log")
 
 
-def chunks(ids: Iterable[int], size: int = BATCH) -> Iterable[list[int]]:
-    batch: list[int] = []
-    for i in ids:
+def chunks(items: Iterable[T], size: int = BATCH) -> Iterable[list[T]]:
+    """``items`` in lists of ``size``."""
+    batch: list[T] = []
+    for i in items:
         batch.append(i)
         if len(batch) == size:
             yield batch

@@ -85,7 +85,7 @@ class HaulerPeer(Peer):
         else:
             jobs = (Noop(i) for i in ids)
         if batch:
-            for chunk in chunks(jobs):  # type: ignore[arg-type]
+            for chunk in chunks(jobs):
                 handle.queue_many(chunk)
         else:
             for job in jobs:
@@ -94,7 +94,7 @@ class HaulerPeer(Peer):
     def start(self, concurrency: int, kind: str) -> None:
         assert self.handle is not None
         config = (
-            WorkerConfig(None, handle_sigterm=False)
+            WorkerConfig[None](None, handle_sigterm=False)
             .register(Noop)
             .register(Sleep)
             .set_worker_count("default", concurrency)

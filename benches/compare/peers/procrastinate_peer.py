@@ -12,6 +12,7 @@ from collections.abc import Iterable
 
 import procrastinate
 import psycopg
+from procrastinate.types import JSONValue
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
@@ -70,7 +71,7 @@ class ProcrastinatePostgres(Peer):
     def enqueue(self, ids: Iterable[int], *, batch: bool, kind: str) -> None:
         assert self.app is not None
         task = self.app.tasks["compare.sleep" if kind == SLEEP else "compare.noop"]
-        extra = {"seconds": SLEEP_S} if kind == SLEEP else {}
+        extra: dict[str, JSONValue] = {"seconds": SLEEP_S} if kind == SLEEP else {}
         if batch:
             for chunk in chunks(ids):
                 task.batch_defer(*({"i": i, **extra} for i in chunk))
