@@ -21,7 +21,7 @@ from hauler.errors import (
     UnknownJobError,
     WorkerStoppedError,
 )
-from hauler.handle import DEFAULT_MAX_PAYLOAD_BYTES, QueueHandle, create_server
+from hauler.handle import DEFAULT_MAX_PAYLOAD_BYTES, QueuedId, QueueHandle, create_server
 from hauler.info import (
     AttemptInfo,
     CancelCounts,
@@ -33,6 +33,7 @@ from hauler.info import (
     ScheduleInfo,
 )
 from hauler.job import DEFAULT_QUEUE, Job, Snooze
+from hauler.limits import Unique
 from hauler.retry import Backoff, MaxRetries
 from hauler.worker import Worker, WorkerConfig
 
@@ -55,12 +56,14 @@ __all__ = [
     "LeaseLostError",
     "MaxRetries",
     "QueueHandle",
+    "QueuedId",
     "ScheduleInfo",
     "ScheduleNotFoundError",
     "SerializationError",
     "Snooze",
     "StorageClosedError",
     "StorageError",
+    "Unique",
     "UnknownJobError",
     "Worker",
     "WorkerConfig",

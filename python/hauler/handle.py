@@ -91,7 +91,48 @@ def _job_tuple(job: Job[Any], run_at_us: int | None) -> _native._NewJobTuple:
         spec.heartbeat_ms,
         run_at_us,
         spec.version,
+        spec.limits(job),
     )
+
+
+class QueuedId(uuid.UUID):
+    """The id :meth:`QueueHandle.queue` returns: a :class:`uuid.UUID` that says what happened.
+
+    Whether the job was stored, or matched an equal unique job already queued. It is a
+    ``uuid.UUID`` in every other respect (compares, hashes and prints as one), so code
+    that treats the result as an id keeps working.
+
+    Example:
+        >>> job_id = queue_handle.queue(SyncAccount(account_id=7))  # doctest: +SKIP
+        >>> job_id.duplicate  # doctest: +SKIP
+        True
+
+    """
+
+    __slots__ = ("duplicate",)
+
+    duplicate: bool
+    """``True`` if the job was not stored because an equal unique job (see
+    :class:`~hauler.Unique`) was already queued: the id is then that job's."""
+
+    def __init__(self, hex: str, *, duplicate: bool = False) -> None:
+        super().__init__(hex)
+        object.__setattr__(self, "duplicate", duplicate)
+
+    @property
+    def inserted(self) -> bool:
+        """``True`` if this call stored the job (the opposite of :attr:`duplicate`)."""
+        return not self.duplicate
+
+    def __repr__(self) -> str:
+        return f"QueuedId({str(self)!r}, duplicate={self.duplicate})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_queued_id, (str(self), self.duplicate))
+
+
+def _queued_id(hex: str, duplicate: bool) -> QueuedId:
+    return QueuedId(hex, duplicate=duplicate)
 
 
 _CATCH_UP: Final = ("one", "none")
@@ -278,17 +319,22 @@ class QueueHandle:
 
     def _push(
         self, tuples: builtins.list[_native._NewJobTuple], connection: DbConnection | None
-    ) -> builtins.list[str]:
+    ) -> builtins.list[QueuedId]:
         native = self._storage._native
         if connection is None:
-            return native.push_many(tuples, max_payload_bytes=self._max_payload_bytes)
+            pushed = native.push_many(tuples, max_payload_bytes=self._max_payload_bytes)
+            return [QueuedId(i, duplicate=dup) for i, dup in pushed]
         sql, params, ids = native.pg_insert(tuples, max_payload_bytes=self._max_payload_bytes)
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
-        return ids
+        return [QueuedId(i) for i in ids]
 
-    def queue(self, job: Job[Any], *, connection: DbConnection | None = None) -> uuid.UUID:
+    def queue(self, job: Job[Any], *, connection: DbConnection | None = None) -> QueuedId:
         """Store ``job`` to run as soon as a worker is free; return its id once durable.
+
+        For a unique job (``UNIQUE``, see :class:`~hauler.Unique`) equal to one already
+        queued, nothing is stored and the existing job's id is returned: the result's
+        :attr:`QueuedId.duplicate` tells which happened.
 
         Args:
             job: The job to run.
@@ -301,7 +347,8 @@ class QueueHandle:
             SerializationError: a field cannot be serialized, or the fields take more than
                 :attr:`max_payload_bytes` as JSON (nothing is stored).
             StorageError: the storage failed (nothing is stored).
-            ConfigError: ``connection`` given for a storage that is not PostgreSQL.
+            ConfigError: ``connection`` given for a storage that is not PostgreSQL, or
+                with a unique job (deduplication needs hauler's own transaction).
 
         Example:
             >>> with psycopg.connect(dsn) as conn:  # doctest: +SKIP
@@ -313,15 +360,17 @@ class QueueHandle:
 
     def queue_many(
         self, jobs: Iterable[Job[Any]], *, connection: DbConnection | None = None
-    ) -> builtins.list[uuid.UUID]:
+    ) -> builtins.list[QueuedId]:
         """Store many jobs in one transaction (all or none); return their ids in order.
 
-        ``connection`` is as for :meth:`queue`.
+        Each id says, as for :meth:`queue`, whether its job was a duplicate; of two equal
+        unique jobs in one call, the second is a duplicate of the first. ``connection`` is
+        as for :meth:`queue`.
         """
         tuples = [_job_tuple(j, None) for j in jobs]
         if not tuples:
             return []
-        return [uuid.UUID(i) for i in self._push(tuples, connection)]
+        return self._push(tuples, connection)
 
     def schedule(
         self,
@@ -330,10 +379,10 @@ class QueueHandle:
         at: datetime | None = None,
         after: timedelta | None = None,
         connection: DbConnection | None = None,
-    ) -> uuid.UUID:
+    ) -> QueuedId:
         """Store ``job`` to run at ``at`` (a timezone-aware datetime) or ``after`` from now.
 
-        ``connection`` is as for :meth:`queue`.
+        ``connection`` and the result are as for :meth:`queue`.
 
         Raises:
             ConfigError: neither or both of ``at``/``after``, a naive datetime, or a negative
@@ -341,7 +390,7 @@ class QueueHandle:
 
         """
         run_at = _run_at(at, after)
-        return uuid.UUID(self._push([_job_tuple(job, run_at)], connection)[0])
+        return self._push([_job_tuple(job, run_at)], connection)[0]
 
     def every(
         self,
@@ -533,6 +582,10 @@ class QueueHandle:
     def retry(self, job_id: uuid.UUID | str) -> bool:
         """Run a failed or cancelled job again; ``False`` if it is in another status.
 
+        A unique job (see :class:`~hauler.Unique`) is not retried, and ``False`` returned,
+        while another job of its key holds it: retrying would make a second live job of
+        the key. Retry it once that job has finished.
+
         The job becomes ``available`` at once with its attempt count back to 0, so it gets
         its full ``MAX_RETRIES`` again. Its history is kept, with a ``"retried"`` entry
         marking where the new run starts.
@@ -691,17 +744,17 @@ class QueueHandle:
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    async def aqueue(self, job: Job[Any]) -> uuid.UUID:
+    async def aqueue(self, job: Job[Any]) -> QueuedId:
         """Async twin of :meth:`queue` (the storage work runs off the event loop)."""
         return await asyncio.to_thread(self.queue, job)
 
-    async def aqueue_many(self, jobs: Iterable[Job[Any]]) -> builtins.list[uuid.UUID]:
+    async def aqueue_many(self, jobs: Iterable[Job[Any]]) -> builtins.list[QueuedId]:
         """Async twin of :meth:`queue_many`."""
         return await asyncio.to_thread(self.queue_many, list(jobs))
 
     async def aschedule(
         self, job: Job[Any], *, at: datetime | None = None, after: timedelta | None = None
-    ) -> uuid.UUID:
+    ) -> QueuedId:
         """Async twin of :meth:`schedule`."""
         return await asyncio.to_thread(self.schedule, job, at=at, after=after)
 

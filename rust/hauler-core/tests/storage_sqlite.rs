@@ -281,7 +281,7 @@ fn concurrent_opens_of_a_new_file() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, "4");
+    assert_eq!(version, "5");
 }
 
 #[tokio::test]
@@ -327,7 +327,7 @@ fn newer_schema_version_is_refused() {
     let msg = storage_error(SqliteStorage::open(&path, SqliteOptions::default()));
     assert!(
         msg.contains(
-            "database schema version 999 is newer than this hauler supports (4); upgrade hauler"
+            "database schema version 999 is newer than this hauler supports (5); upgrade hauler"
         ),
         "{msg}"
     );
