@@ -83,3 +83,14 @@ def test_context(tmp_path: Path) -> None:
         "import: completed after 2 attempts",
         "history: 1 failed, 2 snoozed, 2 completed",
     ]
+
+
+def test_unique(tmp_path: Path) -> None:
+    done = run_example("unique", tmp_path)
+    assert done.stdout.splitlines() == [
+        "SyncAccount(7): stored=True",
+        "SyncAccount(7) again: duplicate=True, same job: True",
+        "all completed: True",
+        "syncs overlapped: False",
+        "never more than two thumbnails at once: True",
+    ]
