@@ -7,6 +7,7 @@ import json
 import pickle
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -201,22 +202,63 @@ def test_queued_id_pickles_and_prints() -> None:
     assert {q: 1}[uuid.UUID(str(q))] == 1
 
 
-def test_unique_jobs_on_your_own_connection_are_refused() -> None:
-    pytest.importorskip("psycopg")
-    import psycopg
-
+@pytest.fixture
+def pg_handle() -> Iterator[QueueHandle]:
+    """A handle on a fresh PostgreSQL schema (for transactional enqueue)."""
     schema = pg.fresh_schema()
-    try:
-        handle = create_server(from_url(f"{pg.dsn()}?schema={schema}"))
+    handle = create_server(from_url(f"{pg.dsn()}?schema={schema}"))
+    yield handle
+    handle.close()
+    pg.drop_schema(schema)
+
+
+def test_unique_jobs_dedupe_on_your_own_connection(pg_handle: QueueHandle) -> None:
+    psycopg = pytest.importorskip("psycopg")
+    with psycopg.connect(pg.dsn()) as conn:
+        ids = pg_handle.queue_many([ByArgs(1), Plain(1), ByArgs(1)], connection=conn)
+        assert [i.duplicate for i in ids] == [False, False, True]
+        assert ids[2] == ids[0]
+        assert pg_handle.queue(ByArgs(1), connection=conn) == ids[0]
+    # Committed: a queue through the storage's own transaction matches it.
+    again = pg_handle.queue(ByArgs(1))
+    assert again.duplicate and again == ids[0]
+    with psycopg.connect(pg.dsn()) as conn:
+        assert pg_handle.queue(ByArgs(1), connection=conn) == ids[0]
+        conn.rollback()
+    assert pg_handle.count(name="unique_by_args") == 1
+
+
+def test_an_uncommitted_equal_job_makes_the_other_transaction_wait(
+    pg_handle: QueueHandle,
+) -> None:
+    psycopg = pytest.importorskip("psycopg")
+    results: dict[str, QueuedId] = {}
+
+    def second(name: str) -> None:
         with psycopg.connect(pg.dsn()) as conn:
-            with pytest.raises(ConfigError, match="cannot be queued on your own connection"):
-                handle.queue(ByArgs(1), connection=conn)
-            plain = handle.queue(Plain(1), connection=conn)
-            assert not plain.duplicate
-        assert handle.get(plain).status == JobStatus.AVAILABLE
-        handle.close()
-    finally:
-        pg.drop_schema(schema)
+            results[name] = pg_handle.queue(ByArgs(2), connection=conn)
+
+    for outcome in ("commit", "rollback"):
+        with psycopg.connect(pg.dsn()) as first:
+            held = pg_handle.queue(ByArgs(2), connection=first)
+            assert not held.duplicate
+            waiter = threading.Thread(target=second, args=(outcome,))
+            waiter.start()
+            waiter.join(0.2)
+            assert waiter.is_alive(), "the equal insert must wait for the first transaction"
+            if outcome == "commit":
+                first.commit()
+            else:
+                first.rollback()
+            waiter.join(WAIT)
+            assert not waiter.is_alive()
+        got = results[outcome]
+        if outcome == "commit":
+            assert got == held and got.duplicate  # the first job, now committed
+        else:
+            assert got != held and not got.duplicate  # the first never existed
+        assert pg_handle.count(name="unique_by_args", status="available") == 1
+        pg_handle.cancel(got)  # frees the key for the next round
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -221,8 +221,18 @@ class Storage:
 
     def pg_insert(
         self, jobs: Sequence[_NewJobTuple], *, max_payload_bytes: int | None = None
-    ) -> tuple[str, dict[str, Any], builtins.list[str]]:
-        """Build the transactional-enqueue statement (psycopg style), its parameters, the ids."""
+    ) -> tuple[
+        str,
+        dict[str, Any],
+        builtins.list[str],
+        tuple[str, builtins.list[str | None]] | None,
+    ]:
+        """Build the transactional-enqueue statement (psycopg style), its parameters, the ids.
+
+        For a batch with unique jobs, the statement skips jobs whose key is held and answers
+        the ids it stored; the last item is then the holder lookup (parameter ``p1``: keys;
+        answers key, id) and each job's key. Otherwise the last item is ``None``.
+        """
 
     def get(self, job_id: str) -> JobDict | None:
         """One job, or ``None``."""

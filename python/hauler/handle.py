@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final, Protocol, TypedDict, Unpack
 
 from hauler import _native
-from hauler.errors import ConfigError, JobNotFoundError, ScheduleNotFoundError
+from hauler.errors import ConfigError, JobNotFoundError, ScheduleNotFoundError, StorageError
 from hauler.info import (
     CancelCounts,
     CancelResult,
@@ -133,6 +133,61 @@ class QueuedId(uuid.UUID):
 
 def _queued_id(hex: str, duplicate: bool) -> QueuedId:
     return QueuedId(hex, duplicate=duplicate)
+
+
+# How many times a transactional insert of unique jobs tries again when a key's holder let
+# go of it before it could be looked up (as the storage's own insert does).
+_UNIQUE_ROUNDS: Final = 16
+
+
+def _insert_or_get(
+    cursor: Any,
+    sql: str,
+    params: dict[str, Any],
+    ids: builtins.list[str],
+    holders_sql: str,
+    keys: builtins.list[str | None],
+) -> builtins.list[QueuedId]:
+    """Finish a transactional insert of unique jobs whose insert ``cursor`` just ran.
+
+    The insert skipped the jobs whose key is held (the unique index decides, waiting for a
+    concurrent insert of the key to commit or roll back); look their holders up, and
+    insert again the jobs whose holder let go of the key meanwhile.
+    """
+    out: dict[int, QueuedId] = {}
+    pending = list(range(len(ids)))
+    for _ in range(_UNIQUE_ROUNDS):
+        stored = {str(row[0]) for row in cursor.fetchall() if row[0] is not None}
+        missing = []
+        for i in pending:
+            if ids[i] in stored:
+                out[i] = QueuedId(ids[i])
+            else:
+                missing.append(i)
+        if not missing:
+            break
+        cursor.execute(holders_sql, {"p1": [keys[i] for i in missing]})
+        held = {key: str(job_id) for key, job_id in cursor.fetchall()}
+        pending = []
+        for i in missing:
+            holder = held.get(keys[i] or "")
+            if holder is None:
+                pending.append(i)
+            else:
+                out[i] = QueuedId(holder, duplicate=True)
+        if not pending:
+            break
+        again = {
+            name: [value[i] for i in pending] if isinstance(value, list) else value
+            for name, value in params.items()
+        }
+        cursor.execute(sql, again)
+    if len(out) < len(ids):
+        raise StorageError(
+            f"storing unique jobs: their keys changed hands {_UNIQUE_ROUNDS} times while "
+            "being stored"
+        )
+    return [out[i] for i in range(len(ids))]
 
 
 _CATCH_UP: Final = ("one", "none")
@@ -324,10 +379,14 @@ class QueueHandle:
         if connection is None:
             pushed = native.push_many(tuples, max_payload_bytes=self._max_payload_bytes)
             return [QueuedId(i, duplicate=dup) for i, dup in pushed]
-        sql, params, ids = native.pg_insert(tuples, max_payload_bytes=self._max_payload_bytes)
+        sql, params, ids, unique = native.pg_insert(
+            tuples, max_payload_bytes=self._max_payload_bytes
+        )
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
-        return [QueuedId(i) for i in ids]
+            if unique is None:
+                return [QueuedId(i) for i in ids]
+            return _insert_or_get(cursor, sql, params, ids, *unique)
 
     def queue(self, job: Job[Any], *, connection: DbConnection | None = None) -> QueuedId:
         """Store ``job`` to run as soon as a worker is free; return its id once durable.
@@ -341,14 +400,16 @@ class QueueHandle:
             connection: PostgreSQL only: an open psycopg (3) connection of your own. The job
                 is inserted in that connection's current transaction, so it exists if and
                 only if your transaction commits (and workers are notified at commit). The
-                connection must reach the same database as the storage.
+                connection must reach the same database as the storage. A unique job is
+                deduplicated there too; if another transaction has just queued an equal job
+                and not yet committed, this call waits until it commits (a duplicate) or
+                rolls back (stored).
 
         Raises:
             SerializationError: a field cannot be serialized, or the fields take more than
                 :attr:`max_payload_bytes` as JSON (nothing is stored).
             StorageError: the storage failed (nothing is stored).
-            ConfigError: ``connection`` given for a storage that is not PostgreSQL, or
-                with a unique job (deduplication needs hauler's own transaction).
+            ConfigError: ``connection`` given for a storage that is not PostgreSQL.
 
         Example:
             >>> with psycopg.connect(dsn) as conn:  # doctest: +SKIP

@@ -330,14 +330,21 @@ impl PyStorage {
     }
 
     /// Transactional enqueue on PostgreSQL: the statement (psycopg `%(name)s` style), its
-    /// parameters and the new ids, for the caller to execute on its own connection.
+    /// parameters and the new ids, for the caller to execute on its own connection; for a
+    /// batch with unique jobs also the holder lookup and each job's key.
     #[pyo3(signature = (jobs, *, max_payload_bytes = None))]
+    #[allow(clippy::type_complexity)]
     fn pg_insert<'py>(
         &self,
         py: Python<'py>,
         jobs: &Bound<'py, PyAny>,
         max_payload_bytes: Option<usize>,
-    ) -> PyResult<(String, Bound<'py, PyDict>, Vec<String>)> {
+    ) -> PyResult<(
+        String,
+        Bound<'py, PyDict>,
+        Vec<String>,
+        Option<(String, Vec<Option<String>>)>,
+    )> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(hauler_err("StorageClosedError", "the storage is closed"));
         }
@@ -352,24 +359,22 @@ impl PyStorage {
         })?;
         let mut new = Vec::new();
         for item in jobs.try_iter()? {
-            let job = new_job(&item?, max_payload_bytes)?;
-            if job.unique_key.is_some() {
-                return Err(hauler_err(
-                    "ConfigError",
-                    format!(
-                        "job {:?} is unique (UNIQUE), and a unique job cannot be queued on your \
-                         own connection: the insert-or-get needs hauler's own transaction. \
-                         Queue it without connection=",
-                        job.name
-                    ),
-                ));
-            }
-            new.push(job);
+            new.push(new_job(&item?, max_payload_bytes)?);
         }
         let ids: Vec<String> = new.iter().map(|j| j.id.to_string()).collect();
+        let keys: Vec<Option<String>> = new.iter().map(|j| j.unique_key.clone()).collect();
         let now = self.queue.clock().now();
         let rows = postgres::JobInsertRows::new(new, now).map_err(to_pyerr)?;
-        let sql = postgres::job_insert_statement(schema).map_err(to_pyerr)?;
+        let (sql, unique) = if keys.iter().any(Option::is_some) {
+            let (insert, holders) =
+                postgres::job_insert_unique_statements(schema).map_err(to_pyerr)?;
+            (insert, Some((psycopg_placeholders(&holders), keys)))
+        } else {
+            (
+                postgres::job_insert_statement(schema).map_err(to_pyerr)?,
+                None,
+            )
+        };
         let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339();
         let params = PyDict::new(py);
         let uuids: Vec<String> = rows.ids.iter().map(ToString::to_string).collect();
@@ -397,7 +402,7 @@ impl PyStorage {
         params.set_item("p19", rows.rate_keys)?;
         params.set_item("p20", rows.rate_limits)?;
         params.set_item("p21", rows.rate_windows_ms)?;
-        Ok((psycopg_placeholders(&sql), params, ids))
+        Ok((psycopg_placeholders(&sql), params, ids, unique))
     }
 
     /// One job, or None.

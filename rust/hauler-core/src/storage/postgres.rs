@@ -529,14 +529,30 @@ impl JobInsertRows {
 /// same SQL as the storage's own insert, with the table qualified. Parameters: `$1`-`$12`,
 /// `$14` and `$16`-`$21` are the arrays of [`JobInsertRows`], `$13` the time of queueing
 /// and `$15` [`notify_channel`]. The notification is delivered only if the transaction
-/// commits. It does not deduplicate unique jobs (their holder could only be looked up
-/// by a second statement): callers refuse jobs with a unique key.
+/// commits. For a batch with unique jobs use [`job_insert_unique_statements`].
 pub fn job_insert_statement(schema: &str) -> Result<String> {
     if let Some(problem) = schema_problem(schema) {
         return Err(Error::Config(problem));
     }
     let qualified = format!("INSERT INTO {}.jobs ", quote_ident(schema));
     Ok(JOB_INSERT.replacen("INSERT INTO jobs ", &qualified, 1))
+}
+
+/// Transactional enqueue of a batch with unique jobs, as [`job_insert_statement`] is for
+/// others: the insert that skips jobs whose key is held (same parameters; it answers the
+/// ids stored in its first column), and the lookup of the jobs holding keys `$1` (it
+/// answers key, id). The caller runs the insert, looks up the holders of the jobs not
+/// stored, and inserts again those whose holder let go of the key meanwhile (as the
+/// storage's own insert does), all in its transaction.
+pub fn job_insert_unique_statements(schema: &str) -> Result<(String, String)> {
+    if let Some(problem) = schema_problem(schema) {
+        return Err(Error::Config(problem));
+    }
+    let table = format!("{}.jobs", quote_ident(schema));
+    Ok((
+        JOB_INSERT_UNIQUE.replacen("INSERT INTO jobs ", &format!("INSERT INTO {table} "), 1),
+        UNIQUE_HOLDERS.replacen("FROM jobs", &format!("FROM {table}"), 1),
+    ))
 }
 
 /// The `LISTEN`/`NOTIFY` channel of a schema's workers.
