@@ -372,6 +372,9 @@ impl JobLimits {
 
     /// Check the limits' numbers (a limit or window of 0 is refused).
     pub fn validate(&self) -> Result<(), Error> {
+        if self.unique_states.is_empty() && !self.is_limited() {
+            return Ok(()); // no limits: the common case, checked without allocating
+        }
         if let Some(c) = &self.concurrency {
             if c.limit == 0 {
                 return Err(Error::Config(format!(

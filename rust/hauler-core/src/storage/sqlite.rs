@@ -1894,6 +1894,25 @@ mod tests {
             "{prune}"
         );
 
+        // Limits: one index lookup each, never a scan of the jobs.
+        let holder = plan(&conn, UNIQUE_HOLDER);
+        assert!(
+            holder.contains("USING INDEX hauler_jobs_unique (unique_key=?)"),
+            "{holder}"
+        );
+        let running = plan(&conn, RUNNING_FOR_KEY);
+        assert!(
+            running.contains("USING COVERING INDEX hauler_jobs_running_key (concurrency_key=?)"),
+            "{running}"
+        );
+        for sql in [RATE_COUNT, RATE_PRUNE] {
+            let rate = plan(&conn, sql);
+            assert!(
+                rate.contains("INDEX hauler_rate_starts_key (key=? AND started_at"),
+                "{rate}"
+            );
+        }
+
         let counts = plan(&conn, JOB_COUNTS);
         assert!(
             counts.contains("COVERING INDEX hauler_jobs_queue_status"),
