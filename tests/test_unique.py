@@ -88,6 +88,8 @@ def test_a_duplicate_returns_the_existing_id_and_stores_nothing(handle: QueueHan
     assert other != first and not other.duplicate
     assert handle.queue(ByArgs(1, note="x")) != first  # other fields: another job
     assert handle.count(name="unique_by_args") == 3
+    key = handle.get(first).unique_key
+    assert key is not None and key.startswith("unique_by_args:args:")
     # Plain jobs are never duplicates.
     plain = [handle.queue(Plain(1)) for _ in range(2)]
     assert plain[0] != plain[1] and not any(p.duplicate for p in plain)

@@ -74,6 +74,7 @@ class JobDict(TypedDict):
     progress: int | None
     progress_message: str | None
     state: dict[str, Any] | str | None  # str: the raw stored text, when not a JSON object
+    unique_key: str | None
 
 @type_check_only
 class FilterDict(TypedDict):
