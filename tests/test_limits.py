@@ -127,6 +127,14 @@ def test_singleton_function_runs_one_per_key(
     wait_for(lambda: _count(handle, "limits_per_account", JobStatus.COMPLETED) == 3)
 
 
+def test_long_singleton_keys_are_hashed() -> None:
+    spec = PerAccount._spec()
+    short = spec.limits(PerAccount(7))
+    assert short is not None and short["concurrency_key"] == "limits_per_account:7"
+    long = spec.limits(PerAccount(10**300))
+    assert long is not None and len(long["concurrency_key"]) < 100
+
+
 def test_concurrency_caps_running_jobs(handle: QueueHandle, start_worker: StartWorker) -> None:
     gate = Gate()
     worker = _worker(start_worker, gate, Two)

@@ -34,7 +34,7 @@ from typing import (
 
 from hauler._codec import DataclassCodec, codec_for
 from hauler.errors import ConfigError
-from hauler.limits import Unique, parse_rate_limit
+from hauler.limits import Unique, _digest, parse_rate_limit
 from hauler.retry import Backoff, MaxRetries, _native_retry
 
 __all__ = ["DEFAULT_QUEUE", "MAX_SNOOZE", "Job", "JobSpec", "Snooze"]
@@ -138,7 +138,8 @@ class JobSpec:
                         f"{self.cls.__name__}.SINGLETON function must return a str, "
                         f"got {type(value).__name__}"
                     )
-                key = f"{self.name}:{value}"
+                # Long keys are hashed: they are indexed, and index entries have a size limit.
+                key = f"{self.name}:{value if len(value) <= 100 else _digest(value)}"
             out["concurrency_key"] = key
             out["concurrency_limit"] = limit
         if self.rate is not None:
