@@ -2820,6 +2820,18 @@ mod tests {
         );
         assert!(!claim.contains("Sort Key: jobs.priority"), "{claim}");
 
+        // The limits' lookups go straight to their partial indexes.
+        let keys = vec!["k".to_owned()];
+        let holders = plan(&client, UNIQUE_HOLDERS, &[&keys]).await;
+        assert!(holders.contains("using jobs_unique"), "{holders}");
+        // Running jobs only: by key, or (while few run) by status; never a scan.
+        let running = plan(&client, RUNNING_PER_KEY, &[&keys]).await;
+        assert!(
+            running.contains("using jobs_running_key") || running.contains("using jobs_status"),
+            "{running}"
+        );
+        assert!(!running.contains("Seq Scan"), "{running}");
+
         let next = plan(&client, JOB_NEXT_RUN_AT, &[&queues, &names]).await;
         assert!(next.contains("using jobs_pending_run_at"), "{next}");
 
