@@ -97,3 +97,14 @@ def test_versions_and_hooks(tmp_path: Path) -> None:
         "alert: digest failed for good: job 'digest' was stored with VERSION 1, older than "
         "Digest.MIN_SUPPORTED_VERSION (2), and Digest defines no migrate(); it was not run",
     ]
+
+
+def test_unique(tmp_path: Path) -> None:
+    done = run_example("unique", tmp_path)
+    assert done.stdout.splitlines() == [
+        "SyncAccount(7): stored=True",
+        "SyncAccount(7) again: duplicate=True, same job: True",
+        "all completed: True",
+        "syncs overlapped: False",
+        "never more than two thumbnails at once: True",
+    ]

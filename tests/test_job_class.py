@@ -96,7 +96,7 @@ class TestDataclassBehaviour:
         # ClassVar); at run time they are class constants all the same.
         class Annotated(Job[None]):
             NAME: str = "annotated"  # type: ignore[misc]
-            RATE_LIMIT: int = 10
+            BATCH_SIZE: int = 10
             X2_FACTOR: float = 2.0
             value: int  # type: ignore[misc]
             counter: ClassVar[int] = 0
@@ -105,7 +105,7 @@ class TestDataclassBehaviour:
                 pass
 
         assert [f.name for f in dataclasses.fields(Annotated)] == ["value"]
-        assert Annotated.RATE_LIMIT == 10
+        assert Annotated.BATCH_SIZE == 10
         assert Annotated(1).X2_FACTOR == 2.0  # type: ignore[call-arg, arg-type]
         assert Annotated._spec().name == "annotated"
 

@@ -23,7 +23,7 @@ from hauler.errors import (
     UnknownJobError,
     WorkerStoppedError,
 )
-from hauler.handle import DEFAULT_MAX_PAYLOAD_BYTES, QueueHandle, create_server
+from hauler.handle import DEFAULT_MAX_PAYLOAD_BYTES, QueuedId, QueueHandle, create_server
 from hauler.info import (
     AttemptInfo,
     CancelCounts,
@@ -35,6 +35,7 @@ from hauler.info import (
     ScheduleInfo,
 )
 from hauler.job import DEFAULT_QUEUE, Job, Snooze
+from hauler.limits import Unique
 from hauler.retry import Backoff, MaxRetries
 from hauler.worker import Worker, WorkerConfig
 
@@ -59,12 +60,14 @@ __all__ = [
     "LeaseLostError",
     "MaxRetries",
     "QueueHandle",
+    "QueuedId",
     "ScheduleInfo",
     "ScheduleNotFoundError",
     "SerializationError",
     "Snooze",
     "StorageClosedError",
     "StorageError",
+    "Unique",
     "UnknownJobError",
     "Worker",
     "WorkerConfig",

@@ -74,6 +74,7 @@ class JobDict(TypedDict):
     progress: int | None
     progress_message: str | None
     state: dict[str, Any] | str | None  # str: the raw stored text, when not a JSON object
+    unique_key: str | None
 
 @type_check_only
 class FilterDict(TypedDict):
@@ -122,8 +123,20 @@ class ScheduleDict(TypedDict):
 #  "jitter": float} where kind is "fixed", "linear" or "exponential" ("seconds" is the
 # base for exponential).
 _NewJobTuple = tuple[
-    str, str, dict[str, Any], int, dict[str, Any], int | None, int, int | None, int
+    str,
+    str,
+    dict[str, Any],
+    int,
+    dict[str, Any],
+    int | None,
+    int,
+    int | None,
+    int,
+    dict[str, Any] | None,
 ]
+# The last item: None, or the job's limits {"unique_key": str, "unique_states": [status],
+# "concurrency_key": str, "concurrency_limit": int, "rate_key": str, "rate_limit": int,
+# "rate_window_ms": int}, each key optional.
 
 def validate_retry(retry: dict[str, Any]) -> None:
     """Raise ``ConfigError`` naming every problem in a retry policy dict."""
@@ -197,8 +210,11 @@ class Storage:
 
     def push_many(
         self, jobs: Sequence[_NewJobTuple], *, max_payload_bytes: int | None = None
-    ) -> list[str]:
-        """Store jobs in one transaction; return their ids once durable.
+    ) -> list[tuple[str, bool]]:
+        """Store jobs in one transaction; once durable, return per job (id, duplicate).
+
+        ``duplicate`` is true for a unique job that matched a stored one: the id is then
+        that job's.
 
         A job whose arguments take more than ``max_payload_bytes`` bytes as JSON raises
         ``SerializationError`` naming both sizes, and nothing is stored.
@@ -206,8 +222,18 @@ class Storage:
 
     def pg_insert(
         self, jobs: Sequence[_NewJobTuple], *, max_payload_bytes: int | None = None
-    ) -> tuple[str, dict[str, Any], builtins.list[str]]:
-        """Build the transactional-enqueue statement (psycopg style), its parameters, the ids."""
+    ) -> tuple[
+        str,
+        dict[str, Any],
+        builtins.list[str],
+        tuple[str, builtins.list[str | None]] | None,
+    ]:
+        """Build the transactional-enqueue statement (psycopg style), its parameters, the ids.
+
+        For a batch with unique jobs, the statement skips jobs whose key is held and answers
+        the ids it stored; the last item is then the holder lookup (parameter ``p1``: keys;
+        answers key, id) and each job's key. Otherwise the last item is ``None``.
+        """
 
     def get(self, job_id: str) -> JobDict | None:
         """One job, or ``None``."""

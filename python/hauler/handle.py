@@ -13,7 +13,7 @@ from typing import Any, Final, Protocol, TypedDict, Unpack
 
 from hauler import _native
 from hauler._hooks import JobHook, call_hook, check_hook, read_jobs
-from hauler.errors import ConfigError, JobNotFoundError, ScheduleNotFoundError
+from hauler.errors import ConfigError, JobNotFoundError, ScheduleNotFoundError, StorageError
 from hauler.info import (
     CancelCounts,
     CancelResult,
@@ -92,7 +92,103 @@ def _job_tuple(job: Job[Any], run_at_us: int | None) -> _native._NewJobTuple:
         spec.heartbeat_ms,
         run_at_us,
         spec.version,
+        spec.limits(job),
     )
+
+
+class QueuedId(uuid.UUID):
+    """The id :meth:`QueueHandle.queue` returns: a :class:`uuid.UUID` that says what happened.
+
+    Whether the job was stored, or matched an equal unique job already queued. It is a
+    ``uuid.UUID`` in every other respect (compares, hashes and prints as one), so code
+    that treats the result as an id keeps working.
+
+    Example:
+        >>> job_id = queue_handle.queue(SyncAccount(account_id=7))  # doctest: +SKIP
+        >>> job_id.duplicate  # doctest: +SKIP
+        True
+
+    """
+
+    __slots__ = ("duplicate",)
+
+    duplicate: bool
+    """``True`` if the job was not stored because an equal unique job (see
+    :class:`~hauler.Unique`) was already queued: the id is then that job's."""
+
+    def __init__(self, hex: str, *, duplicate: bool = False) -> None:
+        super().__init__(hex)
+        object.__setattr__(self, "duplicate", duplicate)
+
+    @property
+    def inserted(self) -> bool:
+        """``True`` if this call stored the job (the opposite of :attr:`duplicate`)."""
+        return not self.duplicate
+
+    def __repr__(self) -> str:
+        return f"QueuedId({str(self)!r}, duplicate={self.duplicate})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_queued_id, (str(self), self.duplicate))
+
+
+def _queued_id(hex: str, duplicate: bool) -> QueuedId:
+    return QueuedId(hex, duplicate=duplicate)
+
+
+# How many times a transactional insert of unique jobs tries again when a key's holder let
+# go of it before it could be looked up (as the storage's own insert does).
+_UNIQUE_ROUNDS: Final = 16
+
+
+def _insert_or_get(
+    cursor: Any,
+    sql: str,
+    params: dict[str, Any],
+    ids: builtins.list[str],
+    holders_sql: str,
+    keys: builtins.list[str | None],
+) -> builtins.list[QueuedId]:
+    """Finish a transactional insert of unique jobs whose insert ``cursor`` just ran.
+
+    The insert skipped the jobs whose key is held (the unique index decides, waiting for a
+    concurrent insert of the key to commit or roll back); look their holders up, and
+    insert again the jobs whose holder let go of the key meanwhile.
+    """
+    out: dict[int, QueuedId] = {}
+    pending = list(range(len(ids)))
+    for _ in range(_UNIQUE_ROUNDS):
+        stored = {str(row[0]) for row in cursor.fetchall() if row[0] is not None}
+        missing = []
+        for i in pending:
+            if ids[i] in stored:
+                out[i] = QueuedId(ids[i])
+            else:
+                missing.append(i)
+        if not missing:
+            break
+        cursor.execute(holders_sql, {"p1": [keys[i] for i in missing]})
+        held = {key: str(job_id) for key, job_id in cursor.fetchall()}
+        pending = []
+        for i in missing:
+            holder = held.get(keys[i] or "")
+            if holder is None:
+                pending.append(i)
+            else:
+                out[i] = QueuedId(holder, duplicate=True)
+        if not pending:
+            break
+        again = {
+            name: [value[i] for i in pending] if isinstance(value, list) else value
+            for name, value in params.items()
+        }
+        cursor.execute(sql, again)
+    if len(out) < len(ids):
+        raise StorageError(
+            f"storing unique jobs: their keys changed hands {_UNIQUE_ROUNDS} times while "
+            "being stored"
+        )
+    return [out[i] for i in range(len(ids))]
 
 
 _CATCH_UP: Final = ("one", "none")
@@ -293,16 +389,20 @@ class QueueHandle:
 
     def _push(
         self, tuples: builtins.list[_native._NewJobTuple], connection: DbConnection | None
-    ) -> builtins.list[str]:
+    ) -> builtins.list[QueuedId]:
         native = self._storage._native
         if connection is None:
-            ids = native.push_many(tuples, max_payload_bytes=self._max_payload_bytes)
-            self._enqueued(ids)
-            return ids
-        sql, params, ids = native.pg_insert(tuples, max_payload_bytes=self._max_payload_bytes)
+            pushed = native.push_many(tuples, max_payload_bytes=self._max_payload_bytes)
+            self._enqueued([i for i, dup in pushed if not dup])
+            return [QueuedId(i, duplicate=dup) for i, dup in pushed]
+        sql, params, ids, unique = native.pg_insert(
+            tuples, max_payload_bytes=self._max_payload_bytes
+        )
         with connection.cursor() as cursor:
             cursor.execute(sql, params)
-        return ids
+            if unique is None:
+                return [QueuedId(i) for i in ids]
+            return _insert_or_get(cursor, sql, params, ids, *unique)
 
     def _enqueued(self, ids: builtins.list[str]) -> None:
         """Call the ``on_enqueue`` hooks with the jobs just stored (if there are hooks)."""
@@ -322,15 +422,22 @@ class QueueHandle:
             hooks.remove(hook)
         self._enqueue_hooks = tuple(hooks)
 
-    def queue(self, job: Job[Any], *, connection: DbConnection | None = None) -> uuid.UUID:
+    def queue(self, job: Job[Any], *, connection: DbConnection | None = None) -> QueuedId:
         """Store ``job`` to run as soon as a worker is free; return its id once durable.
+
+        For a unique job (``UNIQUE``, see :class:`~hauler.Unique`) equal to one already
+        queued, nothing is stored and the existing job's id is returned: the result's
+        :attr:`QueuedId.duplicate` tells which happened.
 
         Args:
             job: The job to run.
             connection: PostgreSQL only: an open psycopg (3) connection of your own. The job
                 is inserted in that connection's current transaction, so it exists if and
                 only if your transaction commits (and workers are notified at commit). The
-                connection must reach the same database as the storage.
+                connection must reach the same database as the storage. A unique job is
+                deduplicated there too; if another transaction has just queued an equal job
+                and not yet committed, this call waits until it commits (a duplicate) or
+                rolls back (stored).
 
         Raises:
             SerializationError: a field cannot be serialized, or the fields take more than
@@ -348,15 +455,17 @@ class QueueHandle:
 
     def queue_many(
         self, jobs: Iterable[Job[Any]], *, connection: DbConnection | None = None
-    ) -> builtins.list[uuid.UUID]:
+    ) -> builtins.list[QueuedId]:
         """Store many jobs in one transaction (all or none); return their ids in order.
 
-        ``connection`` is as for :meth:`queue`.
+        Each id says, as for :meth:`queue`, whether its job was a duplicate; of two equal
+        unique jobs in one call, the second is a duplicate of the first. ``connection`` is
+        as for :meth:`queue`.
         """
         tuples = [_job_tuple(j, None) for j in jobs]
         if not tuples:
             return []
-        return [uuid.UUID(i) for i in self._push(tuples, connection)]
+        return self._push(tuples, connection)
 
     def schedule(
         self,
@@ -365,10 +474,10 @@ class QueueHandle:
         at: datetime | None = None,
         after: timedelta | None = None,
         connection: DbConnection | None = None,
-    ) -> uuid.UUID:
+    ) -> QueuedId:
         """Store ``job`` to run at ``at`` (a timezone-aware datetime) or ``after`` from now.
 
-        ``connection`` is as for :meth:`queue`.
+        ``connection`` and the result are as for :meth:`queue`.
 
         Raises:
             ConfigError: neither or both of ``at``/``after``, a naive datetime, or a negative
@@ -376,7 +485,7 @@ class QueueHandle:
 
         """
         run_at = _run_at(at, after)
-        return uuid.UUID(self._push([_job_tuple(job, run_at)], connection)[0])
+        return self._push([_job_tuple(job, run_at)], connection)[0]
 
     def every(
         self,
@@ -569,6 +678,10 @@ class QueueHandle:
     def retry(self, job_id: uuid.UUID | str) -> bool:
         """Run a failed or cancelled job again; ``False`` if it is in another status.
 
+        A unique job (see :class:`~hauler.Unique`) is not retried, and ``False`` returned,
+        while another job of its key holds it: retrying would make a second live job of
+        the key. Retry it once that job has finished.
+
         The job becomes ``available`` at once with its attempt count back to 0, so it gets
         its full ``MAX_RETRIES`` again. Its history is kept, with a ``"retried"`` entry
         marking where the new run starts.
@@ -727,17 +840,17 @@ class QueueHandle:
             time.sleep(delay)
             delay = min(delay * 2, 0.1)
 
-    async def aqueue(self, job: Job[Any]) -> uuid.UUID:
+    async def aqueue(self, job: Job[Any]) -> QueuedId:
         """Async twin of :meth:`queue` (the storage work runs off the event loop)."""
         return await asyncio.to_thread(self.queue, job)
 
-    async def aqueue_many(self, jobs: Iterable[Job[Any]]) -> builtins.list[uuid.UUID]:
+    async def aqueue_many(self, jobs: Iterable[Job[Any]]) -> builtins.list[QueuedId]:
         """Async twin of :meth:`queue_many`."""
         return await asyncio.to_thread(self.queue_many, list(jobs))
 
     async def aschedule(
         self, job: Job[Any], *, at: datetime | None = None, after: timedelta | None = None
-    ) -> uuid.UUID:
+    ) -> QueuedId:
         """Async twin of :meth:`schedule`."""
         return await asyncio.to_thread(self.schedule, job, at=at, after=after)
 

@@ -212,6 +212,9 @@ class JobInfo:
     """The message given with that progress, or ``None``."""
     state: dict[str, Any] | None = None
     """What the job last saved with ``ctx.set_state`` (kept across retries), or ``None``."""
+    unique_key: str | None = None
+    """The key a unique job (``UNIQUE``, see :class:`~hauler.Unique`) is deduplicated by,
+    or ``None``."""
 
     @classmethod
     def from_native(cls, d: JobDict) -> JobInfo:
@@ -242,6 +245,7 @@ class JobInfo:
             progress=d["progress"],
             progress_message=d["progress_message"],
             state=state if isinstance(state := d["state"], dict) else None,
+            unique_key=d["unique_key"],
         )
 
 

@@ -18,7 +18,7 @@ import dataclasses
 import inspect
 import math
 import re
-from collections.abc import Awaitable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import timedelta
 from typing import (
     Any,
@@ -34,6 +34,7 @@ from typing import (
 
 from hauler._codec import DataclassCodec, codec_for
 from hauler.errors import ConfigError
+from hauler.limits import Unique, _digest, parse_rate_limit
 from hauler.retry import Backoff, MaxRetries, _native_retry
 
 __all__ = ["DEFAULT_QUEUE", "MAX_SNOOZE", "Job", "JobSpec", "Snooze"]
@@ -115,6 +116,40 @@ class JobSpec:
     """Whether ``run`` takes a third argument, the :class:`~hauler.JobContext`."""
     codec: "DataclassCodec[Job[Any]]"
     """Encodes and decodes the fields."""
+    unique: Unique | None = None
+    """``UNIQUE``: how equal jobs are deduplicated, or ``None``."""
+    concurrency: "tuple[Callable[[Job[Any]], str] | None, int] | None" = None
+    """``SINGLETON``/``CONCURRENCY``: the per-key function (``None``: one key, the name) and
+    the most jobs of a key running at once; ``None`` for no limit."""
+    rate: tuple[int, int] | None = None
+    """``RATE_LIMIT``: the most starts per window and the window in ms, or ``None``."""
+
+    def limits(self, job: "Job[Any]") -> dict[str, Any] | None:
+        """Return the limits to store with ``job`` (``None`` when the class sets none)."""
+        if self.unique is None and self.concurrency is None and self.rate is None:
+            return None
+        out: dict[str, Any] = {}
+        if self.unique is not None:
+            out["unique_key"] = self.unique.key(self.name, job)
+            out["unique_states"] = [s.value for s in self.unique.states]
+        if self.concurrency is not None:
+            per_key, limit = self.concurrency
+            key = self.name
+            if per_key is not None:
+                value = per_key(job)
+                if not isinstance(value, str):
+                    raise ConfigError(
+                        f"{self.cls.__name__}.SINGLETON function must return a str, "
+                        f"got {type(value).__name__}"
+                    )
+                # Long keys are hashed: they are indexed, and index entries have a size limit.
+                key = f"{self.name}:{value if len(value) <= 100 else _digest(value)}"
+            out["concurrency_key"] = key
+            out["concurrency_limit"] = limit
+        if self.rate is not None:
+            out["rate_key"] = self.name
+            out["rate_limit"], out["rate_window_ms"] = self.rate
+        return out
 
 
 def _is_int(value: object) -> bool:
@@ -222,6 +257,18 @@ class Job(Generic[StateT]):
     class defines it, else it is not run: it ends ``failed`` at once (no retries) with a
     :class:`~hauler.errors.JobVersionError` naming the job, its stored version and this
     minimum. An int from 1 to ``VERSION``."""
+    UNIQUE: ClassVar[Unique | None] = None
+    """Deduplicate equal jobs while one waits or runs (see :class:`~hauler.Unique`)."""
+    SINGLETON: ClassVar["bool | Callable[[Any], str]"] = False
+    """``True``: at most one job of the class runs at a time, across every worker and host.
+    A function ``job -> str``: at most one per key it returns (at most ``CONCURRENCY``
+    per key, if that is set too). Jobs that must wait stay ``available``, no attempt used."""
+    CONCURRENCY: ClassVar[int | None] = None
+    """At most this many jobs of the class run at a time, across every worker and host."""
+    RATE_LIMIT: ClassVar[str | None] = None
+    """At most this many jobs of the class start per window, e.g. ``"100/m"`` (``/s``,
+    ``/m``, ``/h``, ``/d``), across every worker and host: a sliding window over the
+    recorded start times. Jobs over the limit wait in ``available``, no attempt used."""
 
     _hauler_spec: ClassVar[JobSpec | None] = None
 
@@ -443,6 +490,16 @@ def _build_spec(cls: type[Job[Any]]) -> JobSpec:
         codec = codec_for(cls)
     except ConfigError as e:
         problems.append(str(e))
+    unique = cls.UNIQUE
+    if unique is not None and not isinstance(unique, Unique):
+        problem("UNIQUE", "None or a Unique(...)")
+    concurrency = _concurrency(cls, problem)
+    rate = None
+    if cls.RATE_LIMIT is not None:
+        try:
+            rate = parse_rate_limit(cls.RATE_LIMIT, label=f"{label}.RATE_LIMIT")
+        except ConfigError as e:
+            problems.append(str(e))
     if problems or name is None or codec is None:
         raise ConfigError("; ".join(problems))
     return JobSpec(
@@ -459,7 +516,35 @@ def _build_spec(cls: type[Job[Any]]) -> JobSpec:
         is_async=inspect.iscoroutinefunction(run),
         takes_ctx=takes_ctx,
         codec=codec,
+        unique=unique,
+        concurrency=concurrency,
+        rate=rate,
     )
+
+
+def _concurrency(
+    cls: type[Job[Any]], problem: Callable[[str, str], None]
+) -> tuple[Callable[[Job[Any]], str] | None, int] | None:
+    """``SINGLETON`` and ``CONCURRENCY`` as (per-key function or None, limit), or None."""
+    singleton, limit = cls.SINGLETON, cls.CONCURRENCY
+    if limit is not None and (not _is_int(limit) or not 1 <= limit < _I32):
+        problem("CONCURRENCY", f"None or an int from 1 to {_I32 - 1}")
+        return None
+    if singleton is False:
+        return None if limit is None else (None, limit)
+    if singleton is True:
+        if limit is not None and limit != 1:
+            problem(
+                "SINGLETON",
+                f"False when CONCURRENCY is {limit} (SINGLETON = True means one at a time; "
+                "use a function of the job for one per key)",
+            )
+            return None
+        return (None, 1)
+    if callable(singleton):
+        return (singleton, 1 if limit is None else limit)
+    problem("SINGLETON", "True, False or a function job -> str")
+    return None
 
 
 def _signature(fn: Any) -> str:

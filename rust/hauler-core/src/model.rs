@@ -273,6 +273,145 @@ pub struct NewJob {
     pub version: u32,
     /// Deduplication key (unique jobs); `None` for ordinary jobs.
     pub unique_key: Option<String>,
+    /// Its unique states and concurrency and rate limits (default: none).
+    pub limits: JobLimits,
+}
+
+/// The statuses a unique key holds in by default, and must hold in at least: every status
+/// that is not final. (A job moves between these on its own; were one left out, a move into
+/// it could meet another job of the same key, which the storage's unique index forbids.)
+pub const UNIQUE_STATES_REQUIRED: [JobStatus; 4] = [
+    JobStatus::Scheduled,
+    JobStatus::Available,
+    JobStatus::Running,
+    JobStatus::Retryable,
+];
+
+/// At most `limit` jobs of one key run at once, across every worker and process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ConcurrencyLimit {
+    /// Jobs sharing this key share the limit (for example the job name).
+    pub key: String,
+    /// The most jobs of the key that may be `running` at once (at least 1).
+    pub limit: u32,
+}
+
+/// At most `limit` jobs of one key start within any window of `window_ms` (a sliding
+/// window over the recorded start times), across every worker and process.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// Jobs sharing this key share the limit (the job name).
+    pub key: String,
+    /// The most starts per window (at least 1).
+    pub limit: u32,
+    /// The window, in milliseconds (at least 1).
+    pub window_ms: u64,
+}
+
+/// What a job must respect beside its own fields: the statuses in which its unique key
+/// keeps equal jobs out, and the concurrency and rate limits its claims obey. A job that
+/// sets none of them (the default) costs claims and inserts nothing extra.
+///
+/// A concurrency key is generic: any set of jobs given the same key and limit (one job
+/// name for `SINGLETON`/`CONCURRENCY`, or the members of a group) never has more than the
+/// limit running.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct JobLimits {
+    /// With a `unique_key`: the statuses in which this job keeps others of its key out.
+    /// Must contain every [`UNIQUE_STATES_REQUIRED`] status; empty means exactly those.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unique_states: Vec<JobStatus>,
+    /// How many jobs of its key may run at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<ConcurrencyLimit>,
+    /// How many jobs of its key may start per window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<RateLimit>,
+}
+
+impl JobLimits {
+    /// Whether claims must check this job against a concurrency or rate limit.
+    pub fn is_limited(&self) -> bool {
+        self.concurrency.is_some() || self.rate.is_some()
+    }
+
+    /// The unique states to store: the given ones (or the default), in life-cycle order
+    /// without repeats. Fails unless they contain every required status.
+    pub fn unique_states(&self) -> Result<Vec<JobStatus>, Error> {
+        if self.unique_states.is_empty() {
+            return Ok(UNIQUE_STATES_REQUIRED.to_vec());
+        }
+        let missing: Vec<&str> = UNIQUE_STATES_REQUIRED
+            .iter()
+            .filter(|s| !self.unique_states.contains(s))
+            .map(|s| s.as_str())
+            .collect();
+        if !missing.is_empty() {
+            return Err(Error::Config(format!(
+                "unique states must include every status that is not final (scheduled, \
+                 available, running, retryable); missing: {}",
+                missing.join(", ")
+            )));
+        }
+        Ok(JobStatus::ALL
+            .into_iter()
+            .filter(|s| self.unique_states.contains(s))
+            .collect())
+    }
+
+    /// The unique states as stored: `,scheduled,available,running,retryable,` (each name
+    /// between commas, so a storage tests membership with one substring search).
+    pub fn unique_states_text(&self) -> Result<String, Error> {
+        let mut text = String::from(",");
+        for s in self.unique_states()? {
+            text.push_str(s.as_str());
+            text.push(',');
+        }
+        Ok(text)
+    }
+
+    /// Check the limits' numbers (a limit or window of 0 is refused).
+    pub fn validate(&self) -> Result<(), Error> {
+        if self.unique_states.is_empty() && !self.is_limited() {
+            return Ok(()); // no limits: the common case, checked without allocating
+        }
+        if let Some(c) = &self.concurrency {
+            if c.limit == 0 {
+                return Err(Error::Config(format!(
+                    "concurrency limit of key {:?} must be at least 1",
+                    c.key
+                )));
+            }
+        }
+        if let Some(r) = &self.rate {
+            if r.limit == 0 || r.window_ms == 0 {
+                return Err(Error::Config(format!(
+                    "rate limit of key {:?} must allow at least 1 start per window of at \
+                     least 1 ms",
+                    r.key
+                )));
+            }
+        }
+        self.unique_states().map(drop)
+    }
+
+    /// Parse stored unique states (the text [`JobLimits::unique_states_text`] wrote).
+    pub fn parse_unique_states(text: &str) -> Result<Vec<JobStatus>, Error> {
+        text.split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::parse)
+            .collect()
+    }
+}
+
+/// What storing one job did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InsertedJob {
+    /// The job stored (the new job's id), or, for a duplicate, the existing job whose
+    /// unique key it shares.
+    pub id: JobId,
+    /// Whether an existing job matched the job's unique key, so nothing new was stored.
+    pub duplicate: bool,
 }
 
 /// A job as stored, with its whole history.
@@ -302,6 +441,8 @@ pub struct JobRecord {
     pub version: u32,
     /// Deduplication key, if any.
     pub unique_key: Option<String>,
+    /// Its unique states and concurrency and rate limits.
+    pub limits: JobLimits,
     /// When it was stored.
     pub created_at: Timestamp,
     /// When it may next run (for pending jobs) or last became runnable.

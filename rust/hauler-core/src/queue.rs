@@ -7,7 +7,7 @@ use tokio::sync::watch;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::Result;
-use crate::model::{JobId, NewJob};
+use crate::model::{InsertedJob, JobId, NewJob};
 use crate::schedule::{NewSchedule, ScheduleRecord, Ticker};
 use crate::storage::{
     JobCancelParams, JobCancelResult, JobFilter, JobInsertManyParams, JobRetryParams,
@@ -55,15 +55,30 @@ impl Queue {
     }
 
     /// Store jobs (all or none) and wake this process's idle workers. Returns the ids once
-    /// the storage has made the jobs durable.
+    /// the storage has made the jobs durable: each job's own, or for a unique job that
+    /// matched an existing one, that job's (see [`Queue::insert_many`]).
     pub async fn push_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
-        let ids = jobs.iter().map(|j| j.id).collect();
+        Ok(self
+            .insert_many(jobs)
+            .await?
+            .into_iter()
+            .map(|j| j.id)
+            .collect())
+    }
+
+    /// Store jobs (all or none) and wake this process's idle workers. Returns, once the
+    /// storage has made the jobs durable, what became of each: stored, or a duplicate of
+    /// the job holding its unique key (see [`Storage::job_insert_many`]).
+    pub async fn insert_many(&self, jobs: Vec<NewJob>) -> Result<Vec<InsertedJob>> {
         let now = self.clock.now();
-        self.storage
+        let inserted = self
+            .storage
             .job_insert_many(JobInsertManyParams { jobs, now })
             .await?;
-        self.wake();
-        Ok(ids)
+        if inserted.iter().any(|j| !j.duplicate) {
+            self.wake();
+        }
+        Ok(inserted)
     }
 
     /// Cancel the jobs matching `filter` (see [`Storage::job_cancel`]). When running jobs

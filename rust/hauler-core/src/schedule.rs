@@ -16,7 +16,7 @@ use croner::Cron;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::model::{JobId, NewJob, Timestamp};
+use crate::model::{JobId, JobLimits, NewJob, Timestamp};
 use crate::retry::RetryPolicy;
 
 /// A missed tick older than this is "missed" for [`CatchUp::None`]: skipped, not run late.
@@ -95,6 +95,10 @@ pub struct JobTemplate {
     pub heartbeat_ms: u64,
     /// The version of the job's class.
     pub version: u32,
+    /// The concurrency and rate limits of each job it stores (a template has no unique
+    /// key: each tick already stores one job).
+    #[serde(default)]
+    pub limits: JobLimits,
 }
 
 impl JobTemplate {
@@ -112,6 +116,10 @@ impl JobTemplate {
             run_at: None,
             version: self.version,
             unique_key: None,
+            limits: JobLimits {
+                unique_states: Vec::new(),
+                ..self.limits.clone()
+            },
         }
     }
 }

@@ -174,6 +174,9 @@ struct Shared {
     idle: Notify,
     finish_tx: mpsc::UnboundedSender<FinishMsg>,
     stopping: watch::Sender<bool>,
+    /// Counts the batches of outcomes the completer wrote: a dispatcher whose due jobs
+    /// are held back by a limit waits on it, since a finished job may free a slot.
+    finished: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -212,6 +215,13 @@ const HEARTBEAT_RETRY_MAX: Duration = Duration::from_secs(1);
 /// How long `stop` waits, past its timeout, for the last outcomes to be written.
 const STOP_FLUSH_GRACE: Duration = Duration::from_secs(5);
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// When due jobs could not all be claimed (held back by a concurrency or rate limit, or
+/// taken by another worker), the dispatcher looks again after this long, doubling each
+/// time up to the poll interval (1 s for a storage that is not shared), instead of at
+/// once: a limit that keeps jobs waiting must not turn the dispatcher into a busy loop.
+/// A job finishing in this process wakes it at once.
+const BLOCKED_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BLOCKED_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 fn next_backoff(d: Duration) -> Duration {
     (d * 2).min(ERROR_BACKOFF_MAX)
@@ -237,6 +247,7 @@ impl WorkerPool {
             idle: Notify::new(),
             finish_tx,
             stopping,
+            finished: watch::channel(0).0,
         });
         // The dispatchers first, one per queue: `stop` finds them by position.
         let mut tasks = Vec::new();
@@ -400,9 +411,17 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
     // Jobs made runnable by other processes, when the storage can tell (LISTEN/NOTIFY).
     let mut remote_rx = shared.queue.storage().subscribe();
     let mut error_backoff = ERROR_BACKOFF_MIN;
+    let mut blocked_backoff = BLOCKED_BACKOFF_MIN;
+    let blocked_max = shared
+        .poll_interval()
+        .unwrap_or(BLOCKED_BACKOFF_MAX)
+        .max(BLOCKED_BACKOFF_MIN);
+    let mut finished_rx = shared.finished.subscribe();
     let queues = vec![slots.config.name.clone()];
     let names = slots.config.names.clone();
     loop {
+        // Set when due jobs were left unclaimed: wait for a finish, or back off.
+        let mut blocked = false;
         if *stop_rx.borrow_and_update() {
             return;
         }
@@ -413,6 +432,7 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
         let mut wait_for: Option<Duration> = None;
         if free > 0 {
             wake_rx.borrow_and_update();
+            finished_rx.borrow_and_update();
             if let Some(rx) = remote_rx.as_mut() {
                 rx.borrow_and_update();
             }
@@ -469,6 +489,7 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
                 start_job(&shared, &slots, job);
             }
             if got == free {
+                blocked_backoff = BLOCKED_BACKOFF_MIN;
                 continue; // full now, or more may be waiting: loop to re-check
             }
             // Fewer than asked: sleep until the next scheduled job or the poll interval.
@@ -482,8 +503,22 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
                 .await;
             let now = shared.queue.clock().now();
             let until_next = match next {
-                Ok(Some(t)) => Some(now.until(t).max(Duration::from_millis(1))),
-                Ok(None) => None,
+                // Due jobs the claim left: held back by a limit (or just taken by another
+                // worker). Back off rather than spin; a finish here wakes us sooner.
+                Ok(Some(t)) if t <= now => {
+                    blocked = true;
+                    let wait = blocked_backoff;
+                    blocked_backoff = (blocked_backoff * 2).min(blocked_max);
+                    Some(wait)
+                }
+                Ok(Some(t)) => {
+                    blocked_backoff = BLOCKED_BACKOFF_MIN;
+                    Some(now.until(t).max(Duration::from_millis(1)))
+                }
+                Ok(None) => {
+                    blocked_backoff = BLOCKED_BACKOFF_MIN;
+                    None
+                }
                 Err(_) => Some(error_backoff),
             };
             wait_for = match (until_next, shared.poll_interval()) {
@@ -498,6 +533,10 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
             _ = wake_rx.changed(), if !full => {}
             _ = changed_or_forever(&mut remote_rx), if !full => {}
             _ = sleep_or_forever(wait_for), if !full => {}
+            // A finished job may have freed a slot of the limit holding our jobs back.
+            _ = finished_rx.changed(), if blocked && !full => {
+                blocked_backoff = BLOCKED_BACKOFF_MIN;
+            }
         }
     }
 }
@@ -712,6 +751,7 @@ async fn write_finishes(shared: &Shared, batch: Vec<JobFinish>) {
                 for (f, _) in batch.iter().zip(&accepted).filter(|(_, ok)| **ok) {
                     shared.executor.recorded(f.id, &f.outcome);
                 }
+                shared.finished.send_modify(|n| *n = n.wrapping_add(1));
                 if batch
                     .iter()
                     .any(|f| !matches!(f.outcome, FinishOutcome::Completed))

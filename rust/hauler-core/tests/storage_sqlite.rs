@@ -122,7 +122,7 @@ async fn reopened_file_keeps_jobs_and_history() {
     s.close().await.unwrap();
 }
 
-fn moved_error(res: hauler_core::Result<()>) -> String {
+fn moved_error<T: std::fmt::Debug>(res: hauler_core::Result<T>) -> String {
     match res {
         Err(Error::Storage(msg)) => msg,
         other => panic!("expected Error::Storage, got {other:?}"),
@@ -444,7 +444,7 @@ fn concurrent_opens_of_a_new_file() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, "4");
+    assert_eq!(version, "5");
 }
 
 #[tokio::test]
@@ -490,7 +490,7 @@ fn newer_schema_version_is_refused() {
     let msg = storage_error(SqliteStorage::open(&path, SqliteOptions::default()));
     assert!(
         msg.contains(
-            "database schema version 999 is newer than this hauler supports (4); upgrade hauler"
+            "database schema version 999 is newer than this hauler supports (5); upgrade hauler"
         ),
         "{msg}"
     );

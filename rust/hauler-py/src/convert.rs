@@ -128,6 +128,7 @@ pub(crate) fn record_to_py<'py>(py: Python<'py>, r: &JobRecord) -> PyResult<Boun
     d.set_item("history", history)?;
     d.set_item("progress", r.progress)?;
     d.set_item("progress_message", &r.progress_message)?;
+    d.set_item("unique_key", &r.unique_key)?;
     // State the job saved (a JSON object); damaged text is handed over as it is.
     match r
         .state

@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hauler_core::model::{JobId, JobStatus, NewJob, Timestamp};
+use hauler_core::model::{
+    ConcurrencyLimit, JobId, JobLimits, JobStatus, NewJob, RateLimit, Timestamp,
+};
 use hauler_core::queue::Queue;
 use hauler_core::schedule::{
     CatchUp, JobTemplate, NewSchedule, ScheduleRecord, ScheduleSpec, Ticker,
@@ -93,10 +95,10 @@ fn new_job(t: &Bound<'_, PyAny>, max_payload: Option<usize>) -> PyResult<NewJob>
     let t = t
         .cast::<PyTuple>()
         .map_err(|_| hauler_err("ConfigError", "each job must be a tuple"))?;
-    if t.len() != 9 {
+    if t.len() != 10 {
         return Err(hauler_err(
             "ConfigError",
-            format!("a job tuple has 9 items, got {}", t.len()),
+            format!("a job tuple has 10 items, got {}", t.len()),
         ));
     }
     let name: String = t.get_item(0)?.extract()?;
@@ -144,8 +146,11 @@ fn new_job(t: &Bound<'_, PyAny>, max_payload: Option<usize>) -> PyResult<NewJob>
             format!("PRIORITY must fit in 32 bits, got {priority}"),
         )
     })?;
+    let (unique_key, limits) = limits_from_py(&t.get_item(9)?)?;
     Ok(NewJob {
         id: JobId::new(),
+        unique_key,
+        limits,
         name,
         queue: t.get_item(1)?.extract()?,
         args: args_json,
@@ -158,8 +163,65 @@ fn new_job(t: &Bound<'_, PyAny>, max_payload: Option<usize>) -> PyResult<NewJob>
             .extract::<Option<i64>>()?
             .map(Timestamp::from_micros),
         version,
-        unique_key: None,
     })
+}
+
+/// The `LimitsDict` of `_native.pyi` (or None) → the unique key and the [`JobLimits`].
+fn limits_from_py(d: &Bound<'_, PyAny>) -> PyResult<(Option<String>, JobLimits)> {
+    if d.is_none() {
+        return Ok((None, JobLimits::default()));
+    }
+    let d = d
+        .cast::<PyDict>()
+        .map_err(|_| hauler_err("ConfigError", "job limits must be a dict or None"))?;
+    let item = |key: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+        Ok(d.get_item(key)?.filter(|v| !v.is_none()))
+    };
+    let positive = |what: &str, v: i64| -> PyResult<u32> {
+        u32::try_from(v).ok().filter(|&n| n > 0).ok_or_else(|| {
+            hauler_err(
+                "ConfigError",
+                format!("{what} must be a positive int that fits in 32 bits, got {v}"),
+            )
+        })
+    };
+    let unique_key: Option<String> = item("unique_key")?.map(|v| v.extract()).transpose()?;
+    let unique_states: Vec<String> = item("unique_states")?
+        .map(|v| v.extract())
+        .transpose()?
+        .unwrap_or_default();
+    let concurrency = match item("concurrency_key")? {
+        Some(key) => {
+            let limit: i64 = item("concurrency_limit")?
+                .map(|v| v.extract())
+                .transpose()?
+                .unwrap_or(1);
+            Some(ConcurrencyLimit {
+                key: key.extract()?,
+                limit: positive("concurrency limit", limit)?,
+            })
+        }
+        None => None,
+    };
+    let rate = match item("rate_key")? {
+        Some(key) => {
+            let limit: i64 = item("rate_limit")?.map_or(Ok(0), |v| v.extract())?;
+            let window: i64 = item("rate_window_ms")?.map_or(Ok(0), |v| v.extract())?;
+            Some(RateLimit {
+                key: key.extract()?,
+                limit: positive("rate limit", limit)?,
+                window_ms: u64::from(positive("rate window (ms)", window)?),
+            })
+        }
+        None => None,
+    };
+    let limits = JobLimits {
+        unique_states: parse_statuses(&unique_states)?,
+        concurrency,
+        rate,
+    };
+    limits.validate().map_err(to_pyerr)?;
+    Ok((unique_key, limits))
 }
 
 impl PyStorage {
@@ -246,32 +308,43 @@ impl PyStorage {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// Store jobs in one transaction; return their ids once durable.
+    /// Store jobs in one transaction; once durable, return per job its id and whether it
+    /// was a duplicate (the id is then the existing job's).
     #[pyo3(signature = (jobs, *, max_payload_bytes = None))]
     fn push_many(
         &self,
         py: Python<'_>,
         jobs: &Bound<'_, PyAny>,
         max_payload_bytes: Option<usize>,
-    ) -> PyResult<Vec<String>> {
+    ) -> PyResult<Vec<(String, bool)>> {
         let mut new = Vec::new();
         for item in jobs.try_iter()? {
             new.push(new_job(&item?, max_payload_bytes)?);
         }
         let queue = self.queue.clone();
-        let ids = wait(py, async move { queue.push_many(new).await })?;
-        Ok(ids.iter().map(JobId::to_string).collect())
+        let inserted = wait(py, async move { queue.insert_many(new).await })?;
+        Ok(inserted
+            .iter()
+            .map(|j| (j.id.to_string(), j.duplicate))
+            .collect())
     }
 
     /// Transactional enqueue on PostgreSQL: the statement (psycopg `%(name)s` style), its
-    /// parameters and the new ids, for the caller to execute on its own connection.
+    /// parameters and the new ids, for the caller to execute on its own connection; for a
+    /// batch with unique jobs also the holder lookup and each job's key.
     #[pyo3(signature = (jobs, *, max_payload_bytes = None))]
+    #[allow(clippy::type_complexity)]
     fn pg_insert<'py>(
         &self,
         py: Python<'py>,
         jobs: &Bound<'py, PyAny>,
         max_payload_bytes: Option<usize>,
-    ) -> PyResult<(String, Bound<'py, PyDict>, Vec<String>)> {
+    ) -> PyResult<(
+        String,
+        Bound<'py, PyDict>,
+        Vec<String>,
+        Option<(String, Vec<Option<String>>)>,
+    )> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(hauler_err("StorageClosedError", "the storage is closed"));
         }
@@ -289,9 +362,19 @@ impl PyStorage {
             new.push(new_job(&item?, max_payload_bytes)?);
         }
         let ids: Vec<String> = new.iter().map(|j| j.id.to_string()).collect();
+        let keys: Vec<Option<String>> = new.iter().map(|j| j.unique_key.clone()).collect();
         let now = self.queue.clock().now();
         let rows = postgres::JobInsertRows::new(new, now).map_err(to_pyerr)?;
-        let sql = postgres::job_insert_statement(schema).map_err(to_pyerr)?;
+        let (sql, unique) = if keys.iter().any(Option::is_some) {
+            let (insert, holders) =
+                postgres::job_insert_unique_statements(schema).map_err(to_pyerr)?;
+            (insert, Some((psycopg_placeholders(&holders), keys)))
+        } else {
+            (
+                postgres::job_insert_statement(schema).map_err(to_pyerr)?,
+                None,
+            )
+        };
         let time = |t: &chrono::DateTime<chrono::Utc>| t.to_rfc3339();
         let params = PyDict::new(py);
         let uuids: Vec<String> = rows.ids.iter().map(ToString::to_string).collect();
@@ -313,7 +396,13 @@ impl PyStorage {
         params.set_item("p13", now)?;
         params.set_item("p14", rows.run_ats.iter().map(time).collect::<Vec<_>>())?;
         params.set_item("p15", postgres::notify_channel(schema))?;
-        Ok((psycopg_placeholders(&sql), params, ids))
+        params.set_item("p16", rows.unique_states)?;
+        params.set_item("p17", rows.concurrency_keys)?;
+        params.set_item("p18", rows.concurrency_limits)?;
+        params.set_item("p19", rows.rate_keys)?;
+        params.set_item("p20", rows.rate_limits)?;
+        params.set_item("p21", rows.rate_windows_ms)?;
+        Ok((psycopg_placeholders(&sql), params, ids, unique))
     }
 
     /// One job, or None.
@@ -467,6 +556,7 @@ impl PyStorage {
                 timeout_ms: job.timeout_ms,
                 heartbeat_ms: job.heartbeat_ms,
                 version: job.version,
+                limits: job.limits,
             },
         };
         let queue = self.queue.clone();

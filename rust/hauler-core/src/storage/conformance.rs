@@ -19,7 +19,7 @@
 //!
 //! What the suite does *not* pin down, because the trait leaves it open: the order of the
 //! jobs *returned* by one claim (only which jobs are picked is checked; claim order is
-//! checked one job at a time), and what `unique_key` deduplicates (it is only stored).
+//! checked one job at a time).
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -37,8 +37,9 @@ use super::{
 };
 use crate::error::Error;
 use crate::model::{
-    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken,
-    NewJob, QueueCount, Timestamp,
+    AttemptOutcome, AttemptRecord, ClaimedJob, ConcurrencyLimit, ErrorInfo, InsertedJob, JobId,
+    JobLimits, JobRecord, JobStatus, LeaseToken, NewJob, QueueCount, RateLimit, Timestamp,
+    UNIQUE_STATES_REQUIRED,
 };
 use crate::retry::{Backoff, BackoffKind, MaxRetries, RetryPolicy};
 use crate::schedule::{CatchUp, JobTemplate, NewSchedule, ScheduleRecord, ScheduleSpec};
@@ -67,6 +68,7 @@ pub fn new_job(name: &str, queue: &str) -> NewJob {
         run_at: None,
         version: 1,
         unique_key: None,
+        limits: JobLimits::default(),
     }
 }
 
@@ -122,6 +124,15 @@ cases![
     schedule_tick_stores_one_job_per_tick,
     concurrent_ticks_store_one_job,
     schedule_run_now_and_delete,
+    unique_job_matches_the_holder_of_its_key,
+    unique_key_is_free_outside_the_holders_states,
+    unique_states_must_cover_every_pending_status,
+    concurrent_unique_inserts_store_one_job,
+    retry_skips_a_unique_job_whose_key_is_held,
+    concurrency_limit_passes_over_full_keys,
+    concurrent_claimers_respect_a_concurrency_limit,
+    rate_limit_counts_starts_in_a_sliding_window,
+    limits_round_trip_and_ride_schedule_templates,
     empty_batches,
     close_is_final_and_idempotent,
 ];
@@ -264,6 +275,13 @@ fn expected_record(job: &NewJob, now: Timestamp) -> JobRecord {
         heartbeat_ms: job.heartbeat_ms,
         version: job.version,
         unique_key: job.unique_key.clone(),
+        limits: JobLimits {
+            unique_states: match &job.unique_key {
+                Some(_) => job.limits.unique_states().expect("valid unique states"),
+                None => Vec::new(),
+            },
+            ..job.limits.clone()
+        },
         created_at: now,
         run_at,
         started_at: None,
@@ -280,9 +298,52 @@ fn expected_record(job: &NewJob, now: Timestamp) -> JobRecord {
 }
 
 async fn insert(s: &dyn Storage, jobs: Vec<NewJob>, now: Timestamp) {
+    let n = jobs.len();
+    let got = insert_many(s, jobs, now).await;
+    assert_eq!(got.len(), n, "job_insert_many must answer once per job");
+    assert!(got.iter().all(|j| !j.duplicate), "{got:?}");
+}
+
+async fn insert_many(s: &dyn Storage, jobs: Vec<NewJob>, now: Timestamp) -> Vec<InsertedJob> {
     s.job_insert_many(JobInsertManyParams { jobs, now })
         .await
-        .expect("job_insert_many failed");
+        .expect("job_insert_many failed")
+}
+
+/// A job with unique key `key` (default unique states).
+fn unique_job(key: &str) -> NewJob {
+    NewJob {
+        unique_key: Some(key.to_owned()),
+        ..new_job(NAME, QUEUE)
+    }
+}
+
+/// A job of concurrency key `key` with room for `limit` running at once.
+fn limited_job(key: &str, limit: u32) -> NewJob {
+    NewJob {
+        limits: JobLimits {
+            concurrency: Some(ConcurrencyLimit {
+                key: key.to_owned(),
+                limit,
+            }),
+            ..JobLimits::default()
+        },
+        ..new_job(NAME, QUEUE)
+    }
+}
+
+fn stored(id: JobId) -> InsertedJob {
+    InsertedJob {
+        id,
+        duplicate: false,
+    }
+}
+
+fn duplicate_of(id: JobId) -> InsertedJob {
+    InsertedJob {
+        id,
+        duplicate: true,
+    }
 }
 
 async fn get(s: &dyn Storage, id: JobId) -> JobRecord {
@@ -492,6 +553,7 @@ pub async fn insert_and_get_round_trip(s: Arc<dyn Storage>) {
         run_at: None,
         version: 4,
         unique_key: Some("send:zoë@example.com".to_owned()),
+        limits: JobLimits::default(),
     };
     let future = NewJob {
         run_at: Some(at(60)),
@@ -540,6 +602,10 @@ pub async fn insert_and_get_round_trip(s: Arc<dyn Storage>) {
         heartbeat_ms: 750,
         version: 4,
         unique_key: Some("send:zoë@example.com".to_owned()),
+        limits: JobLimits {
+            unique_states: UNIQUE_STATES_REQUIRED.to_vec(),
+            ..JobLimits::default()
+        },
         created_at: now,
         run_at: now,
         started_at: None,
@@ -2923,6 +2989,397 @@ pub async fn filters_by_time_text_and_ids_for_list_count_and_admin(s: Arc<dyn St
     );
 }
 
+/// A unique job whose key a pending or running job holds stores nothing and names the
+/// holder, also against an earlier job of the same batch; jobs without a key and jobs of
+/// other keys are stored as usual.
+pub async fn unique_job_matches_the_holder_of_its_key(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let first = unique_job("k1");
+    assert_eq!(
+        insert_many(s, vec![first.clone()], at(0)).await,
+        vec![stored(first.id)]
+    );
+    let (again, plain, other, other_again) = (
+        unique_job("k1"),
+        new_job(NAME, QUEUE),
+        unique_job("k2"),
+        unique_job("k2"),
+    );
+    let got = insert_many(
+        s,
+        vec![
+            again.clone(),
+            plain.clone(),
+            other.clone(),
+            other_again.clone(),
+        ],
+        at(1),
+    )
+    .await;
+    assert_eq!(
+        got,
+        vec![
+            duplicate_of(first.id),
+            stored(plain.id),
+            stored(other.id),
+            duplicate_of(other.id)
+        ]
+    );
+    assert!(s.job_get(again.id).await.unwrap().is_none());
+    assert!(s.job_get(other_again.id).await.unwrap().is_none());
+    // Running still holds the key; so does scheduled (a job in the future).
+    let running = claim_one(s, "w", at(2)).await;
+    assert_eq!(running.id, first.id);
+    let late = unique_job("k1");
+    assert_eq!(
+        insert_many(s, vec![late], at(3)).await,
+        vec![duplicate_of(first.id)]
+    );
+    let future = NewJob {
+        run_at: Some(at(100)),
+        ..unique_job("k3")
+    };
+    insert(s, vec![future.clone()], at(3)).await;
+    assert_eq!(
+        insert_many(s, vec![unique_job("k3")], at(4)).await,
+        vec![duplicate_of(future.id)]
+    );
+    assert_eq!(
+        get(s, future.id).await.limits.unique_states,
+        UNIQUE_STATES_REQUIRED.to_vec()
+    );
+}
+
+/// Once its holder reaches a status outside the holder's unique states the key is free;
+/// a holder whose states include `completed` keeps it after completing.
+pub async fn unique_key_is_free_outside_the_holders_states(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let first = unique_job("once");
+    insert(s, vec![first.clone()], at(0)).await;
+    let c = claim_one(s, "w", at(1)).await;
+    assert!(finish(s, &c, FinishOutcome::Completed, at(2)).await);
+    let second = unique_job("once");
+    assert_eq!(
+        insert_many(s, vec![second.clone()], at(3)).await,
+        vec![stored(second.id)]
+    );
+
+    let mut keeps = unique_job("forever");
+    keeps.limits.unique_states = vec![
+        JobStatus::Completed,
+        JobStatus::Scheduled,
+        JobStatus::Available,
+        JobStatus::Running,
+        JobStatus::Retryable,
+    ];
+    insert(s, vec![keeps.clone()], at(4)).await;
+    assert_eq!(
+        get(s, keeps.id).await.limits.unique_states,
+        vec![
+            JobStatus::Scheduled,
+            JobStatus::Available,
+            JobStatus::Running,
+            JobStatus::Retryable,
+            JobStatus::Completed,
+        ],
+        "stored in life-cycle order"
+    );
+    // Claim the second "once" job and then the "forever" one.
+    let got = claim(s, 10, "w", at(5)).await;
+    assert_eq!(got.len(), 2);
+    for c in &got {
+        assert!(finish(s, c, FinishOutcome::Completed, at(6)).await);
+    }
+    assert_eq!(
+        insert_many(s, vec![unique_job("forever")], at(7)).await,
+        vec![duplicate_of(keeps.id)]
+    );
+    // Cancelling frees a key held in the default states.
+    let third = unique_job("once");
+    insert(s, vec![third.clone()], at(8)).await;
+    cancel(s, by_ids(&[third.id]), at(9)).await;
+    let fourth = unique_job("once");
+    assert_eq!(
+        insert_many(s, vec![fourth.clone()], at(10)).await,
+        vec![stored(fourth.id)]
+    );
+}
+
+/// Unique states that leave out a status that is not final are refused, and the whole
+/// batch with them; bad limit numbers too.
+pub async fn unique_states_must_cover_every_pending_status(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let fine = new_job(NAME, QUEUE);
+    let mut bad = unique_job("k");
+    bad.limits.unique_states = vec![JobStatus::Available, JobStatus::Running];
+    let err = s
+        .job_insert_many(JobInsertManyParams {
+            jobs: vec![fine.clone(), bad],
+            now: at(0),
+        })
+        .await
+        .expect_err("unique states without scheduled and retryable must be refused");
+    match err {
+        Error::Config(m) => assert!(m.contains("scheduled, retryable"), "{m}"),
+        other => panic!("expected a config error, got {other:?}"),
+    }
+    let zero = limited_job("k", 0);
+    let err = s
+        .job_insert_many(JobInsertManyParams {
+            jobs: vec![zero],
+            now: at(0),
+        })
+        .await
+        .expect_err("a concurrency limit of 0 must be refused");
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+    assert!(s.job_get(fine.id).await.unwrap().is_none(), "all or none");
+}
+
+/// Many inserts of one key at once store exactly one job; every other names it.
+pub async fn concurrent_unique_inserts_store_one_job(s: Arc<dyn Storage>) {
+    const INSERTERS: usize = 8;
+    let mut tasks = Vec::new();
+    for _ in 0..INSERTERS {
+        let s = Arc::clone(&s);
+        tasks.push(tokio::spawn(async move {
+            let job = unique_job("race");
+            insert_many(&*s, vec![job.clone(), new_job(NAME, QUEUE)], at(0)).await[0]
+        }));
+    }
+    let mut results = Vec::new();
+    for t in tasks {
+        results.push(t.await.expect("inserter panicked"));
+    }
+    let winners: Vec<_> = results.iter().filter(|r| !r.duplicate).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    assert!(results.iter().all(|r| r.id == winners[0].id), "{results:?}");
+    let filter = JobFilter::default();
+    assert_eq!(count(&*s, filter).await, 1 + INSERTERS as u64);
+}
+
+/// A manual retry never makes a second live job of a key: a failed job whose key another
+/// job took meanwhile is left failed, and of two failed jobs of one key only one runs.
+pub async fn retry_skips_a_unique_job_whose_key_is_held(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let fail = |c: ClaimedJob| async move {
+        assert!(finish(s, &c, FinishOutcome::Failed { error: boom("no") }, at(2)).await);
+    };
+    let a = unique_job("k");
+    insert(s, vec![a.clone()], at(0)).await;
+    fail(claim_one(s, "w", at(1)).await).await;
+    let b = unique_job("k");
+    insert(s, vec![b.clone()], at(3)).await; // the key is free: a failed
+    assert_eq!(retry(s, by_ids(&[a.id]), at(4)).await, 0);
+    assert_eq!(get(s, a.id).await.status, JobStatus::Failed);
+    // b fails too; now both are failed and the key is free: one retry wins.
+    fail(claim_one(s, "w", at(5)).await).await;
+    assert_eq!(retry(s, by_ids(&[a.id, b.id]), at(6)).await, 1);
+    let statuses = [get(s, a.id).await.status, get(s, b.id).await.status];
+    let mut sorted = statuses;
+    sorted.sort();
+    assert_eq!(
+        sorted,
+        [JobStatus::Available, JobStatus::Failed],
+        "{statuses:?}"
+    );
+    // A plain failed job is still retried.
+    let plain = new_job("plain", QUEUE);
+    insert(s, vec![plain.clone()], at(7)).await;
+    let c = claim_from(s, &[QUEUE], &["plain"], 1, "w", at(8)).await;
+    fail(c.into_iter().next().expect("claimed")).await;
+    assert_eq!(retry(s, by_ids(&[plain.id]), at(9)).await, 1);
+}
+
+/// A claim never starts a job whose concurrency key is full: it stays available with no
+/// attempt counted, the jobs behind it are claimed instead, and one claim takes no more
+/// of a key than its room. A finished job frees its slot.
+pub async fn concurrency_limit_passes_over_full_keys(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let singles: Vec<NewJob> = (0..3)
+        .map(|_| NewJob {
+            priority: 10,
+            ..limited_job("one", 1)
+        })
+        .collect();
+    let pairs: Vec<NewJob> = (0..4)
+        .map(|_| NewJob {
+            priority: 5,
+            ..limited_job("two", 2)
+        })
+        .collect();
+    let plain: Vec<NewJob> = (0..2).map(|_| new_job(NAME, QUEUE)).collect();
+    let mut all = singles.clone();
+    all.extend(pairs.clone());
+    all.extend(plain.clone());
+    insert(s, all, at(0)).await;
+
+    let got = claim(s, 10, "w", at(1)).await;
+    let ids = claimed_ids(&got);
+    let want: HashSet<JobId> = [
+        singles[0].id,
+        pairs[0].id,
+        pairs[1].id,
+        plain[0].id,
+        plain[1].id,
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(
+        ids, want,
+        "one of key one, two of key two, and the plain jobs behind"
+    );
+    for job in &singles[1..] {
+        let r = get(s, job.id).await;
+        assert_eq!((r.status, r.attempt), (JobStatus::Available, 0));
+    }
+    assert!(
+        claim(s, 10, "w", at(2)).await.is_empty(),
+        "every key is full"
+    );
+
+    // Finishing the running "one" job makes room for exactly one more.
+    let one = got.iter().find(|c| c.id == singles[0].id).expect("claimed");
+    assert!(finish(s, one, FinishOutcome::Completed, at(3)).await);
+    let next = claim(s, 10, "w", at(4)).await;
+    assert_eq!(claimed_ids(&next), [singles[1].id].into_iter().collect());
+    // A release frees the slot too (the released job now runs after the last one).
+    assert_eq!(
+        release(s, vec![(next[0].id, next[0].lease)], at(5)).await,
+        1
+    );
+    let again = claim(s, 10, "w", at(6)).await;
+    assert_eq!(claimed_ids(&again), [singles[2].id].into_iter().collect());
+}
+
+/// Claimers racing over jobs of one key never run more than its limit at once, and
+/// between them they run every job.
+pub async fn concurrent_claimers_respect_a_concurrency_limit(s: Arc<dyn Storage>) {
+    const LIMIT: u32 = 3;
+    const CLAIMERS: usize = 6;
+    const JOBS: usize = 24;
+    let all: Vec<NewJob> = (0..JOBS).map(|_| limited_job("shared", LIMIT)).collect();
+    insert(&*s, all, at(0)).await;
+    let mut done = 0;
+    for round in 0..200_i64 {
+        let mut tasks = Vec::new();
+        for i in 0..CLAIMERS {
+            let s = Arc::clone(&s);
+            tasks.push(tokio::spawn(async move {
+                claim(&*s, 2, &format!("w{i}"), at(1 + round)).await
+            }));
+        }
+        let mut got = Vec::new();
+        for t in tasks {
+            got.extend(t.await.expect("claimer panicked"));
+        }
+        let running = count(
+            &*s,
+            JobFilter {
+                statuses: vec![JobStatus::Running],
+                ..JobFilter::default()
+            },
+        )
+        .await;
+        assert!(got.len() <= LIMIT as usize, "round {round}: {got:?}");
+        assert!(
+            running <= u64::from(LIMIT),
+            "round {round}: {running} running"
+        );
+        for c in &got {
+            assert!(finish(&*s, c, FinishOutcome::Completed, at(1 + round)).await);
+        }
+        done += got.len();
+        if done == JOBS {
+            return;
+        }
+    }
+    panic!("only {done} of {JOBS} jobs ran in 200 rounds");
+}
+
+/// At most `limit` jobs of a rate key start within any window: the others wait
+/// (available, no attempt counted) until the oldest start leaves the window.
+pub async fn rate_limit_counts_starts_in_a_sliding_window(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let rated = |key: &str| NewJob {
+        limits: JobLimits {
+            rate: Some(RateLimit {
+                key: key.to_owned(),
+                limit: 2,
+                window_ms: 10_000,
+            }),
+            ..JobLimits::default()
+        },
+        ..new_job(NAME, QUEUE)
+    };
+    let jobs: Vec<NewJob> = (0..5).map(|_| rated("r")).collect();
+    let plain = new_job(NAME, QUEUE);
+    let mut all = jobs.clone();
+    all.push(plain.clone());
+    insert(s, all, at(0)).await;
+    let first = claim(s, 10, "w", at(1)).await;
+    assert_eq!(
+        claimed_ids(&first),
+        [jobs[0].id, jobs[1].id, plain.id].into_iter().collect()
+    );
+    for c in &first {
+        assert!(finish(s, c, FinishOutcome::Completed, at(2)).await);
+    }
+    // Finishing does not free a rate slot: the window counts starts.
+    assert!(claim(s, 10, "w", at(5)).await.is_empty());
+    assert_eq!(get(s, jobs[2].id).await.attempt, 0);
+    let one = claim(s, 10, "w", at(6)).await;
+    assert!(
+        one.is_empty(),
+        "the starts at 1 s are inside the window until 11 s"
+    );
+    let later = claim(s, 10, "w", at(11)).await;
+    assert_eq!(
+        claimed_ids(&later),
+        [jobs[2].id, jobs[3].id].into_iter().collect()
+    );
+    assert!(claim(s, 10, "w", at(12)).await.is_empty());
+    assert_eq!(claimed_ids(&claim(s, 10, "w", at(21)).await).len(), 1);
+}
+
+/// Limits are stored with each job, and a schedule entry's template carries its
+/// concurrency limit to every job it stores.
+pub async fn limits_round_trip_and_ride_schedule_templates(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let mut job = limited_job("c", 2);
+    job.limits.rate = Some(RateLimit {
+        key: "r".to_owned(),
+        limit: 7,
+        window_ms: 60_000,
+    });
+    insert(s, vec![job.clone()], at(0)).await;
+    assert_eq!(get(s, job.id).await, expected_record(&job, at(0)));
+
+    let mut schedule = new_schedule("limited", "{}");
+    schedule.job.limits = limited_job("tick", 1).limits;
+    s.schedule_upsert(ScheduleUpsertParams {
+        schedule,
+        next_run_at: at(10),
+        now: at(0),
+    })
+    .await
+    .expect("schedule_upsert failed");
+    let id = s
+        .schedule_run_now(ScheduleRunNowParams {
+            name: "limited".to_owned(),
+            now: at(1),
+        })
+        .await
+        .expect("schedule_run_now failed")
+        .expect("the entry exists");
+    assert_eq!(
+        get(s, id).await.limits.concurrency,
+        Some(ConcurrencyLimit {
+            key: "tick".to_owned(),
+            limit: 1
+        })
+    );
+}
+
 /// Empty batches and an empty storage are fine everywhere.
 pub async fn empty_batches(s: Arc<dyn Storage>) {
     let s = &*s;
@@ -3107,6 +3564,7 @@ pub fn new_schedule(name: &str, args: &str) -> NewSchedule {
             timeout_ms: Some(1000),
             heartbeat_ms: 5000,
             version: 2,
+            limits: JobLimits::default(),
         },
     }
 }

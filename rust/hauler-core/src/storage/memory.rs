@@ -10,14 +10,16 @@
 //!   into the ready set, then merges the first entries of the lanes it asked for;
 //! - running jobs are indexed by lease expiry, so reclaiming reads only expired leases;
 //! - finished jobs are indexed by finish time, so pruning reads only the jobs it deletes;
-//! - counts per queue and status are kept up to date on every transition.
+//! - counts per queue and status are kept up to date on every transition;
+//! - unique keys map to the job holding them (one in its unique states), and concurrency
+//!   keys to how many of their jobs run, so inserts and claims check limits by lookup.
 //!
 //! Every change to a job goes through [`Inner::update`], which takes the job out of the
 //! indexes, applies the change and puts it back, so the indexes cannot drift from the
 //! records.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -34,8 +36,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::model::{
-    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken,
-    NewJob, QueueCount, Timestamp,
+    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, InsertedJob, JobId, JobLimits, JobRecord,
+    JobStatus, LeaseToken, NewJob, QueueCount, Timestamp,
 };
 use crate::schedule::ScheduleRecord;
 
@@ -169,6 +171,17 @@ struct Indexes {
     finished: BTreeSet<(Timestamp, JobId)>,
     /// Jobs per queue and status (indexed by `JobStatus as usize`).
     counts: BTreeMap<String, [u64; JobStatus::ALL.len()]>,
+    /// Unique keys held: by the job with that key whose status is one of its unique states.
+    unique: HashMap<String, JobId>,
+    /// Running jobs per concurrency key (keys with none are removed).
+    running_keys: HashMap<String, u32>,
+}
+
+/// Whether `r` holds its unique key: it has one and its status is one of its unique states.
+fn holds_unique(r: &JobRecord) -> Option<&str> {
+    r.unique_key
+        .as_deref()
+        .filter(|_| r.limits.unique_states.contains(&r.status))
 }
 
 impl Indexes {
@@ -195,6 +208,12 @@ impl Indexes {
             None => self.counts.entry(r.queue.clone()).or_default(),
         };
         counts[r.status as usize] += 1;
+        if let Some(key) = holds_unique(r) {
+            self.unique.insert(key.to_owned(), r.id);
+        }
+        if let (JobStatus::Running, Some(c)) = (r.status, &r.limits.concurrency) {
+            *self.running_keys.entry(c.key.clone()).or_default() += 1;
+        }
     }
 
     fn remove(&mut self, r: &JobRecord) {
@@ -216,6 +235,19 @@ impl Indexes {
         if let Some(counts) = self.counts.get_mut(r.queue.as_str()) {
             counts[r.status as usize] = counts[r.status as usize].saturating_sub(1);
         }
+        if let Some(key) = holds_unique(r) {
+            if self.unique.get(key) == Some(&r.id) {
+                self.unique.remove(key);
+            }
+        }
+        if let (JobStatus::Running, Some(c)) = (r.status, &r.limits.concurrency) {
+            if let Some(n) = self.running_keys.get_mut(&c.key) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    self.running_keys.remove(&c.key);
+                }
+            }
+        }
     }
 }
 
@@ -227,14 +259,68 @@ struct Inner {
     idx: Indexes,
     /// Schedule entries, by name.
     schedules: BTreeMap<String, ScheduleRecord>,
+    /// Per rate key, the start times of its jobs within the longest window seen.
+    rate_starts: HashMap<String, VecDeque<Timestamp>>,
+}
+
+/// How many more jobs of each key a claim may start: counted once per key, then spent.
+#[derive(Default)]
+struct Room {
+    concurrency: HashMap<String, u32>,
+    rate: HashMap<String, u32>,
+}
+
+impl Room {
+    /// Whether a job with `limits` may start now; if so, its room is spent.
+    fn take(&mut self, inner: &Inner, limits: &JobLimits, now: Timestamp) -> bool {
+        let concurrency = limits.concurrency.as_ref().map(|c| {
+            let running = inner.idx.running_keys.get(&c.key).copied().unwrap_or(0);
+            (
+                c.key.as_str(),
+                *self
+                    .concurrency
+                    .entry(c.key.clone())
+                    .or_insert_with(|| c.limit.saturating_sub(running)),
+            )
+        });
+        let rate = limits.rate.as_ref().map(|r| {
+            let since = now.minus(Duration::from_millis(r.window_ms));
+            let started = inner.rate_starts.get(&r.key).map_or(0, |starts| {
+                starts.iter().filter(|&&t| t > since && t <= now).count()
+            });
+            let started = u32::try_from(started).unwrap_or(u32::MAX);
+            (
+                r.key.as_str(),
+                *self
+                    .rate
+                    .entry(r.key.clone())
+                    .or_insert_with(|| r.limit.saturating_sub(started)),
+            )
+        });
+        if concurrency.is_some_and(|(_, n)| n == 0) || rate.is_some_and(|(_, n)| n == 0) {
+            return false;
+        }
+        if let Some((key, _)) = concurrency {
+            if let Some(n) = self.concurrency.get_mut(key) {
+                *n -= 1;
+            }
+        }
+        if let Some((key, _)) = rate {
+            if let Some(n) = self.rate.get_mut(key) {
+                *n -= 1;
+            }
+        }
+        true
+    }
 }
 
 impl Inner {
-    /// Store jobs, all or none.
-    fn insert_jobs(&mut self, jobs: Vec<NewJob>, now: Timestamp) -> Result<()> {
+    /// Store jobs, all or none; a unique job whose key is held matches the holder instead.
+    fn insert_jobs(&mut self, jobs: Vec<NewJob>, now: Timestamp) -> Result<Vec<InsertedJob>> {
         let inner = self;
         let mut seen = HashSet::with_capacity(jobs.len());
         for job in &jobs {
+            job.limits.validate()?;
             if !seen.insert(job.id) {
                 return Err(Error::Storage(format!(
                     "job {} appears twice in the batch",
@@ -248,7 +334,24 @@ impl Inner {
                 )));
             }
         }
-        for job in jobs {
+        let mut out = Vec::with_capacity(jobs.len());
+        for mut job in jobs {
+            if let Some(key) = &job.unique_key {
+                if let Some(&holder) = inner.idx.unique.get(key) {
+                    out.push(InsertedJob {
+                        id: holder,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                job.limits.unique_states = job.limits.unique_states()?;
+            } else {
+                job.limits.unique_states.clear();
+            }
+            out.push(InsertedJob {
+                id: job.id,
+                duplicate: false,
+            });
             let run_at = job.run_at.unwrap_or(now);
             let record = JobRecord {
                 id: job.id,
@@ -267,6 +370,7 @@ impl Inner {
                 heartbeat_ms: job.heartbeat_ms,
                 version: job.version,
                 unique_key: job.unique_key,
+                limits: job.limits,
                 created_at: now,
                 run_at,
                 started_at: None,
@@ -289,7 +393,18 @@ impl Inner {
                 },
             );
         }
-        Ok(())
+        Ok(out)
+    }
+
+    /// Record that a job of rate key `key` (window `window_ms`) started at `now`,
+    /// forgetting starts that no window of that length still counts.
+    fn record_start(&mut self, key: &str, window_ms: u64, now: Timestamp) {
+        let starts = self.rate_starts.entry(key.to_owned()).or_default();
+        let horizon = now.minus(Duration::from_millis(window_ms));
+        while starts.front().is_some_and(|&t| t <= horizon) {
+            starts.pop_front();
+        }
+        starts.push_back(now);
     }
 
     /// Apply `f` to a job, keeping the indexes in step. Returns `None` for an unknown id.
@@ -398,7 +513,7 @@ fn end_attempt(e: &mut Entry, now: Timestamp, outcome: AttemptOutcome, error: Op
 
 #[async_trait]
 impl Storage for MemoryStorage {
-    async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<()> {
+    async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<Vec<InsertedJob>> {
         let mut inner = self.open()?;
         inner.insert_jobs(params.jobs, params.now)
     }
@@ -439,11 +554,21 @@ impl Storage for MemoryStorage {
                 }
             }
             let mut picked = Vec::with_capacity(limit.min(1024));
+            let mut room = Room::default();
             while picked.len() < limit {
                 let Some(Reverse((k, i))) = heads.pop() else {
                     break;
                 };
-                picked.push(k.2);
+                // A job over a limit stays pending; the ones behind it are still taken.
+                let admitted = match inner.jobs.get(&k.2) {
+                    Some(e) if e.record.limits.is_limited() => {
+                        room.take(inner, &e.record.limits, now)
+                    }
+                    _ => true,
+                };
+                if admitted {
+                    picked.push(k.2);
+                }
                 if let Some(&next) = iters[i].next() {
                     heads.push(Reverse((next, i)));
                 }
@@ -453,6 +578,13 @@ impl Storage for MemoryStorage {
 
         let mut claimed = Vec::with_capacity(picked.len());
         for id in picked {
+            let rate = inner
+                .jobs
+                .get(&id)
+                .and_then(|e| e.record.limits.rate.clone());
+            if let Some(r) = rate {
+                inner.record_start(&r.key, r.window_ms, now);
+            }
             let lease = LeaseToken::new();
             let job = inner.update(id, |e| {
                 let r = &mut e.record;
@@ -699,7 +831,21 @@ impl Storage for MemoryStorage {
         let mut inner = self.open()?;
         let now = params.now;
         let ids = inner.matching_ids(&params.filter, &[JobStatus::Failed, JobStatus::Cancelled]);
+        let mut retried = 0;
         for &id in &ids {
+            let taken = inner.jobs.get(&id).is_some_and(|e| {
+                e.record.unique_key.as_ref().is_some_and(|key| {
+                    inner
+                        .idx
+                        .unique
+                        .get(key)
+                        .is_some_and(|&holder| holder != id)
+                })
+            });
+            if taken {
+                continue; // another live job holds the key: retrying would duplicate it
+            }
+            retried += 1;
             inner.update(id, |e| {
                 let r = &mut e.record;
                 r.history.push(AttemptRecord {
@@ -717,7 +863,7 @@ impl Storage for MemoryStorage {
                 r.cancel_requested_at = None;
             });
         }
-        Ok(ids.len() as u64)
+        Ok(retried)
     }
 
     async fn job_delete(&self, params: JobDeleteParams) -> Result<u64> {
@@ -832,9 +978,8 @@ impl Storage for MemoryStorage {
         };
         s.last_enqueued_at = Some(params.now);
         let job = s.job.to_job();
-        let id = job.id;
-        inner.insert_jobs(vec![job], params.now)?;
-        Ok(Some(id))
+        let inserted = inner.insert_jobs(vec![job], params.now)?;
+        Ok(inserted.first().map(|j| j.id))
     }
 
     async fn schedule_delete(&self, name: &str) -> Result<bool> {

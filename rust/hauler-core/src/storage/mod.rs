@@ -14,7 +14,8 @@ use tokio::sync::watch;
 
 use crate::error::Result;
 use crate::model::{
-    ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken, NewJob, QueueCount, Timestamp,
+    ClaimedJob, ErrorInfo, InsertedJob, JobId, JobRecord, JobStatus, LeaseToken, NewJob,
+    QueueCount, Timestamp,
 };
 use crate::schedule::{NewSchedule, ScheduleRecord};
 
@@ -316,13 +317,28 @@ pub struct ScheduleRunNowParams {
 /// [`Storage::close`].
 #[async_trait]
 pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
-    /// Store jobs, all or none. Returns once they are durable (for SQLite: committed).
-    async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<()>;
+    /// Store jobs, all or none. Returns once they are durable (for SQLite: committed),
+    /// saying for each job, in order, whether it was stored or matched an existing job.
+    ///
+    /// A job with a `unique_key` is not stored while another job of that key is in one of
+    /// *its own* unique states ([`crate::model::JobLimits::unique_states`]): the answer
+    /// then names that job, with `duplicate: true`. This holds across processes (the
+    /// storage enforces it with a unique index, never a read-then-write) and inside one
+    /// batch (the second of two equal jobs matches the first). Unique states that leave
+    /// out a status that is not final are refused with [`crate::Error::Config`].
+    async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<Vec<InsertedJob>>;
 
     /// Claim up to `limit` runnable jobs, highest priority first, then earliest `run_at`,
     /// then oldest id. Each becomes `running` with `attempt + 1`, `started_at = now`, a
     /// fresh lease token and `worker_id`. A job is never handed to two claimers while its
     /// lease holds.
+    ///
+    /// Limits ([`crate::model::JobLimits`]) hold across every claimer: a job whose
+    /// concurrency key already has `limit` jobs running, or whose rate key saw `limit`
+    /// starts in the last `window_ms`, is passed over (it stays pending, no attempt
+    /// counted) and the jobs behind it are claimed instead; one claim never takes more
+    /// jobs of a key than the key has room for. Each start of a rate-limited job is
+    /// recorded.
     async fn job_claim(&self, params: JobClaimParams) -> Result<Vec<ClaimedJob>>;
 
     /// Extend leases, and say which of the jobs have a cancel requested.
@@ -368,7 +384,9 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Retry the matching `failed` and `cancelled` jobs in one transaction: each becomes
     /// `available` at `now` with its attempt count back to 0 and `finished_at` and
     /// `cancel_requested_at` cleared; its history is kept and gains a `retried` entry.
-    /// Returns how many were retried.
+    /// Returns how many were retried. A unique job whose key another job holds (in that
+    /// job's unique states) is left as it is and not counted: running it again would make
+    /// a second live job of the key. Of two matching jobs of one key, only one is retried.
     async fn job_retry(&self, params: JobRetryParams) -> Result<u64>;
 
     /// Delete the matching jobs that are not running, with their history, in one

@@ -61,8 +61,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::model::{
-    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken,
-    NewJob, QueueCount, Timestamp,
+    AttemptOutcome, AttemptRecord, ClaimedJob, ConcurrencyLimit, ErrorInfo, InsertedJob, JobId,
+    JobLimits, JobRecord, JobStatus, LeaseToken, NewJob, QueueCount, RateLimit, Timestamp,
 };
 use crate::retry::{MaxRetries, RetryPolicy};
 use crate::schedule::{JobTemplate, ScheduleRecord};
@@ -289,6 +289,29 @@ const MIGRATIONS: &[Migration] = &[
     -- The job's own state: a JSON object as text, kept across attempts.
     ALTER TABLE jobs ADD COLUMN state text;",
     },
+    Migration {
+        description: "unique jobs, concurrency and rate limits",
+        sql: "
+    -- A unique job's key is held while its status is one of its own unique states
+    -- (',scheduled,available,...,'): the partial unique index makes a second holder
+    -- impossible, whichever connection writes it. position() and || are immutable.
+    ALTER TABLE jobs ADD COLUMN unique_states text;
+    ALTER TABLE jobs ADD COLUMN concurrency_key text;
+    ALTER TABLE jobs ADD COLUMN concurrency_limit integer;
+    ALTER TABLE jobs ADD COLUMN rate_key text;
+    ALTER TABLE jobs ADD COLUMN rate_limit integer;
+    ALTER TABLE jobs ADD COLUMN rate_window_ms bigint;
+    CREATE UNIQUE INDEX jobs_unique ON jobs (unique_key)
+        WHERE unique_key IS NOT NULL AND position(',' || status || ',' in unique_states) > 0;
+    -- Claims count the running jobs of a concurrency key.
+    CREATE INDEX jobs_running_key ON jobs (concurrency_key) WHERE status = 'running';
+    -- The starts of rate-limited jobs (a sliding window per key).
+    CREATE TABLE rate_starts (
+        key        text        NOT NULL,
+        started_at timestamptz NOT NULL
+    );
+    CREATE INDEX rate_starts_key ON rate_starts (key, started_at);",
+    },
 ];
 
 /// The schema version this build writes and reads.
@@ -316,17 +339,60 @@ const RECORD_VERSION: &str = "INSERT INTO schema_migrations (version, descriptio
 /// queue.
 const JOB_INSERT: &str = "WITH inserted AS (
     INSERT INTO jobs (id, name, queue, args, status, priority, max_retries, retry,
-                      timeout_ms, heartbeat_ms, version, unique_key, created_at, run_at)
+                      timeout_ms, heartbeat_ms, version, unique_key, created_at, run_at,
+                      unique_states, concurrency_key, concurrency_limit, rate_key,
+                      rate_limit, rate_window_ms)
     SELECT id, name, queue, args, status, priority, max_retries, retry,
-           timeout_ms, heartbeat_ms, version, unique_key, $13::timestamptz, run_at
+           timeout_ms, heartbeat_ms, version, unique_key, $13::timestamptz, run_at,
+           unique_states, concurrency_key, concurrency_limit, rate_key, rate_limit,
+           rate_window_ms
     FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[],
                 $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[],
-                $12::text[], $14::timestamptz[])
+                $12::text[], $14::timestamptz[], $16::text[], $17::text[], $18::integer[],
+                $19::text[], $20::integer[], $21::bigint[])
          AS t(id, name, queue, args, status, priority, max_retries, retry,
-              timeout_ms, heartbeat_ms, version, unique_key, run_at)
+              timeout_ms, heartbeat_ms, version, unique_key, run_at, unique_states,
+              concurrency_key, concurrency_limit, rate_key, rate_limit, rate_window_ms)
     RETURNING queue
 )
 SELECT pg_notify($15, left(queue, 1000))::text FROM (SELECT DISTINCT queue FROM inserted) q";
+
+/// [`JOB_INSERT`] for a batch with unique jobs: a job whose key is held (by a committed
+/// job, one a concurrent transaction commits meanwhile, or one earlier in the batch) is
+/// skipped by the unique index. Answers the ids stored (second column NULL), then one
+/// row per notification (first column NULL).
+const JOB_INSERT_UNIQUE: &str = "WITH inserted AS (
+    INSERT INTO jobs (id, name, queue, args, status, priority, max_retries, retry,
+                      timeout_ms, heartbeat_ms, version, unique_key, created_at, run_at,
+                      unique_states, concurrency_key, concurrency_limit, rate_key,
+                      rate_limit, rate_window_ms)
+    SELECT id, name, queue, args, status, priority, max_retries, retry,
+           timeout_ms, heartbeat_ms, version, unique_key, $13::timestamptz, run_at,
+           unique_states, concurrency_key, concurrency_limit, rate_key, rate_limit,
+           rate_window_ms
+    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::integer[],
+                $7::bigint[], $8::text[], $9::bigint[], $10::bigint[], $11::bigint[],
+                $12::text[], $14::timestamptz[], $16::text[], $17::text[], $18::integer[],
+                $19::text[], $20::integer[], $21::bigint[])
+         WITH ORDINALITY
+         AS t(id, name, queue, args, status, priority, max_retries, retry,
+              timeout_ms, heartbeat_ms, version, unique_key, run_at, unique_states,
+              concurrency_key, concurrency_limit, rate_key, rate_limit, rate_window_ms, n)
+    ORDER BY n
+    ON CONFLICT (unique_key)
+        WHERE unique_key IS NOT NULL AND position(',' || status || ',' in unique_states) > 0
+        DO NOTHING
+    RETURNING id, queue
+)
+SELECT id, NULL::text FROM inserted
+UNION ALL
+SELECT NULL::uuid, pg_notify($15, left(queue, 1000))::text
+FROM (SELECT DISTINCT queue FROM inserted) q";
+
+/// The jobs holding unique keys `$1`.
+const UNIQUE_HOLDERS: &str = "SELECT unique_key, id FROM jobs
+    WHERE unique_key = ANY($1::text[]) AND unique_key IS NOT NULL
+      AND position(',' || status || ',' in unique_states) > 0";
 
 /// The columns of jobs about to be stored, as the parallel arrays `JOB_INSERT` binds
 /// (`$1`-`$12` and `$14`). Public for transactional enqueue: a client that holds its own
@@ -359,13 +425,44 @@ pub struct JobInsertRows {
     pub unique_keys: Vec<Option<String>>,
     /// `$14`: run times.
     pub run_ats: Vec<DateTime<Utc>>,
+    /// `$16`: unique states (`,scheduled,...,`; NULL without a unique key).
+    pub unique_states: Vec<Option<String>>,
+    /// `$17`: concurrency keys.
+    pub concurrency_keys: Vec<Option<String>>,
+    /// `$18`: concurrency limits.
+    pub concurrency_limits: Vec<Option<i32>>,
+    /// `$19`: rate keys.
+    pub rate_keys: Vec<Option<String>>,
+    /// `$20`: rate limits (starts per window).
+    pub rate_limits: Vec<Option<i32>>,
+    /// `$21`: rate windows in ms.
+    pub rate_windows_ms: Vec<Option<i64>>,
 }
 
 impl JobInsertRows {
     /// The rows for `jobs` queued at `now` (a job without a run time runs at `now`).
+    /// Fails with [`Error::Config`] if a job's limits are invalid.
     pub fn new(jobs: Vec<NewJob>, now: Timestamp) -> Result<Self> {
         let mut rows = JobInsertRows::default();
         for job in jobs {
+            job.limits.validate()?;
+            let unique_states = job
+                .unique_key
+                .as_ref()
+                .map(|_| job.limits.unique_states_text())
+                .transpose()?;
+            rows.unique_states.push(unique_states);
+            let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+            let concurrency = job.limits.concurrency.as_ref();
+            rows.concurrency_keys
+                .push(concurrency.map(|c| c.key.clone()));
+            rows.concurrency_limits
+                .push(concurrency.map(|c| clamp(c.limit)));
+            let rate = job.limits.rate.as_ref();
+            rows.rate_keys.push(rate.map(|r| r.key.clone()));
+            rows.rate_limits.push(rate.map(|r| clamp(r.limit)));
+            rows.rate_windows_ms
+                .push(rate.map(|r| to_bigint(r.window_ms)));
             let run_at = job.run_at.unwrap_or(now);
             let status = if run_at > now {
                 JobStatus::Scheduled
@@ -393,17 +490,69 @@ impl JobInsertRows {
     }
 }
 
+impl JobInsertRows {
+    /// The parameters of [`JOB_INSERT`] (and [`JOB_INSERT_UNIQUE`]): these arrays, the
+    /// time of storing `now` and the notification channel.
+    fn bind<'a>(
+        &'a self,
+        now: &'a DateTime<Utc>,
+        channel: &'a String,
+    ) -> [&'a (dyn ToSql + Sync); 21] {
+        [
+            &self.ids,
+            &self.names,
+            &self.queues,
+            &self.args,
+            &self.statuses,
+            &self.priorities,
+            &self.max_retries,
+            &self.retries,
+            &self.timeouts_ms,
+            &self.heartbeats_ms,
+            &self.versions,
+            &self.unique_keys,
+            now,
+            &self.run_ats,
+            channel,
+            &self.unique_states,
+            &self.concurrency_keys,
+            &self.concurrency_limits,
+            &self.rate_keys,
+            &self.rate_limits,
+            &self.rate_windows_ms,
+        ]
+    }
+}
+
 /// The statement that stores jobs in `schema`'s tables and notifies idle workers, for a
 /// connection whose `search_path` hauler does not control (transactional enqueue): the
-/// same SQL as the storage's own insert, with the table qualified. Parameters: `$1`-`$12`
-/// and `$14` are the arrays of [`JobInsertRows`], `$13` the time of queueing and `$15`
-/// [`notify_channel`]. The notification is delivered only if the transaction commits.
+/// same SQL as the storage's own insert, with the table qualified. Parameters: `$1`-`$12`,
+/// `$14` and `$16`-`$21` are the arrays of [`JobInsertRows`], `$13` the time of queueing
+/// and `$15` [`notify_channel`]. The notification is delivered only if the transaction
+/// commits. For a batch with unique jobs use [`job_insert_unique_statements`].
 pub fn job_insert_statement(schema: &str) -> Result<String> {
     if let Some(problem) = schema_problem(schema) {
         return Err(Error::Config(problem));
     }
     let qualified = format!("INSERT INTO {}.jobs ", quote_ident(schema));
     Ok(JOB_INSERT.replacen("INSERT INTO jobs ", &qualified, 1))
+}
+
+/// Transactional enqueue of a batch with unique jobs, as [`job_insert_statement`] is for
+/// others: the insert that skips jobs whose key is held (same parameters; it answers the
+/// ids stored in its first column), and the lookup of the jobs holding keys `$1` (it
+/// answers key, id). The caller runs the insert, looks up the holders of the jobs not
+/// stored, and inserts again those whose holder let go of the key meanwhile (as the
+/// storage's own insert does), all in its transaction.
+pub fn job_insert_unique_statements(schema: &str) -> Result<(String, String)> {
+    if let Some(problem) = schema_problem(schema) {
+        return Err(Error::Config(problem));
+    }
+    let table = format!("{}.jobs", quote_ident(schema));
+    Ok((
+        JOB_INSERT_UNIQUE.replacen("INSERT INTO jobs ", &format!("INSERT INTO {table} "), 1),
+        UNIQUE_HOLDERS.replacen("FROM jobs", &format!("FROM {table}"), 1),
+    ))
 }
 
 /// The `LISTEN`/`NOTIFY` channel of a schema's workers.
@@ -415,29 +564,100 @@ pub fn notify_channel(schema: &str) -> String {
 /// queue's claim index is walked on its own (a `queue = ANY(...)` scan would sort every
 /// ready job of the queues), then the best `$4` overall are taken. The lease is
 /// `$3 + least(heartbeat_ms, $6) * $7` milliseconds.
+///
+/// Jobs with a concurrency or rate limit are picked but not started here: they come back
+/// with `limited` true (column 13) and unchanged, for [`PostgresStorage::claim_limited`]
+/// to start under the keys' locks. Passed over at once: jobs of concurrency keys `$8`
+/// and rate keys `$9` (found full earlier in this claim), and jobs whose key is full as
+/// this statement sees it (a hint only; the locked check decides).
 const JOB_CLAIM: &str = "WITH picked AS MATERIALIZED (
-    SELECT c.id
+    SELECT c.id, c.limited
     FROM (SELECT DISTINCT unnest($1::text[]) AS queue) q
     CROSS JOIN LATERAL (
-        SELECT id, priority, run_at
+        SELECT id, priority, run_at,
+               concurrency_key IS NOT NULL OR rate_key IS NOT NULL AS limited
         FROM jobs
         WHERE queue = q.queue
           AND status IN ('scheduled', 'available', 'retryable')
           AND run_at <= $3::timestamptz
           AND name = ANY($2::text[])
+          AND (concurrency_key IS NULL
+               OR (NOT concurrency_key = ANY($8::text[])
+                   AND (SELECT count(*) FROM jobs r WHERE r.status = 'running'
+                        AND r.concurrency_key = jobs.concurrency_key) < concurrency_limit))
+          AND (rate_key IS NULL
+               OR (NOT rate_key = ANY($9::text[])
+                   AND (SELECT count(*) FROM rate_starts s WHERE s.key = jobs.rate_key
+                        AND s.started_at > $3::timestamptz
+                            - rate_window_ms * interval '1 millisecond') < rate_limit))
         ORDER BY priority DESC, run_at, id
         LIMIT $4
         FOR UPDATE SKIP LOCKED
     ) c
     ORDER BY c.priority DESC, c.run_at, c.id
     LIMIT $4
+),
+claimed AS (
+    UPDATE jobs j
+    SET status = 'running', attempt = j.attempt + 1, started_at = $3::timestamptz,
+        worker_id = $5, lease_token = gen_random_uuid(),
+        lease_expires_at = $3::timestamptz
+            + least(j.heartbeat_ms, $6) * $7 * interval '1 millisecond'
+    FROM picked
+    WHERE j.id = picked.id AND NOT picked.limited
+    RETURNING j.id, j.name, j.queue, j.args, j.attempt, j.retry, j.timeout_ms,
+              j.heartbeat_ms, j.version, j.lease_token, j.priority, j.run_at, j.state
 )
-UPDATE jobs j
-SET status = 'running', attempt = j.attempt + 1, started_at = $3::timestamptz,
-    worker_id = $5, lease_token = gen_random_uuid(),
-    lease_expires_at = $3::timestamptz + least(j.heartbeat_ms, $6) * $7 * interval '1 millisecond'
-FROM picked
-WHERE j.id = picked.id
+SELECT *, false, NULL::text, NULL::text FROM claimed
+UNION ALL
+SELECT j.id, j.name, j.queue, j.args, j.attempt, j.retry, j.timeout_ms, j.heartbeat_ms,
+       j.version, j.lease_token, j.priority, j.run_at, j.state, true, j.concurrency_key,
+       j.rate_key
+FROM picked p JOIN jobs j ON j.id = p.id
+WHERE p.limited";
+
+/// Take the transaction-level advisory locks of keys `$1` (sorted by the caller, so two
+/// claimers never wait on each other in a cycle), one after another in array order.
+const LIMIT_LOCKS: &str = "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 0)))
+    FROM unnest($1::text[]) AS k";
+
+/// The jobs `$1` that are still claimable at `$2`, locked, with their limits.
+const LIMITED_LOCK: &str = "SELECT id, priority, run_at, concurrency_key, concurrency_limit,
+        rate_key, rate_limit, rate_window_ms
+    FROM jobs
+    WHERE id = ANY($1::uuid[])
+      AND status IN ('scheduled', 'available', 'retryable')
+      AND run_at <= $2::timestamptz
+    ORDER BY priority DESC, run_at, id
+    FOR UPDATE SKIP LOCKED";
+
+/// How many jobs of each concurrency key `$1` run.
+const RUNNING_PER_KEY: &str = "SELECT concurrency_key, count(*) FROM jobs
+    WHERE concurrency_key = ANY($1::text[]) AND status = 'running'
+    GROUP BY concurrency_key";
+
+/// How many jobs of each rate key `$1` started after the matching time of `$2`.
+const RATE_COUNTS: &str = "SELECT w.key, count(s.key)
+    FROM unnest($1::text[], $2::timestamptz[]) AS w(key, since)
+    LEFT JOIN rate_starts s ON s.key = w.key AND s.started_at > w.since
+    GROUP BY w.key";
+
+/// Forget the starts of rate keys `$1` at or before the matching times `$2`, then record
+/// a start at `$4` for each of keys `$3` (one per job started).
+const RATE_RECORD: &str = "WITH pruned AS (
+    DELETE FROM rate_starts s
+    USING unnest($1::text[], $2::timestamptz[]) AS w(key, horizon)
+    WHERE s.key = w.key AND s.started_at <= w.horizon
+)
+INSERT INTO rate_starts (key, started_at)
+SELECT k, $4::timestamptz FROM unnest($3::text[]) AS k";
+
+/// Start jobs `$1` (locked by [`LIMITED_LOCK`]) as [`JOB_CLAIM`] does.
+const LIMITED_START: &str = "UPDATE jobs j
+SET status = 'running', attempt = j.attempt + 1, started_at = $2::timestamptz,
+    worker_id = $3, lease_token = gen_random_uuid(),
+    lease_expires_at = $2::timestamptz + least(j.heartbeat_ms, $4) * $5 * interval '1 millisecond'
+WHERE j.id = ANY($1::uuid[])
 RETURNING j.id, j.name, j.queue, j.args, j.attempt, j.retry, j.timeout_ms, j.heartbeat_ms,
           j.version, j.lease_token, j.priority, j.run_at, j.state";
 
@@ -590,7 +810,9 @@ macro_rules! job_select {
             j.timeout_ms, j.heartbeat_ms, j.version, j.unique_key, j.created_at, j.run_at,
             j.started_at, j.finished_at, j.worker_id, j.lease_expires_at, j.last_error,
             h.attempts, h.workers, h.started, h.finished, h.outcomes, h.errors,
-            j.cancel_requested_at, j.progress, j.progress_message, j.state
+            j.cancel_requested_at, j.progress, j.progress_message, j.state,
+            j.unique_states, j.concurrency_key, j.concurrency_limit, j.rate_key,
+            j.rate_limit, j.rate_window_ms
         FROM jobs j
         LEFT JOIN LATERAL (
             SELECT array_agg(a.attempt ORDER BY a.seq) AS attempts,
@@ -683,17 +905,28 @@ FROM done"
 /// Make the matching failed and cancelled jobs available at `$8`, attempts back to 0, with
 /// a `retried` history entry; notify channel `$9` once per queue. Answers (count, _) per
 /// queue.
+///
+/// A unique job whose key another job holds is left out, and of two that share a key
+/// only the first (by id) is retried, so the unique index is never violated.
 const JOB_RETRY: [&str; 3] = filtered!(
-    "WITH picked AS MATERIALIZED (SELECT j.id, j.attempt FROM jobs j",
+    "WITH picked AS MATERIALIZED (SELECT j.id, j.attempt, j.unique_key FROM jobs j",
     " AND j.status IN ('failed', 'cancelled')
+      AND (j.unique_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM jobs o
+          WHERE o.unique_key = j.unique_key AND o.id <> j.id
+            AND position(',' || o.status || ',' in o.unique_states) > 0))
     ORDER BY j.id
     FOR UPDATE
+),
+one AS (
+    SELECT DISTINCT ON (coalesce(unique_key, id::text)) id, attempt FROM picked
+    ORDER BY coalesce(unique_key, id::text), id
 ),
 done AS (
     UPDATE jobs j
     SET status = 'available', attempt = 0, run_at = $8::timestamptz, finished_at = NULL,
         cancel_requested_at = NULL
-    FROM picked p
+    FROM one p
     WHERE j.id = p.id
     RETURNING j.id, j.queue, p.attempt
 ),
@@ -1495,6 +1728,7 @@ fn record_from_row(row: &Row) -> Result<JobRecord> {
         ),
         progress_message: d.or(column(row, 27, id), None),
         state: d.or(column(row, 28, id), None),
+        limits: d.or(limits_from_row(row, id), JobLimits::default()),
     };
     Ok(d.mark(record))
 }
@@ -1522,6 +1756,38 @@ impl Damage {
         }
         record
     }
+}
+
+/// The limits of a `job_select!` row (columns 29 to 34).
+fn limits_from_row(row: &Row, id: Uuid) -> Result<JobLimits> {
+    let unique_states: Option<String> = column(row, 29, id)?;
+    let concurrency_key: Option<String> = column(row, 30, id)?;
+    let concurrency_limit: Option<i32> = column(row, 31, id)?;
+    let rate_key: Option<String> = column(row, 32, id)?;
+    let rate_limit: Option<i32> = column(row, 33, id)?;
+    let rate_window_ms: Option<i64> = column(row, 34, id)?;
+    Ok(JobLimits {
+        unique_states: unique_states
+            .map(|text| JobLimits::parse_unique_states(&text))
+            .transpose()
+            .map_err(|e| corrupt(id, format_args!("unique_states: {e}")))?
+            .unwrap_or_default(),
+        concurrency: match (concurrency_key, concurrency_limit) {
+            (Some(key), Some(limit)) => Some(ConcurrencyLimit {
+                key,
+                limit: int(limit, id, "concurrency_limit")?,
+            }),
+            _ => None,
+        },
+        rate: match (rate_key, rate_limit, rate_window_ms) {
+            (Some(key), Some(limit), Some(window)) => Some(RateLimit {
+                key,
+                limit: int(limit, id, "rate_limit")?,
+                window_ms: int(window, id, "rate_window_ms")?,
+            }),
+            _ => None,
+        },
+    })
 }
 
 /// The history arrays of a `job_select!` row (columns 19 to 24), oldest first.
@@ -1623,114 +1889,251 @@ fn schedule_from_row(row: &Row) -> Result<ScheduleRecord> {
     })
 }
 
-/// Store `job` inside `tx` (the storage's own insert statement, so workers are notified
-/// when `tx` commits).
+/// How many times an insert of unique jobs tries again when the job holding a key it
+/// met finished (and so let go of the key) before it could be looked up.
+const UNIQUE_INSERT_ROUNDS: usize = 16;
+
+/// Store `jobs` inside `tx` (so workers are notified when `tx` commits), saying for each
+/// whether it was stored or which job holds its unique key. Jobs without a key take one
+/// plain insert; with keys, the insert skips jobs whose key is held (the unique index
+/// decides, waiting for a concurrent insert of the key to commit or roll back), and the
+/// holders are then looked up; a job whose holder let go of the key meanwhile is inserted
+/// again.
 async fn insert_in(
     tx: &deadpool_postgres::Transaction<'_>,
-    job: NewJob,
+    jobs: Vec<NewJob>,
     now: Timestamp,
-    channel: &str,
-) -> std::result::Result<(), Failure> {
-    let rows = JobInsertRows::new(vec![job], now)?;
-    let now = to_pg_time(now)?;
-    let statement = tx.prepare_cached(JOB_INSERT).await?;
-    tx.query(
-        &statement,
-        &[
-            &rows.ids,
-            &rows.names,
-            &rows.queues,
-            &rows.args,
-            &rows.statuses,
-            &rows.priorities,
-            &rows.max_retries,
-            &rows.retries,
-            &rows.timeouts_ms,
-            &rows.heartbeats_ms,
-            &rows.versions,
-            &rows.unique_keys,
-            &now,
-            &rows.run_ats,
-            &channel,
-        ],
-    )
-    .await?;
-    Ok(())
-}
-
-#[async_trait]
-impl Storage for PostgresStorage {
-    async fn job_insert_many(&self, p: JobInsertManyParams) -> Result<()> {
-        const INSERT: &str = "job_insert_many";
-        self.ensure_open()?;
-        if p.jobs.is_empty() {
-            return Ok(());
-        }
-        let rows = JobInsertRows::new(p.jobs, p.now)?;
-        let now = to_pg_time(p.now)?;
-        let client = self.client(INSERT).await?;
-        // The batch is one statement, its own transaction: a crash before it is sent
-        // leaves what a crash inside SQLite's transaction does (nothing stored).
-        crash_point(CrashPoint::DuringEnqueue);
-        let res = run(
-            &client,
-            JOB_INSERT,
-            &[
-                &rows.ids,
-                &rows.names,
-                &rows.queues,
-                &rows.args,
-                &rows.statuses,
-                &rows.priorities,
-                &rows.max_retries,
-                &rows.retries,
-                &rows.timeouts_ms,
-                &rows.heartbeats_ms,
-                &rows.versions,
-                &rows.unique_keys,
-                &now,
-                &rows.run_ats,
-                &self.channel,
-            ],
-        )
-        .await;
-        match res {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
-                Err(Error::Storage(format!(
-                    "{INSERT} on {}: a job with that id already exists, so nothing was \
-                     stored ({})",
-                    self.target,
-                    pg_message(&e)
-                )))
+    channel: &String,
+) -> std::result::Result<Vec<InsertedJob>, Failure> {
+    let pg_now = to_pg_time(now)?;
+    let stored = |j: &NewJob| InsertedJob {
+        id: j.id,
+        duplicate: false,
+    };
+    if jobs.iter().all(|j| j.unique_key.is_none()) {
+        let out = jobs.iter().map(stored).collect();
+        let rows = JobInsertRows::new(jobs, now)?;
+        let statement = tx.prepare_cached(JOB_INSERT).await?;
+        tx.query(&statement, &rows.bind(&pg_now, channel)).await?;
+        return Ok(out);
+    }
+    let mut out: Vec<Option<InsertedJob>> = vec![None; jobs.len()];
+    let mut pending: Vec<usize> = (0..jobs.len()).collect();
+    let insert = tx.prepare_cached(JOB_INSERT_UNIQUE).await?;
+    let holders = tx.prepare_cached(UNIQUE_HOLDERS).await?;
+    for _ in 0..UNIQUE_INSERT_ROUNDS {
+        let batch: Vec<NewJob> = pending.iter().map(|&i| jobs[i].clone()).collect();
+        let rows = JobInsertRows::new(batch, now)?;
+        let inserted: std::collections::HashSet<Uuid> = tx
+            .query(&insert, &rows.bind(&pg_now, channel))
+            .await?
+            .iter()
+            .filter_map(|r| r.try_get::<_, Option<Uuid>>(0).ok().flatten())
+            .collect();
+        let mut missing = Vec::new();
+        for &i in &pending {
+            if inserted.contains(&jobs[i].id.0) {
+                out[i] = Some(stored(&jobs[i]));
+            } else {
+                missing.push(i);
             }
-            Err(e) => Err(self.failure(INSERT, Failure::Pg(e))),
+        }
+        if missing.is_empty() {
+            break;
+        }
+        let keys: Vec<String> = missing
+            .iter()
+            .filter_map(|&i| jobs[i].unique_key.clone())
+            .collect();
+        let held: std::collections::HashMap<String, Uuid> = tx
+            .query(&holders, &[&keys])
+            .await?
+            .iter()
+            .filter_map(|r| Some((r.try_get(0).ok()?, r.try_get(1).ok()?)))
+            .collect();
+        pending.clear();
+        for i in missing {
+            match jobs[i].unique_key.as_ref().and_then(|k| held.get(k)) {
+                Some(&holder) => {
+                    out[i] = Some(InsertedJob {
+                        id: JobId(holder),
+                        duplicate: true,
+                    });
+                }
+                None => pending.push(i),
+            }
+        }
+        if pending.is_empty() {
+            break;
         }
     }
+    out.into_iter().collect::<Option<Vec<_>>>().ok_or_else(|| {
+        Failure::Hauler(Error::Storage(format!(
+            "storing unique jobs: their keys changed hands {UNIQUE_INSERT_ROUNDS} times \
+                 while being stored; nothing was stored"
+        )))
+    })
+}
 
-    async fn job_claim(&self, p: JobClaimParams) -> Result<Vec<ClaimedJob>> {
-        self.ensure_open()?;
-        if p.limit == 0 || p.queues.is_empty() || p.names.is_empty() {
-            return Ok(Vec::new());
-        }
+/// Claim-order sort key of a claimed job: priority (higher first), run time, id.
+type Claimed = (ClaimedJob, i32, Timestamp);
+
+/// A claim gives up looking past full keys after this many rounds (each round passes
+/// over every key found full so far); the jobs it did not reach wait for the next claim.
+const CLAIM_ROUNDS: usize = 8;
+
+impl PostgresStorage {
+    /// Start the picked jobs `ids` that have limits, as many as their keys have room for,
+    /// in one transaction that holds the keys' advisory locks (taken in sorted order, so
+    /// claimers never deadlock). Every claim that starts a limited job holds its keys'
+    /// locks while counting and starting, so two claimers can never both see room for
+    /// the last slot. Returns the jobs started and the keys found full (concurrency,
+    /// rate).
+    async fn claim_limited(
+        &self,
+        picked: &[(Uuid, Option<String>, Option<String>)],
+        p: &JobClaimParams,
+    ) -> Result<(Vec<Claimed>, Vec<String>, Vec<String>)> {
+        const OP: &str = "job_claim";
         let now = to_pg_time(p.now)?;
-        let limit = i64::from(p.limit);
+        let mut locks: Vec<String> = picked
+            .iter()
+            .flat_map(|(_, c, r)| {
+                [
+                    c.as_ref().map(|k| ["c:", k].concat()),
+                    r.as_ref().map(|k| ["r:", k].concat()),
+                ]
+            })
+            .flatten()
+            .collect();
+        locks.sort_unstable();
+        locks.dedup();
+        let ids: Vec<Uuid> = picked.iter().map(|(id, _, _)| *id).collect();
         let lease_beats = to_bigint(LEASE_HEARTBEATS);
-        let rows = self
-            .query(
-                "job_claim",
-                JOB_CLAIM,
-                &[
-                    &p.queues,
-                    &p.names,
-                    &now,
-                    &limit,
-                    &p.worker_id,
-                    &MAX_LEASE_HEARTBEAT_MS,
-                    &lease_beats,
-                ],
-            )
-            .await?;
+        let mut client = self.client(OP).await?;
+        let work = async {
+            let tx = client.transaction().await?;
+            tx.query(&tx.prepare_cached(LIMIT_LOCKS).await?, &[&locks])
+                .await?;
+            let rows = tx
+                .query(&tx.prepare_cached(LIMITED_LOCK).await?, &[&ids, &now])
+                .await?;
+            struct Cand {
+                id: Uuid,
+                concurrency: Option<(String, i64)>,
+                rate: Option<(String, i64, i64)>,
+            }
+            let mut cands = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let ck: Option<String> = r.try_get(3)?;
+                let cl: Option<i32> = r.try_get(4)?;
+                let rk: Option<String> = r.try_get(5)?;
+                let rl: Option<i32> = r.try_get(6)?;
+                let rw: Option<i64> = r.try_get(7)?;
+                cands.push(Cand {
+                    id: r.try_get(0)?,
+                    concurrency: ck.zip(cl).map(|(k, l)| (k, i64::from(l))),
+                    rate: match (rk, rl, rw) {
+                        (Some(k), Some(l), Some(w)) => Some((k, i64::from(l), w)),
+                        _ => None,
+                    },
+                });
+            }
+            let c_keys: Vec<String> = cands
+                .iter()
+                .filter_map(|c| c.concurrency.as_ref().map(|(k, _)| k.clone()))
+                .collect();
+            let mut running: std::collections::HashMap<String, i64> =
+                std::collections::HashMap::new();
+            if !c_keys.is_empty() {
+                for r in tx
+                    .query(&tx.prepare_cached(RUNNING_PER_KEY).await?, &[&c_keys])
+                    .await?
+                {
+                    running.insert(r.try_get(0)?, r.try_get(1)?);
+                }
+            }
+            let mut rate_keys = Vec::new();
+            let mut rate_since = Vec::new();
+            for (k, _, w) in cands.iter().filter_map(|c| c.rate.as_ref()) {
+                if !rate_keys.contains(k) {
+                    rate_keys.push(k.clone());
+                    let window = Duration::from_millis(u64::try_from(*w).unwrap_or(0));
+                    rate_since.push(to_pg_time(p.now.minus(window))?);
+                }
+            }
+            let mut started: std::collections::HashMap<String, i64> =
+                std::collections::HashMap::new();
+            if !rate_keys.is_empty() {
+                for r in tx
+                    .query(
+                        &tx.prepare_cached(RATE_COUNTS).await?,
+                        &[&rate_keys, &rate_since],
+                    )
+                    .await?
+                {
+                    started.insert(r.try_get(0)?, r.try_get(1)?);
+                }
+            }
+            let (mut admitted, mut full_c, mut full_r, mut rated) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for c in &cands {
+                let c_ok = c
+                    .concurrency
+                    .as_ref()
+                    .map_or(true, |(k, l)| running.get(k).copied().unwrap_or(0) < *l);
+                let r_ok = c
+                    .rate
+                    .as_ref()
+                    .map_or(true, |(k, l, _)| started.get(k).copied().unwrap_or(0) < *l);
+                if !c_ok {
+                    full_c.extend(c.concurrency.as_ref().map(|(k, _)| k.clone()));
+                }
+                if !r_ok {
+                    full_r.extend(c.rate.as_ref().map(|(k, _, _)| k.clone()));
+                }
+                if !(c_ok && r_ok) {
+                    continue;
+                }
+                if let Some((k, _)) = &c.concurrency {
+                    *running.entry(k.clone()).or_default() += 1;
+                }
+                if let Some((k, _, _)) = &c.rate {
+                    *started.entry(k.clone()).or_default() += 1;
+                    rated.push(k.clone());
+                }
+                admitted.push(c.id);
+            }
+            let rows = if admitted.is_empty() {
+                Vec::new()
+            } else {
+                tx.query(
+                    &tx.prepare_cached(LIMITED_START).await?,
+                    &[
+                        &admitted,
+                        &now,
+                        &p.worker_id,
+                        &MAX_LEASE_HEARTBEAT_MS,
+                        &lease_beats,
+                    ],
+                )
+                .await?
+            };
+            if !rated.is_empty() {
+                tx.execute(
+                    &tx.prepare_cached(RATE_RECORD).await?,
+                    &[&rate_keys, &rate_since, &rated, &now],
+                )
+                .await?;
+            }
+            tx.commit().await?;
+            full_c.sort_unstable();
+            full_c.dedup();
+            full_r.sort_unstable();
+            full_r.dedup();
+            Ok::<_, Failure>((rows, full_c, full_r))
+        };
+        let (rows, full_c, full_r) = work.await.map_err(|e| self.failure(OP, e))?;
         let mut claimed = Vec::with_capacity(rows.len());
         let mut damaged = Vec::new();
         for row in &rows {
@@ -1741,6 +2144,137 @@ impl Storage for PostgresStorage {
         }
         if !damaged.is_empty() {
             self.fail_corrupt(&damaged, p.now).await;
+        }
+        Ok((claimed, full_c, full_r))
+    }
+}
+
+#[async_trait]
+impl Storage for PostgresStorage {
+    async fn job_insert_many(&self, p: JobInsertManyParams) -> Result<Vec<InsertedJob>> {
+        const INSERT: &str = "job_insert_many";
+        self.ensure_open()?;
+        if p.jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let duplicate_id = |e: &tokio_postgres::Error| {
+            Error::Storage(format!(
+                "{INSERT} on {}: a job with that id already exists, so nothing was stored ({})",
+                self.target,
+                pg_message(e)
+            ))
+        };
+        if p.jobs.iter().any(|j| j.unique_key.is_some()) {
+            // Unique jobs: insert-or-get in one transaction (see `insert_in`).
+            let mut client = self.client(INSERT).await?;
+            crash_point(CrashPoint::DuringEnqueue);
+            let work = async {
+                let tx = client.transaction().await?;
+                let out = insert_in(&tx, p.jobs, p.now, &self.channel).await?;
+                tx.commit().await?;
+                Ok::<_, Failure>(out)
+            };
+            return work.await.map_err(|e| match e {
+                Failure::Pg(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => duplicate_id(&e),
+                other => self.failure(INSERT, other),
+            });
+        }
+        let out = p
+            .jobs
+            .iter()
+            .map(|j| InsertedJob {
+                id: j.id,
+                duplicate: false,
+            })
+            .collect();
+        let rows = JobInsertRows::new(p.jobs, p.now)?;
+        let now = to_pg_time(p.now)?;
+        let client = self.client(INSERT).await?;
+        // The batch is one statement, its own transaction: a crash before it is sent
+        // leaves what a crash inside SQLite's transaction does (nothing stored).
+        crash_point(CrashPoint::DuringEnqueue);
+        match run(&client, JOB_INSERT, &rows.bind(&now, &self.channel)).await {
+            Ok(_) => Ok(out),
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(duplicate_id(&e)),
+            Err(e) => Err(self.failure(INSERT, Failure::Pg(e))),
+        }
+    }
+
+    async fn job_claim(&self, p: JobClaimParams) -> Result<Vec<ClaimedJob>> {
+        self.ensure_open()?;
+        if p.limit == 0 || p.queues.is_empty() || p.names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = to_pg_time(p.now)?;
+        let lease_beats = to_bigint(LEASE_HEARTBEATS);
+        let mut claimed: Vec<Claimed> = Vec::new();
+        // Keys found full: later rounds pass over their jobs to reach the ones behind.
+        let (mut full_c, mut full_r): (Vec<String>, Vec<String>) = (Vec::new(), Vec::new());
+        for _ in 0..CLAIM_ROUNDS {
+            let want = i64::from(p.limit) - claimed.len() as i64;
+            if want <= 0 {
+                break;
+            }
+            let rows = self
+                .query(
+                    "job_claim",
+                    JOB_CLAIM,
+                    &[
+                        &p.queues,
+                        &p.names,
+                        &now,
+                        &want,
+                        &p.worker_id,
+                        &MAX_LEASE_HEARTBEAT_MS,
+                        &lease_beats,
+                        &full_c,
+                        &full_r,
+                    ],
+                )
+                .await?;
+            let mut damaged = Vec::new();
+            let mut limited = Vec::new();
+            for row in &rows {
+                if row.try_get::<_, bool>(13).unwrap_or(false) {
+                    let id: Uuid = row
+                        .try_get(0)
+                        .map_err(|e| Error::Storage(format!("job_claim: unexpected row: {e}")))?;
+                    limited.push((
+                        id,
+                        row.try_get(14).unwrap_or(None),
+                        row.try_get(15).unwrap_or(None),
+                    ));
+                    continue;
+                }
+                match claimed_from_row(row, p.now) {
+                    Ok(job) => claimed.push(job),
+                    Err(e) => damaged.push((row, e)),
+                }
+            }
+            if !damaged.is_empty() {
+                self.fail_corrupt(&damaged, p.now).await;
+            }
+            if limited.is_empty() {
+                break;
+            }
+            let (started, now_full_c, now_full_r) = self.claim_limited(&limited, &p).await?;
+            claimed.extend(started);
+            let before = full_c.len() + full_r.len();
+            full_c.extend(
+                now_full_c
+                    .into_iter()
+                    .filter(|k| !full_c.contains(k))
+                    .collect::<Vec<_>>(),
+            );
+            full_r.extend(
+                now_full_r
+                    .into_iter()
+                    .filter(|k| !full_r.contains(k))
+                    .collect::<Vec<_>>(),
+            );
+            if full_c.len() + full_r.len() == before {
+                break; // no new full key: nothing more to reach behind them
+            }
         }
         // RETURNING comes in no particular order: hand the jobs out in claim order.
         claimed.sort_by(|(a, a_priority, a_run), (b, b_priority, b_run)| {
@@ -2087,7 +2621,7 @@ impl Storage for PostgresStorage {
                 .await?
                 == 1;
             if let (true, Some(job)) = (taken, p.job) {
-                insert_in(&tx, job, p.now, &self.channel).await?;
+                insert_in(&tx, vec![job], p.now, &self.channel).await?;
             }
             tx.commit().await?;
             Ok::<_, Failure>(taken)
@@ -2109,11 +2643,9 @@ impl Storage for PostgresStorage {
             let template: JobTemplate = serde_json::from_str(&job).map_err(|e| {
                 Error::Storage(format!("corrupt row for schedule {:?}: job: {e}", p.name))
             })?;
-            let job = template.to_job();
-            let id = job.id;
-            insert_in(&tx, job, p.now, &self.channel).await?;
+            let inserted = insert_in(&tx, vec![template.to_job()], p.now, &self.channel).await?;
             tx.commit().await?;
-            Ok::<_, Failure>(Some(id))
+            Ok::<_, Failure>(inserted.first().map(|j| j.id))
         };
         work.await.map_err(|e| self.failure(OP, e))
     }
@@ -2320,8 +2852,10 @@ mod tests {
         let names = vec![NAME.to_owned()];
         let (ids, tokens) = (vec![Uuid::nil()], vec![Uuid::nil()]);
         let (beats, cap) = (3_i64, MAX_LEASE_HEARTBEAT_MS);
-        let claim_params: [&(dyn ToSql + Sync); 7] =
-            [&queues, &names, &now, &10_i64, &"w", &cap, &beats];
+        let no_keys: Vec<String> = Vec::new();
+        let claim_params: [&(dyn ToSql + Sync); 9] = [
+            &queues, &names, &now, &10_i64, &"w", &cap, &beats, &no_keys, &no_keys,
+        ];
         // A few pending jobs: found through an index bounded by status, whichever.
         let claim = plan(&client, JOB_CLAIM, &claim_params).await;
         assert!(!claim.contains("Seq Scan on jobs"), "{claim}");
@@ -2342,6 +2876,18 @@ mod tests {
             "{claim}"
         );
         assert!(!claim.contains("Sort Key: jobs.priority"), "{claim}");
+
+        // The limits' lookups go straight to their partial indexes.
+        let keys = vec!["k".to_owned()];
+        let holders = plan(&client, UNIQUE_HOLDERS, &[&keys]).await;
+        assert!(holders.contains("using jobs_unique"), "{holders}");
+        // Running jobs only: by key, or (while few run) by status; never a scan.
+        let running = plan(&client, RUNNING_PER_KEY, &[&keys]).await;
+        assert!(
+            running.contains("using jobs_running_key") || running.contains("using jobs_status"),
+            "{running}"
+        );
+        assert!(!running.contains("Seq Scan"), "{running}");
 
         let next = plan(&client, JOB_NEXT_RUN_AT, &[&queues, &names]).await;
         assert!(next.contains("using jobs_pending_run_at"), "{next}");
@@ -2540,7 +3086,7 @@ mod tests {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(versions, vec![1, 2, 3, 4, 5]);
+        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
         admin
             .execute(
                 &format!(

@@ -27,7 +27,7 @@
 //!   file is missing (its leftover `-wal` and `-shm`, which belong to the deleted file,
 //!   are removed first). Jobs the deleted file held are gone with it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::ffi::c_int;
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -53,8 +53,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::model::{
-    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken,
-    QueueCount, Timestamp,
+    AttemptOutcome, AttemptRecord, ClaimedJob, ConcurrencyLimit, ErrorInfo, InsertedJob, JobId,
+    JobLimits, JobRecord, JobStatus, LeaseToken, QueueCount, RateLimit, Timestamp,
 };
 use crate::retry::{MaxRetries, RetryPolicy};
 use crate::schedule::{JobTemplate, ScheduleRecord};
@@ -187,6 +187,25 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE hauler_jobs ADD COLUMN progress INTEGER;
     ALTER TABLE hauler_jobs ADD COLUMN progress_message TEXT;
     ALTER TABLE hauler_jobs ADD COLUMN state TEXT;",
+    // 5: unique jobs, concurrency and rate limits. A unique job's key is held while its
+    // status is one of its own unique states (',scheduled,available,...,'): the partial
+    // unique index makes a second holder impossible, whoever writes. Running jobs are
+    // counted per concurrency key; each start of a rate-limited job is recorded.
+    "ALTER TABLE hauler_jobs ADD COLUMN unique_states TEXT;
+    ALTER TABLE hauler_jobs ADD COLUMN concurrency_key TEXT;
+    ALTER TABLE hauler_jobs ADD COLUMN concurrency_limit INTEGER;
+    ALTER TABLE hauler_jobs ADD COLUMN rate_key TEXT;
+    ALTER TABLE hauler_jobs ADD COLUMN rate_limit INTEGER;
+    ALTER TABLE hauler_jobs ADD COLUMN rate_window_ms INTEGER;
+    CREATE UNIQUE INDEX hauler_jobs_unique ON hauler_jobs (unique_key)
+        WHERE unique_key IS NOT NULL AND instr(unique_states, ',' || status || ',') > 0;
+    CREATE INDEX hauler_jobs_running_key ON hauler_jobs (concurrency_key)
+        WHERE status = 'running';
+    CREATE TABLE hauler_rate_starts (
+        key        TEXT    NOT NULL,
+        started_at INTEGER NOT NULL
+    ) STRICT;
+    CREATE INDEX hauler_rate_starts_key ON hauler_rate_starts (key, started_at);",
 ];
 
 /// The schema version this build writes and reads.
@@ -206,19 +225,40 @@ const META_SET_VERSION: &str = "INSERT INTO hauler_meta (key, value) VALUES ('sc
     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
 
 const JOB_INSERT: &str = "INSERT INTO hauler_jobs (id, name, queue, args, status, priority,
-        max_retries, retry, timeout_ms, heartbeat_ms, version, unique_key, created_at, run_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+        max_retries, retry, timeout_ms, heartbeat_ms, version, unique_key, created_at, run_at,
+        unique_states, concurrency_key, concurrency_limit, rate_key, rate_limit, rate_window_ms)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
+        ?19, ?20)";
 
-/// The best `?4` claimable jobs of queue `?1` at time `?2` among names `?3` (a JSON array),
-/// walking the claim index in claim order.
-const CLAIM_CANDIDATES: &str = "SELECT id, priority, run_at, heartbeat_ms
+/// The job holding unique key `?1` (the predicate of `hauler_jobs_unique`, so it is used).
+const UNIQUE_HOLDER: &str = "SELECT id FROM hauler_jobs
+    WHERE unique_key = ?1 AND unique_key IS NOT NULL
+      AND instr(unique_states, ',' || status || ',') > 0";
+
+/// How many jobs of concurrency key `?1` are running.
+const RUNNING_FOR_KEY: &str = "SELECT count(*) FROM hauler_jobs
+    WHERE concurrency_key = ?1 AND status = 'running'";
+
+/// How many jobs of rate key `?1` started after `?2`.
+const RATE_COUNT: &str = "SELECT count(*) FROM hauler_rate_starts
+    WHERE key = ?1 AND started_at > ?2";
+
+/// Forget the starts of rate key `?1` at or before `?2` (no window counts them any more).
+const RATE_PRUNE: &str = "DELETE FROM hauler_rate_starts WHERE key = ?1 AND started_at <= ?2";
+
+const RATE_RECORD: &str = "INSERT INTO hauler_rate_starts (key, started_at) VALUES (?1, ?2)";
+
+/// The claimable jobs of queue `?1` at time `?2` among names `?3` (a JSON array), walking
+/// the claim index in claim order; the caller stops reading once it has enough (so jobs
+/// held back by a limit are stepped over, never a wall in front of the others).
+const CLAIM_CANDIDATES: &str = "SELECT id, priority, run_at, heartbeat_ms, concurrency_key,
+        concurrency_limit, rate_key, rate_limit, rate_window_ms
     FROM hauler_jobs INDEXED BY hauler_jobs_claim
     WHERE queue = ?1
       AND status IN ('scheduled', 'available', 'retryable')
       AND run_at <= ?2
       AND name IN (SELECT value FROM json_each(?3))
-    ORDER BY priority DESC, run_at, id
-    LIMIT ?4";
+    ORDER BY priority DESC, run_at, id";
 
 const CLAIM_ONE: &str = "UPDATE hauler_jobs
     SET status = 'running', attempt = attempt + 1, started_at = ?2, worker_id = ?3,
@@ -307,7 +347,8 @@ macro_rules! job_columns {
         "id, name, queue, args, status, attempt, retry, priority, timeout_ms, heartbeat_ms, \
          version, unique_key, created_at, run_at, started_at, finished_at, worker_id, \
          lease_expires_at, last_error, history, cancel_requested_at, progress, \
-         progress_message, state"
+         progress_message, state, unique_states, concurrency_key, concurrency_limit, \
+         rate_key, rate_limit, rate_window_ms"
     };
 }
 
@@ -370,9 +411,10 @@ const JOB_CANCEL: [&str; 3] = filtered!(
 );
 
 /// Make the matching failed and cancelled jobs available at `?8`, attempts back to 0, with
-/// a `retried` history entry.
+/// a `retried` history entry. `OR IGNORE` leaves out a unique job whose key another job
+/// holds (the unique index would refuse it), and the second of two that share a key.
 const JOB_RETRY: [&str; 3] = filtered!(
-    "UPDATE hauler_jobs
+    "UPDATE OR IGNORE hauler_jobs
     SET status = 'available', attempt = 0, run_at = ?8, finished_at = NULL,
         cancel_requested_at = NULL,
         history = json_insert(history, '$[#]', json_object(
@@ -951,6 +993,12 @@ struct RawJob {
     progress: Option<i64>,
     progress_message: Option<Vec<u8>>,
     state: Option<Vec<u8>>,
+    unique_states: Option<Vec<u8>>,
+    concurrency_key: Option<Vec<u8>>,
+    concurrency_limit: Option<i64>,
+    rate_key: Option<Vec<u8>>,
+    rate_limit: Option<i64>,
+    rate_window_ms: Option<i64>,
 }
 
 /// Column `i` as bytes (NULL: `None`); the table is STRICT, so text columns hold text.
@@ -990,6 +1038,12 @@ impl RawJob {
             progress: row.get(21)?,
             progress_message: text_bytes(row, 22)?,
             state: text_bytes(row, 23)?,
+            unique_states: text_bytes(row, 24)?,
+            concurrency_key: text_bytes(row, 25)?,
+            concurrency_limit: row.get(26)?,
+            rate_key: text_bytes(row, 27)?,
+            rate_limit: row.get(28)?,
+            rate_window_ms: row.get(29)?,
         })
     }
 
@@ -1025,6 +1079,15 @@ impl RawJob {
         let last_error = self.last_error.map(|b| text("last_error", b));
         let progress_message = self.progress_message.map(|b| text("progress_message", b));
         let state = self.state.map(|b| text("state", b));
+        let unique_states = self.unique_states.map(|b| text("unique_states", b));
+        let concurrency_key = self.concurrency_key.map(|b| text("concurrency_key", b));
+        let rate_key = self.rate_key.map(|b| text("rate_key", b));
+        let limits = limits_from_columns(
+            id,
+            unique_states,
+            concurrency_key.zip(self.concurrency_limit),
+            rate_key.zip(self.rate_limit).zip(self.rate_window_ms),
+        );
         let last_error = last_error
             .map(|t| {
                 serde_json::from_str::<ErrorInfo>(&t)
@@ -1033,6 +1096,7 @@ impl RawJob {
             .transpose();
         let record = JobRecord {
             id: job_id,
+            limits: d.or(limits, JobLimits::default()),
             status: d.or(
                 status.parse::<JobStatus>().map_err(|e| corrupt(id, e)),
                 JobStatus::Failed,
@@ -1081,6 +1145,37 @@ impl RawJob {
     }
 }
 
+/// The limits of a row from its stored columns.
+fn limits_from_columns(
+    id: &str,
+    unique_states: Option<String>,
+    concurrency: Option<(String, i64)>,
+    rate: Option<((String, i64), i64)>,
+) -> Result<JobLimits> {
+    Ok(JobLimits {
+        unique_states: match &unique_states {
+            Some(text) => JobLimits::parse_unique_states(text)
+                .map_err(|e| corrupt(id, format_args!("unique_states: {e}")))?,
+            None => Vec::new(),
+        },
+        concurrency: match concurrency {
+            Some((key, limit)) => Some(ConcurrencyLimit {
+                key,
+                limit: from_sql_int(limit, id, "concurrency_limit")?,
+            }),
+            None => None,
+        },
+        rate: match rate {
+            Some(((key, limit), window)) => Some(RateLimit {
+                key,
+                limit: from_sql_int(limit, id, "rate_limit")?,
+                window_ms: from_sql_int(window, id, "rate_window_ms")?,
+            }),
+            None => None,
+        },
+    })
+}
+
 /// What was wrong with the columns of one row, each replaced by a stand-in value.
 #[derive(Default)]
 struct Damage(Vec<String>);
@@ -1112,6 +1207,81 @@ struct Candidate {
     priority: i64,
     run_at: i64,
     heartbeat_ms: i64,
+    /// Concurrency key and limit, if the job has one.
+    concurrency: Option<(String, i64)>,
+    /// Rate key, limit and window (ms), if the job has one.
+    rate: Option<(String, i64, i64)>,
+}
+
+impl Candidate {
+    fn from_row(r: &Row<'_>) -> rusqlite::Result<Self> {
+        let concurrency = match (r.get::<_, Option<String>>(4)?, r.get(5)?) {
+            (Some(key), Some(limit)) => Some((key, limit)),
+            _ => None,
+        };
+        let rate = match (r.get::<_, Option<String>>(6)?, r.get(7)?, r.get(8)?) {
+            (Some(key), Some(limit), Some(window)) => Some((key, limit, window)),
+            _ => None,
+        };
+        Ok(Candidate {
+            id: r.get(0)?,
+            priority: r.get(1)?,
+            run_at: r.get(2)?,
+            heartbeat_ms: r.get(3)?,
+            concurrency,
+            rate,
+        })
+    }
+}
+
+/// The start of a rate window of `window_ms` ending at `now` (both stored micros).
+fn window_start(now: i64, window_ms: i64) -> i64 {
+    now.saturating_sub(window_ms.saturating_mul(1000))
+}
+
+/// How many more jobs of each concurrency and rate key one claim may start: read from
+/// the database the first time a key comes up, then spent as jobs are picked. Only
+/// limited jobs reach it, so a claim of unlimited jobs runs no extra query.
+#[derive(Default)]
+struct Room {
+    concurrency: HashMap<String, i64>,
+    rate: HashMap<String, i64>,
+}
+
+impl Room {
+    /// Whether `c` may start at `now`; if so, its room is spent.
+    fn take(&mut self, tx: &Transaction<'_>, c: &Candidate, now: i64) -> DbResult<bool> {
+        if let Some((key, limit)) = &c.concurrency {
+            if !self.concurrency.contains_key(key) {
+                let running: i64 = tx
+                    .prepare_cached(RUNNING_FOR_KEY)?
+                    .query_row([key], |r| r.get(0))?;
+                self.concurrency.insert(key.clone(), limit - running);
+            }
+        }
+        if let Some((key, limit, window)) = &c.rate {
+            if !self.rate.contains_key(key) {
+                let started: i64 = tx
+                    .prepare_cached(RATE_COUNT)?
+                    .query_row(params![key, window_start(now, *window)], |r| r.get(0))?;
+                self.rate.insert(key.clone(), limit - started);
+            }
+        }
+        let left = |map: &HashMap<String, i64>, key: Option<&String>| {
+            key.map_or(i64::MAX, |k| map.get(k).copied().unwrap_or(0))
+        };
+        let c_key = c.concurrency.as_ref().map(|(k, _)| k);
+        let r_key = c.rate.as_ref().map(|(k, _, _)| k);
+        if left(&self.concurrency, c_key) <= 0 || left(&self.rate, r_key) <= 0 {
+            return Ok(false);
+        }
+        for (map, key) in [(&mut self.concurrency, c_key), (&mut self.rate, r_key)] {
+            if let Some(n) = key.and_then(|k| map.get_mut(k)) {
+                *n -= 1;
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// The columns [`CLAIM_ONE`] returns, read without conversion: a value that does not
@@ -1195,9 +1365,37 @@ fn decode_claimed(
     })
 }
 
-fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<()> {
+/// Store the jobs; a unique job whose key is held (by a stored job, or one earlier in the
+/// batch) matches the holder instead. Inside the write transaction no other connection
+/// can store a holder between the lookup and the insert; the unique index backs this up.
+fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<Vec<InsertedJob>> {
     let mut stmt = tx.prepare_cached(JOB_INSERT)?;
+    let mut out = Vec::with_capacity(p.jobs.len());
     for job in &p.jobs {
+        job.limits.validate()?;
+        let unique_states = match &job.unique_key {
+            Some(key) => {
+                let holder: Option<String> = tx
+                    .prepare_cached(UNIQUE_HOLDER)?
+                    .query_row([key], |r| r.get(0))
+                    .optional()?;
+                if let Some(holder) = holder {
+                    out.push(InsertedJob {
+                        id: parse_id(&holder)?,
+                        duplicate: true,
+                    });
+                    continue;
+                }
+                Some(job.limits.unique_states_text()?)
+            }
+            None => None,
+        };
+        out.push(InsertedJob {
+            id: job.id,
+            duplicate: false,
+        });
+        let concurrency = job.limits.concurrency.as_ref();
+        let rate = job.limits.rate.as_ref();
         let run_at = job.run_at.unwrap_or(p.now);
         let status = if run_at > p.now {
             JobStatus::Scheduled
@@ -1223,6 +1421,12 @@ fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<()> {
             job.unique_key,
             p.now.as_micros(),
             run_at.as_micros(),
+            unique_states,
+            concurrency.map(|c| c.key.as_str()),
+            concurrency.map(|c| c.limit),
+            rate.map(|r| r.key.as_str()),
+            rate.map(|r| r.limit),
+            rate.map(|r| to_sql_int(r.window_ms)),
         ]);
         match inserted {
             Err(rusqlite::Error::SqliteFailure(f, _))
@@ -1236,28 +1440,33 @@ fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<()> {
         };
         crash_point(CrashPoint::DuringEnqueue);
     }
-    Ok(())
+    Ok(out)
 }
 
 fn claim_jobs(tx: &Transaction<'_>, p: &JobClaimParams) -> DbResult<Vec<ClaimedJob>> {
     let names = serde_json::to_string(&p.names)?;
     let queues: BTreeSet<&str> = p.queues.iter().map(String::as_str).collect();
     let now = p.now.as_micros();
-    // One index walk per queue, each stopping after `limit` rows; then the best `limit`
-    // overall. (A single `queue IN (...)` query would sort every ready job of the queues.)
+    // One index walk per queue, each stopping after `limit` rows it may start; then the
+    // best `limit` overall. (A single `queue IN (...)` query would sort every ready job of
+    // the queues.) Jobs over a limit are stepped over; the room they check is shared by
+    // every queue's walk, so the batch never takes more of a key than the key has room
+    // for (dropping candidates afterwards only leaves room unused).
+    let limit = usize::try_from(p.limit).unwrap_or(usize::MAX);
     let mut candidates = Vec::new();
+    let mut room = Room::default();
     let mut select = tx.prepare_cached(CLAIM_CANDIDATES)?;
     for queue in queues {
-        let rows = select.query_map(params![queue, now, names, p.limit], |r| {
-            Ok(Candidate {
-                id: r.get(0)?,
-                priority: r.get(1)?,
-                run_at: r.get(2)?,
-                heartbeat_ms: r.get(3)?,
-            })
-        })?;
-        for row in rows {
-            candidates.push(row?);
+        let mut rows = select.query(params![queue, now, names])?;
+        let mut taken = 0;
+        while taken < limit {
+            let Some(row) = rows.next()? else { break };
+            let c = Candidate::from_row(row)?;
+            if (c.concurrency.is_some() || c.rate.is_some()) && !room.take(tx, &c, now)? {
+                continue;
+            }
+            candidates.push(c);
+            taken += 1;
         }
     }
     candidates.sort_by(|a, b| {
@@ -1266,7 +1475,17 @@ fn claim_jobs(tx: &Transaction<'_>, p: &JobClaimParams) -> DbResult<Vec<ClaimedJ
             .then(a.run_at.cmp(&b.run_at))
             .then_with(|| a.id.cmp(&b.id))
     });
-    candidates.truncate(usize::try_from(p.limit).unwrap_or(usize::MAX));
+    candidates.truncate(limit);
+
+    // Record the starts of rate-limited jobs (forgetting, per key, those past its window).
+    let mut pruned = HashSet::new();
+    for (key, _, window) in candidates.iter().filter_map(|c| c.rate.as_ref()) {
+        if pruned.insert(key.as_str()) {
+            tx.prepare_cached(RATE_PRUNE)?
+                .execute(params![key, window_start(now, *window)])?;
+        }
+        tx.prepare_cached(RATE_RECORD)?.execute(params![key, now])?;
+    }
 
     let mut update = tx.prepare_cached(CLAIM_ONE)?;
     let mut claimed = Vec::with_capacity(candidates.len());
@@ -1708,16 +1927,14 @@ fn run_schedule_now(tx: &Transaction<'_>, p: &ScheduleRunNowParams) -> DbResult<
     let Some(job) = job else { return Ok(None) };
     let template: JobTemplate = serde_json::from_str(&job)
         .map_err(|e| Error::Storage(format!("corrupt row for schedule {:?}: job: {e}", p.name)))?;
-    let job = template.to_job();
-    let id = job.id;
-    insert_jobs(
+    let inserted = insert_jobs(
         tx,
         &JobInsertManyParams {
-            jobs: vec![job],
+            jobs: vec![template.to_job()],
             now: p.now,
         },
     )?;
-    Ok(Some(id))
+    Ok(inserted.first().map(|j| j.id))
 }
 
 fn list_schedules(tx: &Transaction<'_>) -> DbResult<Vec<ScheduleRecord>> {
@@ -1733,9 +1950,10 @@ fn list_schedules(tx: &Transaction<'_>) -> DbResult<Vec<ScheduleRecord>> {
 
 #[async_trait]
 impl Storage for SqliteStorage {
-    async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<()> {
+    async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<Vec<InsertedJob>> {
         if params.jobs.is_empty() {
-            return self.ensure_open();
+            self.ensure_open()?;
+            return Ok(Vec::new());
         }
         self.run(move |db| db.write("job_insert_many", |tx| insert_jobs(tx, &params)))
             .await
@@ -1975,28 +2193,31 @@ mod tests {
             "{prune}"
         );
 
+        // Limits: one index lookup each, never a scan of the jobs.
+        let holder = plan(&conn, UNIQUE_HOLDER);
+        assert!(
+            holder.contains("USING INDEX hauler_jobs_unique (unique_key=?)"),
+            "{holder}"
+        );
+        let running = plan(&conn, RUNNING_FOR_KEY);
+        assert!(
+            running.contains("USING COVERING INDEX hauler_jobs_running_key (concurrency_key=?)"),
+            "{running}"
+        );
+        for sql in [RATE_COUNT, RATE_PRUNE] {
+            let rate = plan(&conn, sql);
+            assert!(
+                rate.contains("INDEX hauler_rate_starts_key (key=? AND started_at"),
+                "{rate}"
+            );
+        }
+
         let counts = plan(&conn, JOB_COUNTS);
         assert!(
             counts.contains("COVERING INDEX hauler_jobs_queue_status"),
             "{counts}"
         );
         assert!(!counts.contains("TEMP B-TREE"), "{counts}");
-    }
-
-    #[test]
-    fn claim_query_is_not_reprepared_when_its_limit_changes() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("qpsg.db");
-        let mut conn = open_connection(&path, &SqliteOptions::default()).unwrap();
-        migrate(&mut conn, &path).unwrap();
-        let mut stmt = conn.prepare_cached(CLAIM_CANDIDATES).unwrap();
-        for limit in [1_i64, 4, 2, 3, 1] {
-            let mut rows = stmt
-                .query(params!["default", 0_i64, "[\"noop\"]", limit])
-                .unwrap();
-            while rows.next().unwrap().is_some() {}
-        }
-        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 
     /// A row that does not decode fails its own job inside the claim; the claim returns
