@@ -7,11 +7,12 @@ use tokio::sync::watch;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::Result;
+use crate::group::NewGroup;
 use crate::model::{JobId, NewJob};
 use crate::schedule::{NewSchedule, ScheduleRecord, Ticker};
 use crate::storage::{
-    JobCancelParams, JobCancelResult, JobFilter, JobInsertManyParams, JobRetryParams,
-    ScheduleRunNowParams, ScheduleUpsertParams, Storage,
+    GroupInsertParams, JobCancelParams, JobCancelResult, JobFilter, JobInsertManyParams,
+    JobRetryParams, ScheduleRunNowParams, ScheduleUpsertParams, Storage,
 };
 
 /// A storage plus the wake-up signals of the workers attached to it in this process.
@@ -61,6 +62,18 @@ impl Queue {
         let now = self.clock.now();
         self.storage
             .job_insert_many(JobInsertManyParams { jobs, now })
+            .await?;
+        self.wake();
+        Ok(ids)
+    }
+
+    /// Store a group and its member jobs (all or none) and wake this process's idle
+    /// workers. Returns the members' ids once durable.
+    pub async fn push_group(&self, group: NewGroup, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        let ids = jobs.iter().map(|j| j.id).collect();
+        let now = self.clock.now();
+        self.storage
+            .group_insert(GroupInsertParams { group, jobs, now })
             .await?;
         self.wake();
         Ok(ids)

@@ -26,16 +26,17 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
-    JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams,
-    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
+    lease_duration, FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult,
+    JobClaimParams, JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams,
+    JobHeartbeatParams, JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
     JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
     ScheduleRunNowParams, ScheduleTickParams, ScheduleUpsertParams, Storage,
 };
 use crate::error::{Error, Result};
+use crate::group::{GroupCounts, GroupRecord, NewGroup};
 use crate::model::{
-    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken,
-    NewJob, QueueCount, Timestamp,
+    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, GroupId, JobId, JobRecord, JobStatus,
+    LeaseToken, NewJob, QueueCount, Timestamp,
 };
 use crate::schedule::ScheduleRecord;
 
@@ -157,6 +158,26 @@ impl Lane {
     }
 }
 
+/// A group's members, counted as the indexes see them.
+#[derive(Debug, Default, Clone, Copy)]
+struct GroupTally {
+    /// Every member.
+    total: u64,
+    /// Members not in a final status.
+    open: u64,
+    /// Running members.
+    running: u64,
+}
+
+/// A stored group (its counts are in [`Indexes::groups`]).
+#[derive(Debug)]
+struct GroupRow {
+    group: NewGroup,
+    on_complete_job_id: Option<JobId>,
+    created_at: Timestamp,
+    finished_at: Option<Timestamp>,
+}
+
 /// The indexes over the jobs, kept in step with them by [`Indexes::insert`] and
 /// [`Indexes::remove`].
 #[derive(Debug, Default)]
@@ -169,6 +190,8 @@ struct Indexes {
     finished: BTreeSet<(Timestamp, JobId)>,
     /// Jobs per queue and status (indexed by `JobStatus as usize`).
     counts: BTreeMap<String, [u64; JobStatus::ALL.len()]>,
+    /// Members per group.
+    groups: HashMap<GroupId, GroupTally>,
 }
 
 impl Indexes {
@@ -195,6 +218,12 @@ impl Indexes {
             None => self.counts.entry(r.queue.clone()).or_default(),
         };
         counts[r.status as usize] += 1;
+        if let Some(g) = r.group_id {
+            let tally = self.groups.entry(g).or_default();
+            tally.total += 1;
+            tally.open += u64::from(!r.status.is_final());
+            tally.running += u64::from(r.status == JobStatus::Running);
+        }
     }
 
     fn remove(&mut self, r: &JobRecord) {
@@ -216,6 +245,13 @@ impl Indexes {
         if let Some(counts) = self.counts.get_mut(r.queue.as_str()) {
             counts[r.status as usize] = counts[r.status as usize].saturating_sub(1);
         }
+        if let Some(tally) = r.group_id.and_then(|g| self.groups.get_mut(&g)) {
+            tally.total = tally.total.saturating_sub(1);
+            tally.open = tally.open.saturating_sub(u64::from(!r.status.is_final()));
+            tally.running = tally
+                .running
+                .saturating_sub(u64::from(r.status == JobStatus::Running));
+        }
     }
 }
 
@@ -227,11 +263,22 @@ struct Inner {
     idx: Indexes,
     /// Schedule entries, by name.
     schedules: BTreeMap<String, ScheduleRecord>,
+    /// Job groups.
+    groups: HashMap<GroupId, GroupRow>,
 }
 
 impl Inner {
-    /// Store jobs, all or none.
+    /// Store jobs, all or none, as members of `group` if given.
     fn insert_jobs(&mut self, jobs: Vec<NewJob>, now: Timestamp) -> Result<()> {
+        self.insert_members(jobs, now, None)
+    }
+
+    fn insert_members(
+        &mut self,
+        jobs: Vec<NewJob>,
+        now: Timestamp,
+        group: Option<GroupId>,
+    ) -> Result<()> {
         let inner = self;
         let mut seen = HashSet::with_capacity(jobs.len());
         for job in &jobs {
@@ -279,6 +326,7 @@ impl Inner {
                 progress: None,
                 progress_message: None,
                 state: None,
+                group_id: group,
             };
             inner.idx.insert(&record);
             inner.jobs.insert(
@@ -292,13 +340,64 @@ impl Inner {
         Ok(())
     }
 
-    /// Apply `f` to a job, keeping the indexes in step. Returns `None` for an unknown id.
+    /// Apply `f` to a job, keeping the indexes in step, then finish or reopen its group
+    /// if the change made that so. Returns `None` for an unknown id.
     fn update<T>(&mut self, id: JobId, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
         let entry = self.jobs.get_mut(&id)?;
         self.idx.remove(&entry.record);
         let out = f(entry);
         self.idx.insert(&entry.record);
+        let r = &entry.record;
+        if let Some(g) = r.group_id {
+            let (is_final, finished_at) = (r.status.is_final(), r.finished_at);
+            self.group_changed(g, is_final, finished_at);
+        }
         Some(out)
+    }
+
+    /// After a member of `g` changed: finish the group if that member became final and no
+    /// other is open (storing its `on_complete` job the first time), or reopen it if the
+    /// member is open again.
+    fn group_changed(&mut self, g: GroupId, member_final: bool, now: Option<Timestamp>) {
+        let open = self.idx.groups.get(&g).map_or(0, |t| t.open);
+        let Some(row) = self.groups.get_mut(&g) else {
+            return;
+        };
+        if !member_final {
+            row.finished_at = None;
+            return;
+        }
+        if open > 0 || row.finished_at.is_some() {
+            return;
+        }
+        let now = now.unwrap_or(row.created_at);
+        row.finished_at = Some(now);
+        let job = match (&row.group.on_complete, row.on_complete_job_id) {
+            (Some(template), None) => template.to_job(),
+            _ => return,
+        };
+        row.on_complete_job_id = Some(job.id);
+        if let Err(e) = self.insert_jobs(vec![job], now) {
+            log::error!("group {g}: storing its on_complete job failed: {e}");
+        }
+    }
+
+    /// Delete the groups of `touched` that have no members left.
+    fn drop_empty_groups(&mut self, touched: impl IntoIterator<Item = GroupId>) {
+        for g in touched {
+            if self.idx.groups.get(&g).map_or(true, |t| t.total == 0) {
+                self.idx.groups.remove(&g);
+                self.groups.remove(&g);
+            }
+        }
+    }
+
+    /// How many more members of the job's group may start now (`None`: no limit).
+    fn group_room(&self, id: JobId) -> Option<(GroupId, u64)> {
+        let g = self.jobs.get(&id)?.record.group_id?;
+        let limit = self.groups.get(&g)?.group.concurrency?;
+        let running = self.idx.groups.get(&g).map_or(0, |t| t.running);
+        Some((g, u64::from(limit).saturating_sub(running)))
     }
 
     /// The job, if it is running under `lease`.
@@ -366,15 +465,19 @@ impl Inner {
             .collect()
     }
 
-    /// Take a job out of the storage.
-    fn delete(&mut self, id: JobId) -> bool {
-        match self.jobs.remove(&id) {
-            Some(entry) => {
+    /// Take jobs out of the storage, and the groups they leave empty; how many were taken.
+    fn delete_all(&mut self, ids: Vec<JobId>) -> u64 {
+        let mut groups = HashSet::new();
+        let mut n = 0;
+        for id in ids {
+            if let Some(entry) = self.jobs.remove(&id) {
                 self.idx.remove(&entry.record);
-                true
+                groups.extend(entry.record.group_id);
+                n += 1;
             }
-            None => false,
         }
+        self.drop_empty_groups(groups);
+        n
     }
 }
 
@@ -401,6 +504,54 @@ impl Storage for MemoryStorage {
     async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<()> {
         let mut inner = self.open()?;
         inner.insert_jobs(params.jobs, params.now)
+    }
+
+    async fn group_insert(&self, params: GroupInsertParams) -> Result<()> {
+        let mut inner = self.open()?;
+        let g = params.group.id;
+        if params.jobs.is_empty() {
+            return Err(Error::Storage(format!("group {g} has no member jobs")));
+        }
+        if inner.groups.contains_key(&g) {
+            return Err(Error::Storage(format!(
+                "a group with id {g} already exists"
+            )));
+        }
+        inner.insert_members(params.jobs, params.now, Some(g))?;
+        inner.groups.insert(
+            g,
+            GroupRow {
+                group: params.group,
+                on_complete_job_id: None,
+                created_at: params.now,
+                finished_at: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn group_get(&self, id: GroupId) -> Result<Option<GroupRecord>> {
+        let inner = self.open()?;
+        let Some(row) = inner.groups.get(&id) else {
+            return Ok(None);
+        };
+        let mut counts = GroupCounts::default();
+        // Members are found by scanning: group reports are rare next to claims.
+        for e in inner.jobs.values() {
+            if e.record.group_id == Some(id) {
+                counts.add(e.record.status, 1);
+            }
+        }
+        Ok(Some(GroupRecord {
+            id,
+            name: row.group.name.clone(),
+            concurrency: row.group.concurrency,
+            on_complete: row.group.on_complete.clone(),
+            on_complete_job_id: row.on_complete_job_id,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+            counts,
+        }))
     }
 
     async fn job_claim(&self, params: JobClaimParams) -> Result<Vec<ClaimedJob>> {
@@ -439,11 +590,25 @@ impl Storage for MemoryStorage {
                 }
             }
             let mut picked = Vec::with_capacity(limit.min(1024));
+            // Room left in each limited group met so far; members of a full group are
+            // passed over, and the claim goes on with the jobs behind them.
+            let mut room: HashMap<GroupId, u64> = HashMap::new();
             while picked.len() < limit {
                 let Some(Reverse((k, i))) = heads.pop() else {
                     break;
                 };
-                picked.push(k.2);
+                let fits = match inner.group_room(k.2) {
+                    None => true,
+                    Some((g, free)) => {
+                        let left = room.entry(g).or_insert(free);
+                        let fits = *left > 0;
+                        *left = left.saturating_sub(1);
+                        fits
+                    }
+                };
+                if fits {
+                    picked.push(k.2);
+                }
                 if let Some(&next) = iters[i].next() {
                     heads.push(Reverse((next, i)));
                 }
@@ -647,6 +812,7 @@ impl Storage for MemoryStorage {
         let inner = self.open()?;
         let f = &params.filter;
         let by_counts = f.ids.is_none()
+            && f.group.is_none()
             && f.name.is_none()
             && f.created_from.is_none()
             && f.created_to.is_none()
@@ -727,7 +893,7 @@ impl Storage for MemoryStorage {
             .filter(|s| *s != JobStatus::Running)
             .collect();
         let ids = inner.matching_ids(&params.filter, &not_running);
-        Ok(ids.into_iter().filter(|&id| inner.delete(id)).count() as u64)
+        Ok(inner.delete_all(ids))
     }
 
     async fn job_prune(&self, params: JobPruneParams) -> Result<u64> {
@@ -745,7 +911,7 @@ impl Storage for MemoryStorage {
             })
             .take(limit)
             .collect();
-        Ok(ids.into_iter().filter(|&id| inner.delete(id)).count() as u64)
+        Ok(inner.delete_all(ids))
     }
 
     async fn job_counts(&self) -> Result<Vec<QueueCount>> {

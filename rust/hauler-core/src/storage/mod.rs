@@ -13,8 +13,10 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::error::Result;
+use crate::group::{GroupRecord, NewGroup};
 use crate::model::{
-    ClaimedJob, ErrorInfo, JobId, JobRecord, JobStatus, LeaseToken, NewJob, QueueCount, Timestamp,
+    ClaimedJob, ErrorInfo, GroupId, JobId, JobRecord, JobStatus, LeaseToken, NewJob, QueueCount,
+    Timestamp,
 };
 use crate::schedule::{NewSchedule, ScheduleRecord};
 
@@ -45,6 +47,17 @@ pub struct JobInsertManyParams {
     pub jobs: Vec<NewJob>,
     /// The time of storing: `created_at`, and the run time of jobs with none. A job whose
     /// `run_at` is later than this is stored `scheduled`, otherwise `available`.
+    pub now: Timestamp,
+}
+
+/// Store a group and its members.
+#[derive(Debug, Clone)]
+pub struct GroupInsertParams {
+    /// The group.
+    pub group: NewGroup,
+    /// Its members (at least one), stored as members of `group` whatever else they are.
+    pub jobs: Vec<NewJob>,
+    /// As for [`JobInsertManyParams::now`]; also the group's `created_at`.
     pub now: Timestamp,
 }
 
@@ -178,6 +191,8 @@ pub struct JobFilter {
     /// Only jobs whose arguments, as the stored JSON text, contain this substring
     /// (case-sensitive).
     pub args_contains: Option<String>,
+    /// Only members of this group.
+    pub group: Option<GroupId>,
 }
 
 impl JobFilter {
@@ -193,6 +208,7 @@ impl JobFilter {
                 .args_contains
                 .as_ref()
                 .map_or(true, |text| job.args.contains(text.as_str()))
+            && self.group.map_or(true, |g| job.group_id == Some(g))
     }
 }
 
@@ -319,10 +335,20 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Store jobs, all or none. Returns once they are durable (for SQLite: committed).
     async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<()>;
 
+    /// Store a group and its members in one transaction (all or none); see
+    /// [`crate::group`]. Fails, storing nothing, if there are no members or a member's id
+    /// is taken.
+    async fn group_insert(&self, params: GroupInsertParams) -> Result<()>;
+
+    /// One group with its members' counts; `None` if there is no such group (never
+    /// stored, or deleted with its last member).
+    async fn group_get(&self, id: GroupId) -> Result<Option<GroupRecord>>;
+
     /// Claim up to `limit` runnable jobs, highest priority first, then earliest `run_at`,
     /// then oldest id. Each becomes `running` with `attempt + 1`, `started_at = now`, a
     /// fresh lease token and `worker_id`. A job is never handed to two claimers while its
-    /// lease holds.
+    /// lease holds. A member of a group with a concurrency limit is skipped (left pending,
+    /// and the claim goes on with other jobs) while that many members are running.
     async fn job_claim(&self, params: JobClaimParams) -> Result<Vec<ClaimedJob>>;
 
     /// Extend leases, and say which of the jobs have a cancel requested.
