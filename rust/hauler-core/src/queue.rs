@@ -23,6 +23,7 @@ pub struct Queue {
     wake: watch::Sender<u64>,
     cancels: watch::Sender<u64>,
     schedules: watch::Sender<u64>,
+    finished: watch::Sender<u64>,
 }
 
 impl Queue {
@@ -36,12 +37,14 @@ impl Queue {
         let (wake, _) = watch::channel(0);
         let (cancels, _) = watch::channel(0);
         let (schedules, _) = watch::channel(0);
+        let (finished, _) = watch::channel(0);
         Queue {
             storage,
             clock,
             wake,
             cancels,
             schedules,
+            finished,
         }
     }
 
@@ -161,6 +164,17 @@ impl Queue {
     /// A receiver that changes whenever [`Queue::cancel_many`] asked running jobs to stop.
     pub fn subscribe_cancels(&self) -> watch::Receiver<u64> {
         self.cancels.subscribe()
+    }
+
+    /// Tell this process's workers that jobs just ended here, so a job held back by a
+    /// group's concurrency limit may now start.
+    pub fn finished(&self) {
+        self.finished.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes whenever [`Queue::finished`] is called.
+    pub fn subscribe_finished(&self) -> watch::Receiver<u64> {
+        self.finished.subscribe()
     }
 
     /// Tell this process's workers that something may have become runnable.

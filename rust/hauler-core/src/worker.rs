@@ -191,6 +191,13 @@ const ERROR_BACKOFF_MIN: Duration = Duration::from_millis(50);
 const STOP_FLUSH_GRACE: Duration = Duration::from_secs(5);
 const ERROR_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// The first wait of a dispatcher whose claim left due jobs behind (held back by a
+/// concurrency limit); it doubles up to the poll interval (or [`HELD_BACKOFF_MAX`]).
+const HELD_BACKOFF_MIN: Duration = Duration::from_millis(2);
+/// The longest such wait when the storage has no poll interval (memory: every job ends in
+/// this process, and an ending wakes the dispatcher anyway).
+const HELD_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 fn next_backoff(d: Duration) -> Duration {
     (d * 2).min(ERROR_BACKOFF_MAX)
 }
@@ -362,7 +369,13 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
     let mut wake_rx = shared.queue.subscribe();
     // Jobs made runnable by other processes, when the storage can tell (LISTEN/NOTIFY).
     let mut remote_rx = shared.queue.storage().subscribe();
+    // Jobs of this process ending: a job held back by a group's limit may start now.
+    let mut finished_rx = shared.queue.subscribe_finished();
     let mut error_backoff = ERROR_BACKOFF_MIN;
+    // Set while due jobs are left unclaimed (held back by a concurrency limit): how long
+    // to wait before claiming again, so the loop backs off instead of spinning.
+    let mut held_backoff: Option<Duration> = None;
+    let held_max = shared.poll_interval().unwrap_or(HELD_BACKOFF_MAX);
     let queues = vec![slots.config.name.clone()];
     let names = slots.config.names.clone();
     loop {
@@ -376,6 +389,7 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
         let mut wait_for: Option<Duration> = None;
         if free > 0 {
             wake_rx.borrow_and_update();
+            finished_rx.borrow_and_update();
             if let Some(rx) = remote_rx.as_mut() {
                 rx.borrow_and_update();
             }
@@ -426,6 +440,7 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
                 start_job(&shared, &slots, job);
             }
             if got == free {
+                held_backoff = None;
                 continue; // full now, or more may be waiting: loop to re-check
             }
             // Fewer than asked: sleep until the next scheduled job or the poll interval.
@@ -439,8 +454,22 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
                 .await;
             let now = shared.queue.clock().now();
             let until_next = match next {
-                Ok(Some(t)) => Some(now.until(t).max(Duration::from_millis(1))),
-                Ok(None) => None,
+                // Due, yet not claimed: held back by a limit until running jobs end.
+                Ok(Some(t)) if t <= now => {
+                    let wait = held_backoff
+                        .map_or(HELD_BACKOFF_MIN, |d| d.saturating_mul(2))
+                        .min(held_max);
+                    held_backoff = Some(wait);
+                    Some(wait)
+                }
+                Ok(Some(t)) => {
+                    held_backoff = None;
+                    Some(now.until(t).max(Duration::from_millis(1)))
+                }
+                Ok(None) => {
+                    held_backoff = None;
+                    None
+                }
                 Err(_) => Some(error_backoff),
             };
             wait_for = match (until_next, shared.poll_interval()) {
@@ -455,6 +484,7 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
             _ = wake_rx.changed(), if !full => {}
             _ = changed_or_forever(&mut remote_rx), if !full => {}
             _ = sleep_or_forever(wait_for), if !full => {}
+            _ = finished_rx.changed(), if !full && held_backoff.is_some() => {}
         }
     }
 }
@@ -640,6 +670,7 @@ async fn write_finishes(shared: &Shared, batch: Vec<JobFinish>) {
                     }
                 }
                 drop(leases);
+                shared.queue.finished();
                 if batch
                     .iter()
                     .any(|f| !matches!(f.outcome, FinishOutcome::Completed))
