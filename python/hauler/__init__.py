@@ -11,6 +11,7 @@ Example:
 from hauler.context import JobContext, current_job_cancelled
 from hauler.errors import (
     ConfigError,
+    GroupNotFoundError,
     HaulerError,
     JobNotFoundError,
     LeaseLostError,
@@ -27,6 +28,8 @@ from hauler.info import (
     CancelCounts,
     CancelResult,
     ErrorInfo,
+    GroupInfo,
+    GroupStatus,
     JobInfo,
     JobPage,
     JobStatus,
@@ -45,6 +48,9 @@ __all__ = [
     "CancelResult",
     "ConfigError",
     "ErrorInfo",
+    "GroupInfo",
+    "GroupNotFoundError",
+    "GroupStatus",
     "HaulerError",
     "Job",
     "JobContext",

@@ -14,6 +14,7 @@ Example:
 
 __all__ = [
     "ConfigError",
+    "GroupNotFoundError",
     "HaulerError",
     "JobNotFoundError",
     "LeaseLostError",
@@ -78,6 +79,13 @@ class UnknownJobError(HaulerError, LookupError):
 
 class JobNotFoundError(HaulerError, LookupError):
     """No job with the given id exists in the storage."""
+
+
+class GroupNotFoundError(HaulerError, LookupError):
+    """No job group with the given id exists in the storage.
+
+    It was never stored, or it was deleted with its last member.
+    """
 
 
 class ScheduleNotFoundError(HaulerError, LookupError):

@@ -94,6 +94,9 @@ impl Queue {
         if result.requested > 0 {
             self.cancels.send_modify(|n| *n = n.wrapping_add(1));
         }
+        if result.cancelled > 0 {
+            self.wake(); // a group finished by the cancel may have stored its on_complete
+        }
         Ok(result)
     }
 

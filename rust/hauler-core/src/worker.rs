@@ -376,6 +376,9 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
     // to wait before claiming again, so the loop backs off instead of spinning.
     let mut held_backoff: Option<Duration> = None;
     let held_max = shared.poll_interval().unwrap_or(HELD_BACKOFF_MAX);
+    // A storage no other process shares is never polled: a job that ends here may have
+    // stored another (a group's on_complete), so an idle dispatcher looks then too.
+    let wake_on_finish = shared.queue.storage().poll_interval().is_none();
     let queues = vec![slots.config.name.clone()];
     let names = slots.config.names.clone();
     loop {
@@ -484,7 +487,7 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
             _ = wake_rx.changed(), if !full => {}
             _ = changed_or_forever(&mut remote_rx), if !full => {}
             _ = sleep_or_forever(wait_for), if !full => {}
-            _ = finished_rx.changed(), if !full && held_backoff.is_some() => {}
+            _ = finished_rx.changed(), if !full && (held_backoff.is_some() || wake_on_finish) => {}
         }
     }
 }
