@@ -83,3 +83,14 @@ def test_context(tmp_path: Path) -> None:
         "import: completed after 2 attempts",
         "history: 1 failed, 2 snoozed, 2 completed",
     ]
+
+
+def test_groups(tmp_path: Path) -> None:
+    done = run_example("groups", tmp_path)
+    assert done.stdout.splitlines() == [
+        "thumbnails: done, 10/10 done, 100%",
+        "at most 2 thumbnails at once",
+        "notified: ['10 thumbnails ready']",
+        "cancelled 20 of 20",
+        "more: cancelled",
+    ]
