@@ -158,15 +158,27 @@ impl Lane {
     }
 }
 
-/// A group's members, counted as the indexes see them.
+/// A group's members per status (indexed by `JobStatus as usize`), as the indexes see them.
 #[derive(Debug, Default, Clone, Copy)]
-struct GroupTally {
-    /// Every member.
-    total: u64,
+struct GroupTally([u64; JobStatus::ALL.len()]);
+
+impl GroupTally {
+    fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
     /// Members not in a final status.
-    open: u64,
-    /// Running members.
-    running: u64,
+    fn open(&self) -> u64 {
+        JobStatus::ALL
+            .iter()
+            .filter(|s| !s.is_final())
+            .map(|&s| self.0[s as usize])
+            .sum()
+    }
+
+    fn running(&self) -> u64 {
+        self.0[JobStatus::Running as usize]
+    }
 }
 
 /// A stored group (its counts are in [`Indexes::groups`]).
@@ -219,10 +231,7 @@ impl Indexes {
         };
         counts[r.status as usize] += 1;
         if let Some(g) = r.group_id {
-            let tally = self.groups.entry(g).or_default();
-            tally.total += 1;
-            tally.open += u64::from(!r.status.is_final());
-            tally.running += u64::from(r.status == JobStatus::Running);
+            self.groups.entry(g).or_default().0[r.status as usize] += 1;
         }
     }
 
@@ -246,11 +255,8 @@ impl Indexes {
             counts[r.status as usize] = counts[r.status as usize].saturating_sub(1);
         }
         if let Some(tally) = r.group_id.and_then(|g| self.groups.get_mut(&g)) {
-            tally.total = tally.total.saturating_sub(1);
-            tally.open = tally.open.saturating_sub(u64::from(!r.status.is_final()));
-            tally.running = tally
-                .running
-                .saturating_sub(u64::from(r.status == JobStatus::Running));
+            let n = &mut tally.0[r.status as usize];
+            *n = n.saturating_sub(1);
         }
     }
 }
@@ -359,7 +365,7 @@ impl Inner {
     /// other is open (storing its `on_complete` job the first time), or reopen it if the
     /// member is open again.
     fn group_changed(&mut self, g: GroupId, member_final: bool, now: Option<Timestamp>) {
-        let open = self.idx.groups.get(&g).map_or(0, |t| t.open);
+        let open = self.idx.groups.get(&g).map_or(0, GroupTally::open);
         let Some(row) = self.groups.get_mut(&g) else {
             return;
         };
@@ -385,7 +391,7 @@ impl Inner {
     /// Delete the groups of `touched` that have no members left.
     fn drop_empty_groups(&mut self, touched: impl IntoIterator<Item = GroupId>) {
         for g in touched {
-            if self.idx.groups.get(&g).map_or(true, |t| t.total == 0) {
+            if self.idx.groups.get(&g).map_or(true, |t| t.total() == 0) {
                 self.idx.groups.remove(&g);
                 self.groups.remove(&g);
             }
@@ -396,7 +402,7 @@ impl Inner {
     fn group_room(&self, id: JobId) -> Option<(GroupId, u64)> {
         let g = self.jobs.get(&id)?.record.group_id?;
         let limit = self.groups.get(&g)?.group.concurrency?;
-        let running = self.idx.groups.get(&g).map_or(0, |t| t.running);
+        let running = self.idx.groups.get(&g).map_or(0, GroupTally::running);
         Some((g, u64::from(limit).saturating_sub(running)))
     }
 
@@ -536,10 +542,9 @@ impl Storage for MemoryStorage {
             return Ok(None);
         };
         let mut counts = GroupCounts::default();
-        // Members are found by scanning: group reports are rare next to claims.
-        for e in inner.jobs.values() {
-            if e.record.group_id == Some(id) {
-                counts.add(e.record.status, 1);
+        if let Some(tally) = inner.idx.groups.get(&id) {
+            for status in JobStatus::ALL {
+                counts.add(status, tally.0[status as usize]);
             }
         }
         Ok(Some(GroupRecord {

@@ -857,7 +857,11 @@ history AS (
 ),
 reopened AS (
     UPDATE job_groups g SET finished_at = NULL
-    WHERE g.id IN (SELECT group_id FROM done) AND g.finished_at IS NOT NULL
+    FROM (SELECT id FROM job_groups
+          WHERE id IN (SELECT group_id FROM done) AND finished_at IS NOT NULL
+          ORDER BY id
+          FOR UPDATE) l
+    WHERE g.id = l.id
 )
 SELECT q.n, pg_notify($10::text, left(q.queue, 1000))::text
 FROM (SELECT queue, count(*) AS n FROM done GROUP BY queue) q"
@@ -964,6 +968,16 @@ pub struct PostgresStorage {
     closed: AtomicBool,
     /// `None` when the options turn LISTEN off.
     listener: Option<Listener>,
+    /// When claims last looked for groups with a concurrency limit, and whether they found
+    /// some (see [`PostgresStorage::claim_rows`]).
+    limited: Mutex<LimitedGroups>,
+}
+
+/// What claims last learned about groups with a concurrency limit.
+#[derive(Debug, Default)]
+struct LimitedGroups {
+    checked_at: Option<std::time::Instant>,
+    found: bool,
 }
 
 impl fmt::Debug for PostgresStorage {
@@ -1060,6 +1074,7 @@ impl PostgresStorage {
             poll_interval: opts.poll_interval,
             closed: AtomicBool::new(false),
             listener,
+            limited: Mutex::new(LimitedGroups::default()),
         };
         let mut client = storage.client("connect").await?;
         let checked = if opts.migrate {
@@ -1159,17 +1174,35 @@ impl PostgresStorage {
     /// Claim for `p`: with [`JOB_CLAIM`] (which leaves out members of groups with a
     /// concurrency limit) unless such groups have members due; then, in a transaction,
     /// lock those groups and claim with [`GROUP_CLAIM`].
+    ///
+    /// Looking for such groups costs a round trip, so while none is found it is done once
+    /// per poll interval only: a limited group queued by another process may wait that
+    /// long before its first members start (one queued through this storage, and every
+    /// later member of a group seen, do not wait).
     async fn claim_rows(&self, p: &JobClaimParams, limit: i64) -> Result<Vec<Row>> {
         const OP: &str = "job_claim";
         let now = to_pg_time(p.now)?;
         let lease_beats = to_bigint(LEASE_HEARTBEATS);
-        let groups: Vec<Uuid> = self
-            .query(OP, GROUPS_LIMITED_DUE, &[&p.queues, &p.names, &now])
-            .await?
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<std::result::Result<_, _>>()
-            .map_err(|e| Error::Storage(format!("{OP}: unexpected row: {e}")))?;
+        let look = {
+            let seen = self.limited.lock().unwrap_or_else(PoisonError::into_inner);
+            seen.found
+                || seen
+                    .checked_at
+                    .map_or(true, |t| t.elapsed() >= self.poll_interval)
+        };
+        let mut groups: Vec<Uuid> = Vec::new();
+        if look {
+            groups = self
+                .query(OP, GROUPS_LIMITED_DUE, &[&p.queues, &p.names, &now])
+                .await?
+                .iter()
+                .map(|r| r.try_get(0))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| Error::Storage(format!("{OP}: unexpected row: {e}")))?;
+            let mut seen = self.limited.lock().unwrap_or_else(PoisonError::into_inner);
+            seen.checked_at = Some(std::time::Instant::now());
+            seen.found = !groups.is_empty();
+        }
         if groups.is_empty() {
             return self
                 .query(
@@ -2043,6 +2076,12 @@ impl Storage for PostgresStorage {
             tx.commit().await?;
             Ok::<_, Failure>(())
         };
+        if g.concurrency.is_some() {
+            self.limited
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .found = true;
+        }
         match work.await {
             Ok(()) => Ok(()),
             Err(Failure::Pg(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
