@@ -327,6 +327,11 @@ pub struct ScheduleRunNowParams {
 /// A place that keeps jobs. Implementations: [`MemoryStorage`], [`SqliteStorage`],
 /// [`PostgresStorage`].
 ///
+/// Every method that can make a job final (finish, release, reclaim, cancel, and a claim
+/// failing a corrupt row) also finishes the job's group, in the same transaction, when no
+/// member of it is left open, storing the group's `on_complete` job the first time (see
+/// [`crate::group`]).
+///
 /// All methods are safe to call concurrently, from one process or (for persistent
 /// storages) from many. Every method returns [`crate::Error::StorageClosed`] after
 /// [`Storage::close`].
@@ -394,15 +399,18 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Retry the matching `failed` and `cancelled` jobs in one transaction: each becomes
     /// `available` at `now` with its attempt count back to 0 and `finished_at` and
     /// `cancel_requested_at` cleared; its history is kept and gains a `retried` entry.
-    /// Returns how many were retried.
+    /// Their finished groups are reopened (`finished_at` cleared). Returns how many were
+    /// retried.
     async fn job_retry(&self, params: JobRetryParams) -> Result<u64>;
 
     /// Delete the matching jobs that are not running, with their history, in one
-    /// transaction. Returns how many were deleted.
+    /// transaction, and the groups left with no members. Returns how many jobs were
+    /// deleted.
     async fn job_delete(&self, params: JobDeleteParams) -> Result<u64>;
 
     /// Delete up to `limit` finished jobs of the given statuses that finished before
-    /// `finished_before`, with their history. Returns how many were deleted.
+    /// `finished_before`, with their history, and the groups left with no members. Returns
+    /// how many jobs were deleted.
     async fn job_prune(&self, params: JobPruneParams) -> Result<u64>;
 
     /// Counts per queue and status (pairs with no jobs are left out).
