@@ -19,7 +19,7 @@
 //! * **SQL.** Static text with bound parameters; lists (queues, names, statuses) are bound
 //!   as one JSON array and read with `json_each`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -1187,7 +1187,7 @@ fn claim_candidates(
 /// take the place of other jobs: the full group is left out and the walk done again.
 fn pick_candidates(tx: &Transaction<'_>, p: &JobClaimParams) -> DbResult<Vec<Candidate>> {
     let limit = usize::try_from(p.limit).unwrap_or(usize::MAX);
-    let mut room: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
+    let mut room: HashMap<String, i64> = HashMap::new();
     {
         let mut stmt = tx.prepare_cached(GROUPS_LIMITED)?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
@@ -1202,7 +1202,7 @@ fn pick_candidates(tx: &Transaction<'_>, p: &JobClaimParams) -> DbResult<Vec<Can
         .map(|(g, _)| g.clone())
         .collect();
     let mut picked: Vec<Candidate> = Vec::new();
-    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut seen: HashSet<String> = HashSet::new();
     loop {
         let mut passed_over = false;
         for c in claim_candidates(tx, p, limit, &full)? {
