@@ -108,3 +108,14 @@ def test_unique(tmp_path: Path) -> None:
         "syncs overlapped: False",
         "never more than two thumbnails at once: True",
     ]
+
+
+def test_groups(tmp_path: Path) -> None:
+    done = run_example("groups", tmp_path)
+    assert done.stdout.splitlines() == [
+        "thumbnails: done, 10/10 done, 100%",
+        "at most 2 thumbnails at once",
+        "notified: ['10 thumbnails ready']",
+        "cancelled 20 of 20",
+        "more: cancelled",
+    ]

@@ -12,6 +12,7 @@ from hauler._hooks import JobHook
 from hauler.context import JobContext, current_job_cancelled
 from hauler.errors import (
     ConfigError,
+    GroupNotFoundError,
     HaulerError,
     JobNotFoundError,
     JobVersionError,
@@ -29,6 +30,8 @@ from hauler.info import (
     CancelCounts,
     CancelResult,
     ErrorInfo,
+    GroupInfo,
+    GroupStatus,
     JobInfo,
     JobPage,
     JobStatus,
@@ -48,6 +51,9 @@ __all__ = [
     "CancelResult",
     "ConfigError",
     "ErrorInfo",
+    "GroupInfo",
+    "GroupNotFoundError",
+    "GroupStatus",
     "HaulerError",
     "Job",
     "JobContext",

@@ -133,6 +133,7 @@ def read_jobs(storage: _native.Storage, job_ids: Iterable[str], event: str) -> l
             "created_from": None,
             "created_to": None,
             "args_contains": None,
+            "group": None,
         }
         try:
             rows = storage.list(flt, None, len(chunk))

@@ -75,6 +75,25 @@ class JobDict(TypedDict):
     progress_message: str | None
     state: dict[str, Any] | str | None  # str: the raw stored text, when not a JSON object
     unique_key: str | None
+    group_id: str | None
+
+@type_check_only
+class GroupDict(TypedDict):
+    """A stored job group with its members' counts."""
+
+    id: str
+    name: str
+    concurrency: int | None
+    on_complete_name: str | None  # the NAME of the on_complete job, if any
+    on_complete_job_id: str | None  # its id, once stored
+    created_at: int
+    finished_at: int | None
+    pending: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    status: str  # in_progress, done, done_with_errors or cancelled
 
 @type_check_only
 class FilterDict(TypedDict):
@@ -91,6 +110,7 @@ class FilterDict(TypedDict):
     created_from: int | None  # created_at >= this
     created_to: int | None  # created_at < this
     args_contains: str | None  # a case-sensitive substring of the stored JSON text
+    group: str | None  # members of this group only
 
 @type_check_only
 class ScheduleSpecDict(TypedDict, total=False):
@@ -234,6 +254,25 @@ class Storage:
         the ids it stored; the last item is then the holder lookup (parameter ``p1``: keys;
         answers key, id) and each job's key. Otherwise the last item is ``None``.
         """
+
+    def group_push(
+        self,
+        name: str,
+        jobs: Sequence[_NewJobTuple],
+        *,
+        concurrency: int | None = None,
+        on_complete: _NewJobTuple | None = None,
+        max_payload_bytes: int | None = None,
+    ) -> tuple[str, builtins.list[str]]:
+        """Store a group and its member jobs in one transaction; ``(group id, member ids)``.
+
+        ``concurrency`` caps the members running at once; ``on_complete`` is the job stored
+        when every member is final. No jobs, or a ``concurrency`` below 1, raise
+        ``ConfigError``.
+        """
+
+    def group_get(self, group_id: str) -> GroupDict | None:
+        """One group with its members' counts, or ``None``."""
 
     def get(self, job_id: str) -> JobDict | None:
         """One job, or ``None``."""

@@ -14,6 +14,7 @@ Example:
 
 __all__ = [
     "ConfigError",
+    "GroupNotFoundError",
     "HaulerError",
     "JobNotFoundError",
     "JobVersionError",
@@ -90,6 +91,13 @@ class UnknownJobError(HaulerError, LookupError):
 
 class JobNotFoundError(HaulerError, LookupError):
     """No job with the given id exists in the storage."""
+
+
+class GroupNotFoundError(HaulerError, LookupError):
+    """No job group with the given id exists in the storage.
+
+    It was never stored, or it was deleted with its last member.
+    """
 
 
 class ScheduleNotFoundError(HaulerError, LookupError):

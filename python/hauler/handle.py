@@ -13,10 +13,17 @@ from typing import Any, Final, Protocol, TypedDict, Unpack
 
 from hauler import _native
 from hauler._hooks import JobHook, call_hook, check_hook, read_jobs
-from hauler.errors import ConfigError, JobNotFoundError, ScheduleNotFoundError, StorageError
+from hauler.errors import (
+    ConfigError,
+    GroupNotFoundError,
+    JobNotFoundError,
+    ScheduleNotFoundError,
+    StorageError,
+)
 from hauler.info import (
     CancelCounts,
     CancelResult,
+    GroupInfo,
     JobInfo,
     JobPage,
     JobStatus,
@@ -48,6 +55,7 @@ class JobFilterArgs(TypedDict, total=False):
     created_to: datetime | None
     args_contains: str | None
     ids: _Ids | None
+    group: uuid.UUID | str | None
 
 
 DEFAULT_MAX_PAYLOAD_BYTES: Final = 1 << 20
@@ -230,6 +238,15 @@ def _parse_id(job_id: uuid.UUID | str) -> str:
         raise ConfigError(f"invalid job id {job_id!r}: expected a UUID") from None
 
 
+def _parse_group_id(group_id: uuid.UUID | str) -> str:
+    if isinstance(group_id, uuid.UUID):
+        return str(group_id)
+    try:
+        return str(uuid.UUID(group_id))
+    except (ValueError, TypeError, AttributeError):
+        raise ConfigError(f"invalid group id {group_id!r}: expected a UUID") from None
+
+
 def _run_at(at: datetime | None, after: timedelta | None) -> int:
     if (at is None) == (after is None):
         raise ConfigError(
@@ -290,6 +307,7 @@ def _filter(
     created_from: datetime | None = None,
     created_to: datetime | None = None,
     args_contains: str | None = None,
+    group: uuid.UUID | str | None = None,
 ) -> _native.FilterDict:
     """Check the filter arguments shared by list, count and the bulk operations."""
     id_list = None
@@ -308,6 +326,7 @@ def _filter(
         "created_from": start,
         "created_to": end,
         "args_contains": _text("args_contains", args_contains),
+        "group": None if group is None else _parse_group_id(group),
     }
 
 
@@ -317,12 +336,13 @@ def _bulk(what: str, f: _native.FilterDict, allowed: frozenset[JobStatus]) -> _n
         f["ids"] is None
         and not f["statuses"]
         and all(
-            f[k] is None for k in ("name", "queue", "created_from", "created_to", "args_contains")
+            f[k] is None
+            for k in ("name", "queue", "created_from", "created_to", "args_contains", "group")
         )
     ):
         raise ConfigError(
             f"{what}() needs at least one filter (ids, status, name, queue, created_from, "
-            "created_to or args_contains); to act on every job, pass every status"
+            "created_to, args_contains or group); to act on every job, pass every status"
         )
     bad = [s for s in f["statuses"] if s not in allowed]
     if bad:
@@ -570,6 +590,117 @@ class QueueHandle:
         """
         return [ScheduleInfo.from_native(d) for d in self._storage._native.schedule_list()]
 
+    def queue_group(
+        self,
+        name: str,
+        jobs: Iterable[Job[Any]],
+        *,
+        concurrency: int | None = None,
+        on_complete: Job[Any] | None = None,
+    ) -> uuid.UUID:
+        """Store a group of jobs, all or none in one transaction; return the group's id.
+
+        The members may be of any job classes and queues; each is an ordinary job (see
+        :meth:`get`, :meth:`list` with ``group=``), and :meth:`group` reports on them
+        together.
+
+        Args:
+            name: A name for the group, for people (need not be unique).
+            jobs: The member jobs (at least one).
+            concurrency: At most this many members run at once, across every worker and
+                process; the others wait (``available``, no attempt counted) and other
+                jobs run meanwhile. ``None`` (default): no limit. It is the members'
+                concurrency limit (as ``CONCURRENCY``, keyed by the group), so a member
+                whose class has its own ``SINGLETON`` or ``CONCURRENCY`` is refused here;
+                without a group limit, members keep their class's limits.
+            on_complete: A job queued once when the group finishes: when every member is
+                completed, failed or cancelled. It is queued in the same transaction as the
+                last member's end, exactly once however many workers finish members at the
+                same moment. A member retried by hand afterwards reopens the group, but
+                ``on_complete`` is not queued again.
+
+        Raises:
+            ConfigError: no jobs, a name that is not a non-empty str, ``concurrency`` not a
+                positive int, a member whose class is ``UNIQUE`` (never allowed in a
+                group), or, with ``concurrency``, a member whose class has ``SINGLETON``
+                or ``CONCURRENCY`` (a job holds one concurrency limit). Nothing is stored.
+            SerializationError: a job's fields cannot be serialized, or take more than
+                :attr:`max_payload_bytes` (nothing is stored).
+
+        Example:
+            >>> group_id = queue_handle.queue_group(  # doctest: +SKIP
+            ...     "thumbnails",
+            ...     [Resize(path=p) for p in paths],
+            ...     concurrency=4,
+            ...     on_complete=Notify(text="thumbnails ready"),
+            ... )
+
+        """
+        if not isinstance(name, str) or not name or not _is_utf8(name):
+            raise ConfigError(f"a group name must be a non-empty str ({_UTF8}), got {name!r}")
+        if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+        ):
+            raise ConfigError(
+                f"concurrency must be a positive int or None (no limit), got {concurrency!r}"
+            )
+        if isinstance(jobs, Job) or not isinstance(jobs, Iterable):
+            raise ConfigError(f"jobs must be a list of hauler Job instances, got {jobs!r}")
+        tuples = [_job_tuple(j, None) for j in jobs]
+        if not tuples:
+            raise ConfigError(f"group {name!r} needs at least one job")
+        callback = None if on_complete is None else _job_tuple(on_complete, None)
+        group_id, ids = self._storage._native.group_push(
+            name,
+            tuples,
+            concurrency=concurrency,
+            on_complete=callback,
+            max_payload_bytes=self._max_payload_bytes,
+        )
+        self._enqueued(ids)
+        return uuid.UUID(group_id)
+
+    def group(self, group_id: uuid.UUID | str) -> GroupInfo:
+        """Report on a group: its members' counts, progress and status.
+
+        Raises:
+            GroupNotFoundError: no such group (never stored, or deleted with its last
+                member).
+            ConfigError: ``group_id`` is not a UUID.
+
+        Example:
+            >>> info = queue_handle.group(group_id)  # doctest: +SKIP
+            >>> info.status, info.progress  # doctest: +SKIP
+            (<GroupStatus.IN_PROGRESS: 'in_progress'>, 40)
+
+        """
+        d = self._storage._native.group_get(_parse_group_id(group_id))
+        if d is None:
+            raise GroupNotFoundError(f"no job group with id {group_id}")
+        return GroupInfo.from_native(d)
+
+    def cancel_group(self, group_id: uuid.UUID | str) -> CancelCounts:
+        """Cancel the rest of a group; say how many members that changed.
+
+        Its waiting members are cancelled at once and its running ones asked to stop (as
+        :meth:`cancel` does each); finished members are left alone. The group finishes
+        (and its ``on_complete`` job is queued) when the last running member ends; its
+        status is then ``cancelled``.
+
+        Raises:
+            GroupNotFoundError: no such group.
+
+        Example:
+            >>> queue_handle.cancel_group(group_id)  # doctest: +SKIP
+            CancelCounts(cancelled=7, requested=2)
+
+        """
+        f = _filter(group=group_id)
+        cancelled, requested = self._storage._native.cancel(f)
+        if not cancelled and not requested:
+            self.group(group_id)  # raises GroupNotFoundError
+        return CancelCounts(cancelled=cancelled, requested=requested)
+
     def get(self, job_id: uuid.UUID | str) -> JobInfo:
         """Return the job with this id, with its whole history.
 
@@ -592,6 +723,7 @@ class QueueHandle:
         created_to: datetime | None = None,
         args_contains: str | None = None,
         ids: _Ids | None = None,
+        group: uuid.UUID | str | None = None,
         limit: int = 100,
         cursor: str | None = None,
     ) -> JobPage:
@@ -609,6 +741,7 @@ class QueueHandle:
                 substring of their JSON (so ``"alice@example.com"`` finds a field with that
                 value; quotes and backslashes are as JSON escapes them).
             ids: Only these jobs.
+            group: Only the members of this group (:meth:`queue_group`).
             limit: The most jobs per page.
             cursor: Where the previous page ended.
 
@@ -630,6 +763,7 @@ class QueueHandle:
             created_from=created_from,
             created_to=created_to,
             args_contains=args_contains,
+            group=group,
         )
         if cursor is not None:
             cursor = _parse_id(cursor)
@@ -876,6 +1010,33 @@ class QueueHandle:
     async def aschedules(self) -> builtins.list[ScheduleInfo]:
         """Async twin of :meth:`schedules`."""
         return await asyncio.to_thread(self.schedules)
+
+    async def aqueue_group(
+        self,
+        name: str,
+        jobs: Iterable[Job[Any]],
+        *,
+        concurrency: int | None = None,
+        on_complete: Job[Any] | None = None,
+    ) -> uuid.UUID:
+        """Async twin of :meth:`queue_group`."""
+        return await asyncio.to_thread(
+            functools.partial(
+                self.queue_group,
+                name,
+                list(jobs),
+                concurrency=concurrency,
+                on_complete=on_complete,
+            )
+        )
+
+    async def agroup(self, group_id: uuid.UUID | str) -> GroupInfo:
+        """Async twin of :meth:`group`."""
+        return await asyncio.to_thread(self.group, group_id)
+
+    async def acancel_group(self, group_id: uuid.UUID | str) -> CancelCounts:
+        """Async twin of :meth:`cancel_group`."""
+        return await asyncio.to_thread(self.cancel_group, group_id)
 
     async def aget(self, job_id: uuid.UUID | str) -> JobInfo:
         """Async twin of :meth:`get`."""

@@ -23,13 +23,15 @@ from uuid import UUID
 from hauler.errors import ConfigError
 
 if TYPE_CHECKING:
-    from hauler._native import AttemptDict, ErrorDict, JobDict, ScheduleDict
+    from hauler._native import AttemptDict, ErrorDict, GroupDict, JobDict, ScheduleDict
 
 __all__ = [
     "AttemptInfo",
     "CancelCounts",
     "CancelResult",
     "ErrorInfo",
+    "GroupInfo",
+    "GroupStatus",
     "JobInfo",
     "JobPage",
     "JobStatus",
@@ -215,6 +217,9 @@ class JobInfo:
     unique_key: str | None = None
     """The key a unique job (``UNIQUE``, see :class:`~hauler.Unique`) is deduplicated by,
     or ``None``."""
+    group_id: UUID | None = None
+    """The id of the group the job is a member of (:meth:`~hauler.QueueHandle.queue_group`),
+    or ``None``."""
 
     @classmethod
     def from_native(cls, d: JobDict) -> JobInfo:
@@ -246,6 +251,106 @@ class JobInfo:
             progress_message=d["progress_message"],
             state=state if isinstance(state := d["state"], dict) else None,
             unique_key=d["unique_key"],
+            group_id=None if d["group_id"] is None else UUID(d["group_id"]),
+        )
+
+
+class GroupStatus(enum.StrEnum):
+    """Where a job group is, from its members' statuses.
+
+    Example:
+        >>> GroupStatus("done_with_errors") is GroupStatus.DONE_WITH_ERRORS
+        True
+
+    """
+
+    IN_PROGRESS = "in_progress"
+    """Some member is still waiting or running."""
+    DONE = "done"
+    """Every member completed."""
+    DONE_WITH_ERRORS = "done_with_errors"
+    """Every member is final; some failed and none was cancelled."""
+    CANCELLED = "cancelled"
+    """Every member is final and some were cancelled (:meth:`~hauler.QueueHandle.cancel_group`
+    or a member's own cancel)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GroupInfo:
+    """A job group and where its members are (:meth:`~hauler.QueueHandle.group`).
+
+    Example:
+        >>> info = queue_handle.group(group_id)  # doctest: +SKIP
+        >>> f"{info.name}: {info.progress}% ({info.failed} failed)"  # doctest: +SKIP
+        'resize: 40% (0 failed)'
+
+    """
+
+    id: UUID
+    """The group's id."""
+    name: str
+    """The name given to :meth:`~hauler.QueueHandle.queue_group`."""
+    status: GroupStatus
+    """``in_progress`` until every member is final; then ``done``, ``done_with_errors`` or
+    ``cancelled``."""
+    total: int
+    """Members still stored (deleted members no longer count)."""
+    done: int
+    """Members that completed."""
+    failed: int
+    """Members that failed for good."""
+    cancelled: int
+    """Members that were cancelled."""
+    running: int
+    """Members running now."""
+    pending: int
+    """Members waiting to run (scheduled, available or retryable)."""
+    concurrency: int | None
+    """At most this many members run at once, or ``None`` for no limit."""
+    on_complete: str | None
+    """The ``NAME`` of the job queued when the group finishes, or ``None``."""
+    on_complete_job_id: UUID | None
+    """The id of that job once it was queued (it is queued once, ever), else ``None``."""
+    created_at: datetime
+    """When the group was queued (aware, UTC)."""
+    finished_at: datetime | None
+    """When its last member became final (aware, UTC); ``None`` while some member is not,
+    and again after a member is retried."""
+
+    @property
+    def finished(self) -> int:
+        """Members in a final status: done, failed or cancelled."""
+        return self.done + self.failed + self.cancelled
+
+    @property
+    def progress(self) -> int:
+        """Finished members as a whole percentage of :attr:`total` (0 to 100).
+
+        Rounded down; 100 for a group with no members left. Members' own
+        ``ctx.set_progress`` values are not counted: a member counts once it is final,
+        however it ended.
+        """
+        return 100 if self.total == 0 else self.finished * 100 // self.total
+
+    @classmethod
+    def from_native(cls, d: GroupDict) -> GroupInfo:
+        """Build from the engine's group dict."""
+        job_id = d["on_complete_job_id"]
+        return cls(
+            id=UUID(d["id"]),
+            name=d["name"],
+            status=GroupStatus(d["status"]),
+            total=d["pending"] + d["running"] + d["completed"] + d["failed"] + d["cancelled"],
+            done=d["completed"],
+            failed=d["failed"],
+            cancelled=d["cancelled"],
+            running=d["running"],
+            pending=d["pending"],
+            concurrency=d["concurrency"],
+            on_complete=d["on_complete_name"],
+            on_complete_job_id=None if job_id is None else UUID(job_id),
+            created_at=_us_to_dt(d["created_at"]),
+            finished_at=_opt_dt(d["finished_at"]),
         )
 
 

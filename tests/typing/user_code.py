@@ -15,6 +15,8 @@ from hauler import (
     Backoff,
     CancelCounts,
     CancelResult,
+    GroupInfo,
+    GroupStatus,
     Job,
     JobContext,
     JobHook,
@@ -224,6 +226,18 @@ handle.cancel_many("available")  # type: ignore[call-arg]
 handle.count(created_from="2024-01-01")  # type: ignore[arg-type]
 WorkerConfig(retention=timedelta(hours=1))
 WorkerConfig(retention=3600)  # type: ignore[arg-type]
+
+# Job groups.
+group_id = handle.queue_group("emails", [email, email], concurrency=1, on_complete=email)
+assert_type(group_id, UUID)
+assert_type(handle.group(group_id), GroupInfo)
+assert_type(handle.group(str(group_id)).status, GroupStatus)
+assert_type(handle.group(group_id).progress, int)
+assert_type(handle.cancel_group(group_id), CancelCounts)
+assert_type(handle.list(group=group_id).jobs[0].group_id, UUID | None)
+assert_type(handle.count(group=group_id, status="running"), int)
+handle.queue_group("emails", [email], concurrency="2")  # type: ignore[arg-type]
+handle.queue_group([email])  # type: ignore[call-arg, arg-type]
 
 # Periodic jobs.
 cron_config = WorkerConfig(lambda: AppState("app")).cron("@daily", email, timezone="Europe/Paris")

@@ -9,6 +9,7 @@
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod group;
 pub mod model;
 pub mod queue;
 pub mod retry;

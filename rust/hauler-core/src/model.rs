@@ -74,6 +74,38 @@ impl FromStr for JobId {
     }
 }
 
+/// A job group's id: a UUID v7, like [`JobId`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct GroupId(pub Uuid);
+
+impl GroupId {
+    /// A fresh, time-ordered id.
+    pub fn new() -> Self {
+        GroupId(Uuid::now_v7())
+    }
+}
+
+impl Default for GroupId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.hyphenated().fmt(f)
+    }
+}
+
+impl FromStr for GroupId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        Uuid::parse_str(s)
+            .map(GroupId)
+            .map_err(|e| Error::Config(format!("invalid group id {s:?}: {e}")))
+    }
+}
+
 /// Where a job is in its life. See `docs/state_machine.md` for the transitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -468,6 +500,8 @@ pub struct JobRecord {
     pub progress_message: Option<String>,
     /// The job's own state (a JSON object, as text), kept across attempts.
     pub state: Option<String>,
+    /// The group the job is a member of (see [`crate::group`]), if any.
+    pub group_id: Option<GroupId>,
 }
 
 /// A job handed to a worker by a claim: what it needs to run and to report back.

@@ -7,11 +7,12 @@ use tokio::sync::watch;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::error::Result;
+use crate::group::NewGroup;
 use crate::model::{InsertedJob, JobId, NewJob};
 use crate::schedule::{NewSchedule, ScheduleRecord, Ticker};
 use crate::storage::{
-    JobCancelParams, JobCancelResult, JobFilter, JobInsertManyParams, JobRetryParams,
-    ScheduleRunNowParams, ScheduleUpsertParams, Storage,
+    GroupInsertParams, JobCancelParams, JobCancelResult, JobFilter, JobInsertManyParams,
+    JobRetryParams, ScheduleRunNowParams, ScheduleUpsertParams, Storage,
 };
 
 /// A storage plus the wake-up signals of the workers attached to it in this process.
@@ -22,6 +23,7 @@ pub struct Queue {
     wake: watch::Sender<u64>,
     cancels: watch::Sender<u64>,
     schedules: watch::Sender<u64>,
+    finished: watch::Sender<u64>,
 }
 
 impl Queue {
@@ -35,12 +37,14 @@ impl Queue {
         let (wake, _) = watch::channel(0);
         let (cancels, _) = watch::channel(0);
         let (schedules, _) = watch::channel(0);
+        let (finished, _) = watch::channel(0);
         Queue {
             storage,
             clock,
             wake,
             cancels,
             schedules,
+            finished,
         }
     }
 
@@ -81,6 +85,18 @@ impl Queue {
         Ok(inserted)
     }
 
+    /// Store a group and its member jobs (all or none) and wake this process's idle
+    /// workers. Returns the members' ids once durable.
+    pub async fn push_group(&self, group: NewGroup, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        let ids = jobs.iter().map(|j| j.id).collect();
+        let now = self.clock.now();
+        self.storage
+            .group_insert(GroupInsertParams { group, jobs, now })
+            .await?;
+        self.wake();
+        Ok(ids)
+    }
+
     /// Cancel the jobs matching `filter` (see [`Storage::job_cancel`]). When running jobs
     /// were asked to stop, this process's workers check at once instead of at their next
     /// heartbeat (workers in other processes learn it at their next heartbeat).
@@ -92,6 +108,9 @@ impl Queue {
             .await?;
         if result.requested > 0 {
             self.cancels.send_modify(|n| *n = n.wrapping_add(1));
+        }
+        if result.cancelled > 0 {
+            self.wake(); // a group finished by the cancel may have stored its on_complete
         }
         Ok(result)
     }
@@ -163,6 +182,18 @@ impl Queue {
     /// A receiver that changes whenever [`Queue::cancel_many`] asked running jobs to stop.
     pub fn subscribe_cancels(&self) -> watch::Receiver<u64> {
         self.cancels.subscribe()
+    }
+
+    /// Tell this process's workers (every pool on this queue) that jobs just ended here: a
+    /// job held back by a concurrency limit may now start, and on a storage that is never
+    /// polled (memory) the ending may have stored a job (a group's `on_complete`).
+    pub fn finished(&self) {
+        self.finished.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes whenever [`Queue::finished`] is called.
+    pub fn subscribe_finished(&self) -> watch::Receiver<u64> {
+        self.finished.subscribe()
     }
 
     /// Tell this process's workers that something may have become runnable.

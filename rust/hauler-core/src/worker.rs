@@ -174,9 +174,6 @@ struct Shared {
     idle: Notify,
     finish_tx: mpsc::UnboundedSender<FinishMsg>,
     stopping: watch::Sender<bool>,
-    /// Counts the batches of outcomes the completer wrote: a dispatcher whose due jobs
-    /// are held back by a limit waits on it, since a finished job may free a slot.
-    finished: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -247,7 +244,6 @@ impl WorkerPool {
             idle: Notify::new(),
             finish_tx,
             stopping,
-            finished: watch::channel(0).0,
         });
         // The dispatchers first, one per queue: `stop` finds them by position.
         let mut tasks = Vec::new();
@@ -410,13 +406,18 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
     let mut wake_rx = shared.queue.subscribe();
     // Jobs made runnable by other processes, when the storage can tell (LISTEN/NOTIFY).
     let mut remote_rx = shared.queue.storage().subscribe();
+    // Jobs of this process ending (any pool on this queue): a job held back by a limit may
+    // start now.
+    let mut finished_rx = shared.queue.subscribe_finished();
     let mut error_backoff = ERROR_BACKOFF_MIN;
     let mut blocked_backoff = BLOCKED_BACKOFF_MIN;
     let blocked_max = shared
         .poll_interval()
         .unwrap_or(BLOCKED_BACKOFF_MAX)
         .max(BLOCKED_BACKOFF_MIN);
-    let mut finished_rx = shared.finished.subscribe();
+    // A storage no other process shares is never polled: a job that ends here may have
+    // stored another (a group's on_complete), so an idle dispatcher looks then too.
+    let wake_on_finish = shared.queue.storage().poll_interval().is_none();
     let queues = vec![slots.config.name.clone()];
     let names = slots.config.names.clone();
     loop {
@@ -533,8 +534,10 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
             _ = wake_rx.changed(), if !full => {}
             _ = changed_or_forever(&mut remote_rx), if !full => {}
             _ = sleep_or_forever(wait_for), if !full => {}
-            // A finished job may have freed a slot of the limit holding our jobs back.
-            _ = finished_rx.changed(), if blocked && !full => {
+            // A finished job may have freed a slot of the limit holding our jobs back. On
+            // memory, also when idle: the job that ended may have stored another (a group's
+            // on_complete), and nothing else would tell us.
+            _ = finished_rx.changed(), if !full && (blocked || wake_on_finish) => {
                 blocked_backoff = BLOCKED_BACKOFF_MIN;
             }
         }
@@ -751,7 +754,7 @@ async fn write_finishes(shared: &Shared, batch: Vec<JobFinish>) {
                 for (f, _) in batch.iter().zip(&accepted).filter(|(_, ok)| **ok) {
                     shared.executor.recorded(f.id, &f.outcome);
                 }
-                shared.finished.send_modify(|n| *n = n.wrapping_add(1));
+                shared.queue.finished();
                 if batch
                     .iter()
                     .any(|f| !matches!(f.outcome, FinishOutcome::Completed))

@@ -9,19 +9,20 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use hauler_core::config::{PoolConfig, QueueConfig};
+use hauler_core::group::GroupRecord;
 use hauler_core::model::{
-    ClaimedJob, ConcurrencyLimit, InsertedJob, JobId, JobLimits, JobRecord, JobStatus, NewJob,
-    QueueCount, Timestamp,
+    ClaimedJob, ConcurrencyLimit, GroupId, InsertedJob, JobId, JobLimits, JobRecord, JobStatus,
+    NewJob, QueueCount, Timestamp,
 };
 use hauler_core::queue::Queue;
 use hauler_core::schedule::ScheduleRecord;
 use hauler_core::storage::conformance::new_job;
 use hauler_core::storage::{
-    JobCancelParams, JobCancelResult, JobClaimParams, JobCountParams, JobDeleteParams,
-    JobFinishManyParams, JobHeartbeatParams, JobHeartbeatResult, JobInsertManyParams,
-    JobListParams, JobNextRunAtParams, JobProgressSetParams, JobPruneParams, JobReclaimParams,
-    JobReleaseParams, JobRetryParams, MemoryStorage, ScheduleRunNowParams, ScheduleTickParams,
-    ScheduleUpsertParams, SqliteOptions, SqliteStorage, Storage,
+    GroupInsertParams, JobCancelParams, JobCancelResult, JobClaimParams, JobCountParams,
+    JobDeleteParams, JobFinishManyParams, JobHeartbeatParams, JobHeartbeatResult,
+    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobProgressSetParams, JobPruneParams,
+    JobReclaimParams, JobReleaseParams, JobRetryParams, MemoryStorage, ScheduleRunNowParams,
+    ScheduleTickParams, ScheduleUpsertParams, SqliteOptions, SqliteStorage, Storage,
 };
 use hauler_core::worker::{Completion, Executor, Outcome, WorkerPool};
 use hauler_core::Result;
@@ -38,6 +39,12 @@ struct Counting {
 impl Storage for Counting {
     async fn job_insert_many(&self, p: JobInsertManyParams) -> Result<Vec<InsertedJob>> {
         self.inner.job_insert_many(p).await
+    }
+    async fn group_insert(&self, p: GroupInsertParams) -> Result<()> {
+        self.inner.group_insert(p).await
+    }
+    async fn group_get(&self, id: GroupId) -> Result<Option<GroupRecord>> {
+        self.inner.group_get(id).await
     }
     async fn job_claim(&self, p: JobClaimParams) -> Result<Vec<ClaimedJob>> {
         self.claims.fetch_add(1, Ordering::SeqCst);

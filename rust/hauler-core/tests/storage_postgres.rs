@@ -1064,3 +1064,25 @@ fn report(what: &str, n: usize, took: Duration) {
         n as f64 / took.as_secs_f64()
     );
 }
+
+/// Two storages with pools of their own (as two hosts would have) claim members of a
+/// limited group at once: the limit holds. They finish members of groups at once: each
+/// group's `on_complete` job is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_pools_racing_on_groups() {
+    let Some(dsn) = dsn() else { return };
+    for case in 0..2 {
+        let schema = fresh_schema();
+        let a: Arc<dyn Storage> = Arc::new(open(&dsn, &schema).await);
+        let b: Arc<dyn Storage> = Arc::new(open(&dsn, &schema).await);
+        if case == 0 {
+            conformance::racing_claimers_hold_the_group_limit(a.clone(), b.clone()).await;
+        } else {
+            conformance::racing_finishers_store_on_complete_once(a.clone(), b.clone()).await;
+        }
+        for s in [a, b] {
+            s.close().await.unwrap();
+        }
+        drop_schema(&dsn, &schema).await;
+    }
+}

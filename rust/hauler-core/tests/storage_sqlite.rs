@@ -444,7 +444,7 @@ fn concurrent_opens_of_a_new_file() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, "5");
+    assert_eq!(version, "6");
 }
 
 #[tokio::test]
@@ -490,7 +490,7 @@ fn newer_schema_version_is_refused() {
     let msg = storage_error(SqliteStorage::open(&path, SqliteOptions::default()));
     assert!(
         msg.contains(
-            "database schema version 999 is newer than this hauler supports (5); upgrade hauler"
+            "database schema version 999 is newer than this hauler supports (6); upgrade hauler"
         ),
         "{msg}"
     );
@@ -794,4 +794,22 @@ fn report(what: &str, n: usize, took: Duration) {
         "{what}: {n} in {took:?} = {:.0}/s",
         n as f64 / took.as_secs_f64()
     );
+}
+
+/// Two handles on one file (as two processes would have) claim members of a limited
+/// group at once: the limit holds. They finish members of groups at once: each group's
+/// `on_complete` job is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_handles_racing_on_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("groups.db");
+    let a: Arc<dyn Storage> = Arc::new(open(&path));
+    let b: Arc<dyn Storage> = Arc::new(open(&path));
+    conformance::racing_claimers_hold_the_group_limit(a.clone(), b.clone()).await;
+    let c: Arc<dyn Storage> = Arc::new(open(&dir.path().join("groups2.db")));
+    let d: Arc<dyn Storage> = Arc::new(open(&dir.path().join("groups2.db")));
+    conformance::racing_finishers_store_on_complete_once(c.clone(), d.clone()).await;
+    for s in [a, b, c, d] {
+        s.close().await.unwrap();
+    }
 }

@@ -126,6 +126,7 @@ pub(crate) fn record_to_py<'py>(py: Python<'py>, r: &JobRecord) -> PyResult<Boun
         history.append(attempt_to_py(py, a)?)?;
     }
     d.set_item("history", history)?;
+    d.set_item("group_id", r.group_id.map(|g| g.to_string()))?;
     d.set_item("progress", r.progress)?;
     d.set_item("progress_message", &r.progress_message)?;
     d.set_item("unique_key", &r.unique_key)?;

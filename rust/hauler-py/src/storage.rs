@@ -5,8 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hauler_core::group::{GroupRecord, NewGroup};
 use hauler_core::model::{
-    ConcurrencyLimit, JobId, JobLimits, JobStatus, NewJob, RateLimit, Timestamp,
+    ConcurrencyLimit, GroupId, JobId, JobLimits, JobStatus, NewJob, RateLimit, Timestamp,
 };
 use hauler_core::queue::Queue;
 use hauler_core::schedule::{
@@ -73,7 +74,52 @@ fn filter_from_py(d: &Bound<'_, PyDict>) -> PyResult<JobFilter> {
         created_from: time("created_from")?,
         created_to: time("created_to")?,
         args_contains: item("args_contains")?.extract()?,
+        group: item("group")?
+            .extract::<Option<String>>()?
+            .map(|g| GroupId::from_str(&g).map_err(to_pyerr))
+            .transpose()?,
     })
+}
+
+/// A job tuple → the template of a job stored later (a schedule's tick, a group's
+/// `on_complete`).
+fn template(job: NewJob) -> JobTemplate {
+    JobTemplate {
+        name: job.name,
+        queue: job.queue,
+        args: job.args,
+        priority: job.priority,
+        retry: job.retry,
+        timeout_ms: job.timeout_ms,
+        heartbeat_ms: job.heartbeat_ms,
+        version: job.version,
+        limits: job.limits,
+    }
+}
+
+/// A stored group → the `GroupDict` of `_native.pyi`.
+fn group_to_py<'py>(py: Python<'py>, g: &GroupRecord) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("id", g.id.to_string())?;
+    d.set_item("name", &g.name)?;
+    d.set_item("concurrency", g.concurrency)?;
+    d.set_item(
+        "on_complete_name",
+        g.on_complete.as_ref().map(|t| t.name.as_str()),
+    )?;
+    d.set_item(
+        "on_complete_job_id",
+        g.on_complete_job_id.map(|id| id.to_string()),
+    )?;
+    d.set_item("created_at", g.created_at.as_micros())?;
+    d.set_item("finished_at", g.finished_at.map(|t| t.as_micros()))?;
+    d.set_item("pending", g.counts.pending)?;
+    d.set_item("running", g.counts.running)?;
+    d.set_item("completed", g.counts.completed)?;
+    d.set_item("failed", g.counts.failed)?;
+    d.set_item("cancelled", g.counts.cancelled)?;
+    d.set_item("status", g.status().as_str())?;
+    Ok(d)
 }
 
 fn millis(name: &str, ms: i64) -> PyResult<Duration> {
@@ -329,6 +375,64 @@ impl PyStorage {
             .collect())
     }
 
+    /// Store a group and its member jobs in one transaction; (group id, member ids).
+    #[pyo3(signature = (name, jobs, *, concurrency = None, on_complete = None, max_payload_bytes = None))]
+    fn group_push(
+        &self,
+        py: Python<'_>,
+        name: String,
+        jobs: &Bound<'_, PyAny>,
+        concurrency: Option<i64>,
+        on_complete: Option<&Bound<'_, PyAny>>,
+        max_payload_bytes: Option<usize>,
+    ) -> PyResult<(String, Vec<String>)> {
+        let concurrency = concurrency
+            .map(|c| {
+                u32::try_from(c).ok().filter(|&c| c > 0).ok_or_else(|| {
+                    hauler_err(
+                        "ConfigError",
+                        format!("concurrency must be a positive int or None, got {c}"),
+                    )
+                })
+            })
+            .transpose()?;
+        let mut members = Vec::new();
+        for item in jobs.try_iter()? {
+            members.push(new_job(&item?, max_payload_bytes)?);
+        }
+        if members.is_empty() {
+            return Err(hauler_err(
+                "ConfigError",
+                format!("group {name:?} needs at least one job"),
+            ));
+        }
+        let on_complete = on_complete
+            .map(|t| new_job(t, max_payload_bytes).map(template))
+            .transpose()?;
+        let group = NewGroup {
+            id: GroupId::new(),
+            name,
+            concurrency,
+            on_complete,
+        };
+        let id = group.id;
+        let queue = self.queue.clone();
+        let ids = wait(py, async move { queue.push_group(group, members).await })?;
+        Ok((id.to_string(), ids.iter().map(JobId::to_string).collect()))
+    }
+
+    /// One group with its members' counts, or None.
+    fn group_get<'py>(
+        &self,
+        py: Python<'py>,
+        group_id: &str,
+    ) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let id = GroupId::from_str(group_id).map_err(to_pyerr)?;
+        let storage = self.queue.storage().clone();
+        let rec = wait(py, async move { storage.group_get(id).await })?;
+        rec.map(|g| group_to_py(py, &g)).transpose()
+    }
+
     /// Transactional enqueue on PostgreSQL: the statement (psycopg `%(name)s` style), its
     /// parameters and the new ids, for the caller to execute on its own connection; for a
     /// batch with unique jobs also the holder lookup and each job's key.
@@ -547,17 +651,7 @@ impl PyStorage {
             name,
             spec,
             catch_up,
-            job: JobTemplate {
-                name: job.name,
-                queue: job.queue,
-                args: job.args,
-                priority: job.priority,
-                retry: job.retry,
-                timeout_ms: job.timeout_ms,
-                heartbeat_ms: job.heartbeat_ms,
-                version: job.version,
-                limits: job.limits,
-            },
+            job: template(job),
         };
         let queue = self.queue.clone();
         let record = wait(py, async move { queue.schedule_add(schedule).await })?;

@@ -29,16 +29,17 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::{
-    lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
-    JobCountParams, JobDeleteParams, JobFilter, JobFinish, JobFinishManyParams, JobHeartbeatParams,
-    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
+    lease_duration, FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult,
+    JobClaimParams, JobCountParams, JobDeleteParams, JobFilter, JobFinish, JobFinishManyParams,
+    JobHeartbeatParams, JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
     JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
     ScheduleRunNowParams, ScheduleTickParams, ScheduleUpsertParams, Storage,
 };
 use crate::error::Error;
+use crate::group::{GroupCounts, GroupRecord, GroupStatus, NewGroup};
 use crate::model::{
-    AttemptOutcome, AttemptRecord, ClaimedJob, ConcurrencyLimit, ErrorInfo, InsertedJob, JobId,
-    JobLimits, JobRecord, JobStatus, LeaseToken, NewJob, QueueCount, RateLimit, Timestamp,
+    AttemptOutcome, AttemptRecord, ClaimedJob, ConcurrencyLimit, ErrorInfo, GroupId, InsertedJob,
+    JobId, JobLimits, JobRecord, JobStatus, LeaseToken, NewJob, QueueCount, RateLimit, Timestamp,
     UNIQUE_STATES_REQUIRED,
 };
 use crate::retry::{Backoff, BackoffKind, MaxRetries, RetryPolicy};
@@ -133,6 +134,15 @@ cases![
     concurrent_claimers_respect_a_concurrency_limit,
     rate_limit_counts_starts_in_a_sliding_window,
     limits_round_trip_and_ride_schedule_templates,
+    group_insert_is_all_or_none,
+    group_finishes_once_and_stores_on_complete,
+    every_final_transition_finishes_a_group,
+    cancel_group_cancels_the_rest,
+    group_concurrency_limits_claims,
+    group_limit_is_the_members_concurrency_key,
+    concurrent_claimers_hold_the_group_limit,
+    concurrent_finishers_store_on_complete_once,
+    groups_go_with_their_last_member,
     empty_batches,
     close_is_final_and_idempotent,
 ];
@@ -294,6 +304,7 @@ fn expected_record(job: &NewJob, now: Timestamp) -> JobRecord {
         progress: None,
         progress_message: None,
         state: None,
+        group_id: None,
     }
 }
 
@@ -618,6 +629,7 @@ pub async fn insert_and_get_round_trip(s: Arc<dyn Storage>) {
         progress: None,
         progress_message: None,
         state: None,
+        group_id: None,
     };
     assert_eq!(
         get(s, full.id).await,
@@ -3790,4 +3802,539 @@ pub async fn schedule_run_now_and_delete(s: Arc<dyn Storage>) {
         .await
     );
     assert_eq!(all_jobs(s).await.len(), 1, "the job run_now stored is kept");
+}
+
+// ---------------------------------------------------------------------------------------
+// Job groups
+
+/// A group of `members` with the given limit and an `on_complete` job named `"done"`.
+fn new_group(concurrency: Option<u32>) -> NewGroup {
+    NewGroup {
+        id: GroupId::new(),
+        name: "batch".to_owned(),
+        concurrency,
+        on_complete: Some(JobTemplate {
+            name: "done".to_owned(),
+            queue: QUEUE.to_owned(),
+            args: r#"{"report":true}"#.to_owned(),
+            priority: 0,
+            retry: RetryPolicy::default(),
+            timeout_ms: None,
+            heartbeat_ms: 5000,
+            version: 1,
+            limits: JobLimits::default(),
+        }),
+    }
+}
+
+async fn insert_group(s: &dyn Storage, group: &NewGroup, jobs: Vec<NewJob>, now: Timestamp) {
+    s.group_insert(GroupInsertParams {
+        group: group.clone(),
+        jobs,
+        now,
+    })
+    .await
+    .expect("group_insert failed");
+}
+
+async fn group(s: &dyn Storage, id: GroupId) -> GroupRecord {
+    s.group_get(id)
+        .await
+        .expect("group_get failed")
+        .unwrap_or_else(|| panic!("group {id} should be stored"))
+}
+
+fn in_group(g: GroupId) -> JobFilter {
+    JobFilter {
+        group: Some(g),
+        ..JobFilter::default()
+    }
+}
+
+/// The stored jobs named `"done"` (the groups' `on_complete` jobs).
+async fn callbacks(s: &dyn Storage) -> Vec<JobRecord> {
+    list(
+        s,
+        JobListParams {
+            filter: JobFilter {
+                name: Some("done".to_owned()),
+                ..JobFilter::default()
+            },
+            cursor: None,
+            limit: 100,
+        },
+    )
+    .await
+}
+
+fn counts(pending: u64, running: u64, completed: u64, failed: u64, cancelled: u64) -> GroupCounts {
+    GroupCounts {
+        pending,
+        running,
+        completed,
+        failed,
+        cancelled,
+    }
+}
+
+/// A group and its members are stored together (all or none), members of any name and
+/// queue, and each member says which group it is in.
+pub async fn group_insert_is_all_or_none(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let g = new_group(Some(2));
+    let members = vec![
+        new_job(NAME, QUEUE),
+        new_job("other", "q2"),
+        new_job(NAME, QUEUE),
+    ];
+    let ids: Vec<JobId> = members.iter().map(|j| j.id).collect();
+    insert(s, vec![new_job(NAME, QUEUE)], at(0)).await;
+    insert_group(s, &g, members, at(1)).await;
+
+    let got = group(s, g.id).await;
+    assert_eq!(got.name, "batch");
+    assert_eq!(got.concurrency, Some(2));
+    assert_eq!(got.on_complete, g.on_complete);
+    assert_eq!(got.on_complete_job_id, None);
+    assert_eq!(got.created_at, at(1));
+    assert_eq!(got.finished_at, None);
+    assert_eq!(got.counts, counts(3, 0, 0, 0, 0));
+    assert_eq!(got.status(), GroupStatus::InProgress);
+    for id in &ids {
+        assert_eq!(get(s, *id).await.group_id, Some(g.id));
+    }
+    let listed = list(
+        s,
+        JobListParams {
+            filter: in_group(g.id),
+            cursor: None,
+            limit: 10,
+        },
+    )
+    .await;
+    let mut want = ids.clone();
+    want.sort();
+    want.reverse();
+    assert_eq!(
+        id_list(&listed),
+        want,
+        "list(group=...) gives the members only"
+    );
+    assert_eq!(count(s, in_group(g.id)).await, 3);
+    let pending_here = JobFilter {
+        statuses: vec![JobStatus::Available],
+        queue: Some("q2".to_owned()),
+        ..in_group(g.id)
+    };
+    assert_eq!(count(s, pending_here).await, 1);
+    assert_eq!(count(s, JobFilter::default()).await, 4);
+
+    // A member whose id is taken: nothing of the group is stored.
+    let clash = new_group(None);
+    let fresh = new_job(NAME, QUEUE);
+    let taken = NewJob {
+        id: ids[0],
+        ..new_job(NAME, QUEUE)
+    };
+    let err = s
+        .group_insert(GroupInsertParams {
+            group: clash.clone(),
+            jobs: vec![fresh.clone(), taken],
+            now: at(2),
+        })
+        .await;
+    assert!(err.is_err(), "a member id clash must fail the insert");
+    assert!(s.group_get(clash.id).await.unwrap().is_none());
+    assert!(s.job_get(fresh.id).await.unwrap().is_none());
+    // A group with no members is refused.
+    let empty = new_group(None);
+    assert!(s
+        .group_insert(GroupInsertParams {
+            group: empty.clone(),
+            jobs: Vec::new(),
+            now: at(2),
+        })
+        .await
+        .is_err());
+    assert!(s.group_get(empty.id).await.unwrap().is_none());
+    assert!(s.group_get(GroupId::new()).await.unwrap().is_none());
+}
+
+/// The group finishes when its last member becomes final, storing `on_complete` once; a
+/// retried member reopens it without storing `on_complete` again.
+pub async fn group_finishes_once_and_stores_on_complete(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let g = new_group(None);
+    insert_group(s, &g, jobs(2), at(0)).await;
+    let a = claim_one(s, "w", at(1)).await;
+    let b = claim_one(s, "w", at(1)).await;
+    assert_eq!(group(s, g.id).await.counts, counts(0, 2, 0, 0, 0));
+
+    assert!(finish(s, &a, FinishOutcome::Completed, at(2)).await);
+    let mid = group(s, g.id).await;
+    assert_eq!(mid.counts, counts(0, 1, 1, 0, 0));
+    assert_eq!(mid.finished_at, None);
+    assert!(callbacks(s).await.is_empty());
+
+    let failed = FinishOutcome::Failed { error: boom("no") };
+    assert!(finish(s, &b, failed, at(3)).await);
+    let done = group(s, g.id).await;
+    assert_eq!(done.counts, counts(0, 0, 1, 1, 0));
+    assert_eq!(done.status(), GroupStatus::DoneWithErrors);
+    assert_eq!(done.finished_at, Some(at(3)));
+    let cb = callbacks(s).await;
+    assert_eq!(cb.len(), 1, "on_complete is stored when the group finishes");
+    assert_eq!(Some(cb[0].id), done.on_complete_job_id);
+    assert_eq!(cb[0].args, r#"{"report":true}"#);
+    assert_eq!(cb[0].status, JobStatus::Available);
+    assert_eq!(cb[0].created_at, at(3));
+    assert_eq!(cb[0].group_id, None, "the on_complete job is no member");
+
+    // Retry reopens; finishing again does not store on_complete again.
+    assert_eq!(retry(s, by_ids(&[b.id]), at(4)).await, 1);
+    let reopened = group(s, g.id).await;
+    assert_eq!(reopened.finished_at, None);
+    assert_eq!(reopened.status(), GroupStatus::InProgress);
+    let b2 = claim_from(s, &[QUEUE], &[NAME], 10, "w", at(5)).await;
+    assert_eq!(claimed_ids(&b2), HashSet::from([b.id]));
+    assert!(finish(s, &b2[0], FinishOutcome::Completed, at(6)).await);
+    let again = group(s, g.id).await;
+    assert_eq!(again.status(), GroupStatus::Done);
+    assert_eq!(again.finished_at, Some(at(6)));
+    assert_eq!(again.on_complete_job_id, done.on_complete_job_id);
+    assert_eq!(
+        callbacks(s).await.len(),
+        1,
+        "on_complete is stored once, ever"
+    );
+}
+
+/// Every way a member becomes final finishes its group: cancel of pending members, the
+/// reclaim of an expired lease with no retries left, and the release of a cancel-requested
+/// member. A group with no `on_complete` finishes with none stored.
+pub async fn every_final_transition_finishes_a_group(s: Arc<dyn Storage>) {
+    let s = &*s;
+    // Cancel.
+    let g1 = new_group(None);
+    insert_group(s, &g1, jobs(2), at(0)).await;
+    assert_eq!(cancel(s, in_group(g1.id), at(1)).await, cancelled(2, 0));
+    let r1 = group(s, g1.id).await;
+    assert_eq!(r1.status(), GroupStatus::Cancelled);
+    assert_eq!(r1.finished_at, Some(at(1)));
+    assert_eq!(callbacks(s).await.len(), 1);
+
+    // Reclaim with no retries left: failed.
+    let g2 = NewGroup {
+        on_complete: None,
+        ..new_group(None)
+    };
+    insert_group(s, &g2, vec![job_with_retries(0)], at(10)).await;
+    let c = claim_one(s, "dead", at(11)).await;
+    let expired = at(11)
+        .plus(lease_duration(c.heartbeat_ms))
+        .plus(std::time::Duration::from_secs(1));
+    assert_eq!(reclaim(s, expired).await, 1);
+    let r2 = group(s, g2.id).await;
+    assert_eq!(r2.counts, counts(0, 0, 0, 1, 0));
+    assert_eq!(r2.finished_at, Some(expired));
+    assert_eq!(r2.on_complete_job_id, None);
+    assert_eq!(
+        callbacks(s).await.len(),
+        1,
+        "no on_complete: nothing stored"
+    );
+
+    // Release of a cancel-requested member.
+    let g3 = new_group(None);
+    insert_group(s, &g3, jobs(1), at(100)).await;
+    let c = claim_one(s, "w", at(101)).await;
+    assert_eq!(cancel(s, in_group(g3.id), at(102)).await, cancelled(0, 1));
+    assert_eq!(group(s, g3.id).await.finished_at, None);
+    assert_eq!(release(s, vec![(c.id, c.lease)], at(103)).await, 1);
+    let r3 = group(s, g3.id).await;
+    assert_eq!(r3.status(), GroupStatus::Cancelled);
+    assert_eq!(r3.finished_at, Some(at(103)));
+    assert_eq!(callbacks(s).await.len(), 2);
+}
+
+/// Cancelling a group cancels its pending members at once and asks its running ones to
+/// stop; it finishes, storing `on_complete`, when the last running one ends. Other jobs are
+/// left alone.
+pub async fn cancel_group_cancels_the_rest(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let g = new_group(None);
+    insert_group(s, &g, jobs(3), at(0)).await;
+    let outsider = new_job(NAME, QUEUE);
+    insert(s, vec![outsider.clone()], at(0)).await;
+    let first = claim_one(s, "w", at(1)).await;
+    assert!(finish(s, &first, FinishOutcome::Completed, at(2)).await);
+    let running = claim_one(s, "w", at(3)).await;
+    assert_eq!(get(s, running.id).await.group_id, Some(g.id));
+
+    assert_eq!(cancel(s, in_group(g.id), at(4)).await, cancelled(1, 1));
+    assert_eq!(get(s, outsider.id).await.status, JobStatus::Available);
+    let mid = group(s, g.id).await;
+    assert_eq!(mid.counts, counts(0, 1, 1, 0, 1));
+    assert_eq!(mid.status(), GroupStatus::InProgress);
+    assert!(callbacks(s).await.is_empty());
+
+    assert!(finish(s, &running, FinishOutcome::Completed, at(5)).await);
+    let end = group(s, g.id).await;
+    assert_eq!(end.counts, counts(0, 0, 1, 0, 2));
+    assert_eq!(end.status(), GroupStatus::Cancelled);
+    assert_eq!(callbacks(s).await.len(), 1);
+    // Cancelling a finished group changes nothing.
+    assert_eq!(cancel(s, in_group(g.id), at(6)).await, cancelled(0, 0));
+    assert_eq!(callbacks(s).await.len(), 1);
+}
+
+/// A claim starts at most `concurrency` members of a group; the members held back stay
+/// pending with no attempt counted, and the jobs behind them are claimed instead.
+pub async fn group_concurrency_limits_claims(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let g = new_group(Some(2));
+    let members: Vec<NewJob> = (0..5)
+        .map(|_| NewJob {
+            priority: 10,
+            ..new_job(NAME, QUEUE)
+        })
+        .collect();
+    insert_group(s, &g, members, at(0)).await;
+    let others = jobs(3);
+    let other_ids: HashSet<JobId> = others.iter().map(|j| j.id).collect();
+    insert(s, others, at(0)).await;
+
+    let first = claim(s, 4, "w", at(1)).await;
+    assert_eq!(first.len(), 4, "2 members and then 2 other jobs: {first:?}");
+    let members_run: Vec<&ClaimedJob> = first
+        .iter()
+        .filter(|c| !other_ids.contains(&c.id))
+        .collect();
+    assert_eq!(members_run.len(), 2);
+    assert_eq!(group(s, g.id).await.counts, counts(3, 2, 0, 0, 0));
+    let rest = claim(s, 10, "w", at(2)).await;
+    assert_eq!(rest.len(), 1, "only the last other job: {rest:?}");
+    assert!(other_ids.contains(&rest[0].id));
+    assert!(claim(s, 10, "w", at(3)).await.is_empty());
+    let held = list(
+        s,
+        JobListParams {
+            filter: JobFilter {
+                statuses: vec![JobStatus::Available],
+                ..in_group(g.id)
+            },
+            cursor: None,
+            limit: 10,
+        },
+    )
+    .await;
+    assert_eq!(held.len(), 3);
+    assert!(held.iter().all(|r| r.attempt == 0), "no attempt burnt");
+
+    // One member ends: one more may start.
+    assert!(finish(s, members_run[0], FinishOutcome::Completed, at(4)).await);
+    let next = claim(s, 10, "w", at(5)).await;
+    assert_eq!(next.len(), 1);
+    assert_eq!(get(s, next[0].id).await.group_id, Some(g.id));
+    assert!(claim(s, 10, "w", at(6)).await.is_empty());
+    assert_eq!(group(s, g.id).await.counts, counts(2, 2, 1, 0, 0));
+}
+
+/// A group's limit is its members' one concurrency key (`group:<id>`), next to their
+/// rate limits; members of a group without a limit keep their own concurrency key. A
+/// member with its own concurrency key in a limited group, a unique member, or a limit
+/// of 0 is refused as a config error, storing nothing.
+pub async fn group_limit_is_the_members_concurrency_key(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let g = new_group(Some(1));
+    let rated = NewJob {
+        limits: JobLimits {
+            rate: Some(RateLimit {
+                key: "rated".to_owned(),
+                limit: 10,
+                window_ms: 1000,
+            }),
+            ..JobLimits::default()
+        },
+        ..new_job(NAME, QUEUE)
+    };
+    let members = vec![rated.clone(), new_job(NAME, QUEUE)];
+    insert_group(s, &g, members.clone(), at(0)).await;
+    let key = NewGroup::concurrency_key(g.id);
+    assert_eq!(key, format!("group:{}", g.id));
+    for m in &members {
+        let r = get(s, m.id).await;
+        assert_eq!(
+            r.limits.concurrency,
+            Some(ConcurrencyLimit {
+                key: key.clone(),
+                limit: 1
+            })
+        );
+        assert_eq!(
+            r.limits.rate, m.limits.rate,
+            "a member keeps its rate limit"
+        );
+    }
+    // A plain job given the group's key by hand shares its room: the limit is the key's.
+    let outsider = limited_job(&key, 1);
+    insert(s, vec![outsider.clone()], at(0)).await;
+    assert_eq!(
+        claim(s, 10, "w", at(1)).await.len(),
+        1,
+        "one of the key runs"
+    );
+    assert!(claim(s, 10, "w", at(1)).await.is_empty());
+
+    // Without a group limit, members keep their own concurrency key.
+    let free = new_group(None);
+    let own = vec![limited_job("own", 1), limited_job("own", 1)];
+    insert_group(s, &free, own.clone(), at(2)).await;
+    assert_eq!(
+        get(s, own[0].id).await.limits.concurrency,
+        own[0].limits.concurrency
+    );
+    let got = claim(s, 10, "w", at(3)).await;
+    assert_eq!(
+        got.iter()
+            .filter(|c| c.id == own[0].id || c.id == own[1].id)
+            .count(),
+        1,
+        "the members' own key holds: {got:?}"
+    );
+
+    // Refused, storing nothing: a second key, a unique member, a limit of 0.
+    let refused = [
+        (Some(2), limited_job("own", 3)),
+        (Some(2), unique_job("u")),
+        (None, unique_job("u")),
+        (Some(0), new_job(NAME, QUEUE)),
+    ];
+    for (concurrency, bad) in refused {
+        let h = new_group(concurrency);
+        let fine = new_job(NAME, QUEUE);
+        let err = s
+            .group_insert(GroupInsertParams {
+                group: h.clone(),
+                jobs: vec![fine.clone(), bad.clone()],
+                now: at(4),
+            })
+            .await;
+        assert!(
+            matches!(err, Err(Error::Config(_))),
+            "{concurrency:?} with {bad:?}: {err:?}"
+        );
+        assert!(s.group_get(h.id).await.unwrap().is_none());
+        assert!(s.job_get(fine.id).await.unwrap().is_none());
+        assert!(s.job_get(bad.id).await.unwrap().is_none());
+    }
+}
+
+/// Many claimers at once, through `a` and `b` (two handles on one store, or the same one),
+/// never have more members of a limited group running than its limit.
+pub async fn racing_claimers_hold_the_group_limit(a: Arc<dyn Storage>, b: Arc<dyn Storage>) {
+    let g = new_group(Some(2));
+    insert_group(&*a, &g, jobs(12), at(0)).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..3 {
+                got.extend(claim(&*s, 3, &format!("w{i}"), at(1)).await);
+            }
+            got
+        }));
+    }
+    let mut claimed = Vec::new();
+    for t in tasks {
+        claimed.extend(t.await.expect("claimer panicked"));
+    }
+    assert_eq!(claimed.len(), 2, "the limit held: {claimed:?}");
+    assert_eq!(group(&*a, g.id).await.counts, counts(10, 2, 0, 0, 0));
+}
+
+/// Many finishers at once, through `a` and `b`, each ending members of one group: the
+/// group finishes once and its `on_complete` job is stored once.
+pub async fn racing_finishers_store_on_complete_once(a: Arc<dyn Storage>, b: Arc<dyn Storage>) {
+    for round in 0..3 {
+        let g = new_group(None);
+        insert_group(&*a, &g, jobs(8), at(round)).await;
+        let claimed = claim(&*a, 8, "w", at(round)).await;
+        assert_eq!(claimed.len(), 8);
+        let mut tasks = Vec::new();
+        for (i, c) in claimed.into_iter().enumerate() {
+            let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                let outcome = if i % 3 == 0 {
+                    FinishOutcome::Failed { error: boom("x") }
+                } else {
+                    FinishOutcome::Completed
+                };
+                assert!(finish(&*s, &c, outcome, at(round + 1)).await);
+            }));
+        }
+        for t in tasks {
+            t.await.expect("finisher panicked");
+        }
+        let r = group(&*a, g.id).await;
+        assert_eq!(r.finished_at, Some(at(round + 1)));
+        assert_eq!(r.status(), GroupStatus::DoneWithErrors);
+        let stored = callbacks(&*a).await;
+        assert_eq!(
+            stored.len(),
+            usize::try_from(round + 1).unwrap(),
+            "one on_complete job per group"
+        );
+    }
+}
+
+/// [`racing_claimers_hold_the_group_limit`] on one handle.
+pub async fn concurrent_claimers_hold_the_group_limit(s: Arc<dyn Storage>) {
+    racing_claimers_hold_the_group_limit(s.clone(), s).await;
+}
+
+/// [`racing_finishers_store_on_complete_once`] on one handle.
+pub async fn concurrent_finishers_store_on_complete_once(s: Arc<dyn Storage>) {
+    racing_finishers_store_on_complete_once(s.clone(), s).await;
+}
+
+/// Deleting or pruning members is allowed; the group goes with its last member.
+pub async fn groups_go_with_their_last_member(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let g = new_group(None);
+    insert_group(s, &g, jobs(3), at(0)).await;
+    let ids: Vec<JobId> = list(
+        s,
+        JobListParams {
+            filter: in_group(g.id),
+            cursor: None,
+            limit: 10,
+        },
+    )
+    .await
+    .iter()
+    .map(|r| r.id)
+    .collect();
+    assert_eq!(delete(s, by_ids(&ids[..1])).await, 1);
+    assert_eq!(group(s, g.id).await.counts.total(), 2);
+    assert_eq!(cancel(s, in_group(g.id), at(1)).await, cancelled(2, 0));
+    assert_eq!(group(s, g.id).await.status(), GroupStatus::Cancelled);
+    assert_eq!(prune(s, &[JobStatus::Cancelled], at(2), 1).await, 1);
+    assert!(
+        s.group_get(g.id).await.unwrap().is_some(),
+        "one member left"
+    );
+    assert_eq!(prune(s, &[JobStatus::Cancelled], at(2), 10).await, 1);
+    assert!(
+        s.group_get(g.id).await.unwrap().is_none(),
+        "the group goes with its last member"
+    );
+    // The on_complete job is no member and stays.
+    assert_eq!(callbacks(s).await.len(), 1);
+
+    let h = new_group(None);
+    insert_group(s, &h, jobs(2), at(3)).await;
+    assert_eq!(delete(s, in_group(h.id)).await, 2);
+    assert!(s.group_get(h.id).await.unwrap().is_none());
 }

@@ -28,16 +28,17 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{
-    lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
-    JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams,
-    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
+    lease_duration, FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult,
+    JobClaimParams, JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams,
+    JobHeartbeatParams, JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
     JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
     ScheduleRunNowParams, ScheduleTickParams, ScheduleUpsertParams, Storage,
 };
 use crate::error::{Error, Result};
+use crate::group::{GroupCounts, GroupRecord, NewGroup};
 use crate::model::{
-    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, InsertedJob, JobId, JobLimits, JobRecord,
-    JobStatus, LeaseToken, NewJob, QueueCount, Timestamp,
+    AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, GroupId, InsertedJob, JobId, JobLimits,
+    JobRecord, JobStatus, LeaseToken, NewJob, QueueCount, Timestamp,
 };
 use crate::schedule::ScheduleRecord;
 
@@ -159,6 +160,34 @@ impl Lane {
     }
 }
 
+/// A group's members per status (indexed by `JobStatus as usize`), as the indexes see them.
+#[derive(Debug, Default, Clone, Copy)]
+struct GroupTally([u64; JobStatus::ALL.len()]);
+
+impl GroupTally {
+    fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Members not in a final status.
+    fn open(&self) -> u64 {
+        JobStatus::ALL
+            .iter()
+            .filter(|s| !s.is_final())
+            .map(|&s| self.0[s as usize])
+            .sum()
+    }
+}
+
+/// A stored group (its counts are in [`Indexes::groups`]).
+#[derive(Debug)]
+struct GroupRow {
+    group: NewGroup,
+    on_complete_job_id: Option<JobId>,
+    created_at: Timestamp,
+    finished_at: Option<Timestamp>,
+}
+
 /// The indexes over the jobs, kept in step with them by [`Indexes::insert`] and
 /// [`Indexes::remove`].
 #[derive(Debug, Default)]
@@ -175,6 +204,8 @@ struct Indexes {
     unique: HashMap<String, JobId>,
     /// Running jobs per concurrency key (keys with none are removed).
     running_keys: HashMap<String, u32>,
+    /// Members per group.
+    groups: HashMap<GroupId, GroupTally>,
 }
 
 /// Whether `r` holds its unique key: it has one and its status is one of its unique states.
@@ -214,6 +245,9 @@ impl Indexes {
         if let (JobStatus::Running, Some(c)) = (r.status, &r.limits.concurrency) {
             *self.running_keys.entry(c.key.clone()).or_default() += 1;
         }
+        if let Some(g) = r.group_id {
+            self.groups.entry(g).or_default().0[r.status as usize] += 1;
+        }
     }
 
     fn remove(&mut self, r: &JobRecord) {
@@ -248,6 +282,10 @@ impl Indexes {
                 }
             }
         }
+        if let Some(tally) = r.group_id.and_then(|g| self.groups.get_mut(&g)) {
+            let n = &mut tally.0[r.status as usize];
+            *n = n.saturating_sub(1);
+        }
     }
 }
 
@@ -261,6 +299,8 @@ struct Inner {
     schedules: BTreeMap<String, ScheduleRecord>,
     /// Per rate key, the start times of its jobs within the longest window seen.
     rate_starts: HashMap<String, VecDeque<Timestamp>>,
+    /// Job groups.
+    groups: HashMap<GroupId, GroupRow>,
 }
 
 /// How many more jobs of each key a claim may start: counted once per key, then spent.
@@ -317,6 +357,16 @@ impl Room {
 impl Inner {
     /// Store jobs, all or none; a unique job whose key is held matches the holder instead.
     fn insert_jobs(&mut self, jobs: Vec<NewJob>, now: Timestamp) -> Result<Vec<InsertedJob>> {
+        self.insert_members(jobs, now, None)
+    }
+
+    /// Store jobs as [`Inner::insert_jobs`] does, as members of `group` if given.
+    fn insert_members(
+        &mut self,
+        jobs: Vec<NewJob>,
+        now: Timestamp,
+        group: Option<GroupId>,
+    ) -> Result<Vec<InsertedJob>> {
         let inner = self;
         let mut seen = HashSet::with_capacity(jobs.len());
         for job in &jobs {
@@ -383,6 +433,7 @@ impl Inner {
                 progress: None,
                 progress_message: None,
                 state: None,
+                group_id: group,
             };
             inner.idx.insert(&record);
             inner.jobs.insert(
@@ -407,13 +458,56 @@ impl Inner {
         starts.push_back(now);
     }
 
-    /// Apply `f` to a job, keeping the indexes in step. Returns `None` for an unknown id.
+    /// Apply `f` to a job, keeping the indexes in step, then finish or reopen its group
+    /// if the change made that so. Returns `None` for an unknown id.
     fn update<T>(&mut self, id: JobId, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
         let entry = self.jobs.get_mut(&id)?;
         self.idx.remove(&entry.record);
         let out = f(entry);
         self.idx.insert(&entry.record);
+        let r = &entry.record;
+        if let Some(g) = r.group_id {
+            let (is_final, finished_at) = (r.status.is_final(), r.finished_at);
+            self.group_changed(g, is_final, finished_at);
+        }
         Some(out)
+    }
+
+    /// After a member of `g` changed: finish the group if that member became final and no
+    /// other is open (storing its `on_complete` job the first time), or reopen it if the
+    /// member is open again.
+    fn group_changed(&mut self, g: GroupId, member_final: bool, now: Option<Timestamp>) {
+        let open = self.idx.groups.get(&g).map_or(0, GroupTally::open);
+        let Some(row) = self.groups.get_mut(&g) else {
+            return;
+        };
+        if !member_final {
+            row.finished_at = None;
+            return;
+        }
+        if open > 0 || row.finished_at.is_some() {
+            return;
+        }
+        let now = now.unwrap_or(row.created_at);
+        row.finished_at = Some(now);
+        let job = match (&row.group.on_complete, row.on_complete_job_id) {
+            (Some(template), None) => template.to_job(),
+            _ => return,
+        };
+        row.on_complete_job_id = Some(job.id);
+        if let Err(e) = self.insert_jobs(vec![job], now) {
+            log::error!("group {g}: storing its on_complete job failed: {e}");
+        }
+    }
+
+    /// Delete the groups of `touched` that have no members left.
+    fn drop_empty_groups(&mut self, touched: impl IntoIterator<Item = GroupId>) {
+        for g in touched {
+            if self.idx.groups.get(&g).map_or(true, |t| t.total() == 0) {
+                self.idx.groups.remove(&g);
+                self.groups.remove(&g);
+            }
+        }
     }
 
     /// The job, if it is running under `lease`.
@@ -481,15 +575,19 @@ impl Inner {
             .collect()
     }
 
-    /// Take a job out of the storage.
-    fn delete(&mut self, id: JobId) -> bool {
-        match self.jobs.remove(&id) {
-            Some(entry) => {
+    /// Take jobs out of the storage, and the groups they leave empty; how many were taken.
+    fn delete_all(&mut self, ids: Vec<JobId>) -> u64 {
+        let mut groups = HashSet::new();
+        let mut n = 0;
+        for id in ids {
+            if let Some(entry) = self.jobs.remove(&id) {
                 self.idx.remove(&entry.record);
-                true
+                groups.extend(entry.record.group_id);
+                n += 1;
             }
-            None => false,
         }
+        self.drop_empty_groups(groups);
+        n
     }
 }
 
@@ -516,6 +614,51 @@ impl Storage for MemoryStorage {
     async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<Vec<InsertedJob>> {
         let mut inner = self.open()?;
         inner.insert_jobs(params.jobs, params.now)
+    }
+
+    async fn group_insert(&self, mut params: GroupInsertParams) -> Result<()> {
+        params.group.prepare_members(&mut params.jobs)?;
+        let mut inner = self.open()?;
+        let g = params.group.id;
+        if inner.groups.contains_key(&g) {
+            return Err(Error::Storage(format!(
+                "a group with id {g} already exists"
+            )));
+        }
+        inner.insert_members(params.jobs, params.now, Some(g))?;
+        inner.groups.insert(
+            g,
+            GroupRow {
+                group: params.group,
+                on_complete_job_id: None,
+                created_at: params.now,
+                finished_at: None,
+            },
+        );
+        Ok(())
+    }
+
+    async fn group_get(&self, id: GroupId) -> Result<Option<GroupRecord>> {
+        let inner = self.open()?;
+        let Some(row) = inner.groups.get(&id) else {
+            return Ok(None);
+        };
+        let mut counts = GroupCounts::default();
+        if let Some(tally) = inner.idx.groups.get(&id) {
+            for status in JobStatus::ALL {
+                counts.add(status, tally.0[status as usize]);
+            }
+        }
+        Ok(Some(GroupRecord {
+            id,
+            name: row.group.name.clone(),
+            concurrency: row.group.concurrency,
+            on_complete: row.group.on_complete.clone(),
+            on_complete_job_id: row.on_complete_job_id,
+            created_at: row.created_at,
+            finished_at: row.finished_at,
+            counts,
+        }))
     }
 
     async fn job_claim(&self, params: JobClaimParams) -> Result<Vec<ClaimedJob>> {
@@ -779,6 +922,7 @@ impl Storage for MemoryStorage {
         let inner = self.open()?;
         let f = &params.filter;
         let by_counts = f.ids.is_none()
+            && f.group.is_none()
             && f.name.is_none()
             && f.created_from.is_none()
             && f.created_to.is_none()
@@ -873,7 +1017,7 @@ impl Storage for MemoryStorage {
             .filter(|s| *s != JobStatus::Running)
             .collect();
         let ids = inner.matching_ids(&params.filter, &not_running);
-        Ok(ids.into_iter().filter(|&id| inner.delete(id)).count() as u64)
+        Ok(inner.delete_all(ids))
     }
 
     async fn job_prune(&self, params: JobPruneParams) -> Result<u64> {
@@ -891,7 +1035,7 @@ impl Storage for MemoryStorage {
             })
             .take(limit)
             .collect();
-        Ok(ids.into_iter().filter(|&id| inner.delete(id)).count() as u64)
+        Ok(inner.delete_all(ids))
     }
 
     async fn job_counts(&self) -> Result<Vec<QueueCount>> {

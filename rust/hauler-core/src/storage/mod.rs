@@ -13,8 +13,9 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use crate::error::Result;
+use crate::group::{GroupRecord, NewGroup};
 use crate::model::{
-    ClaimedJob, ErrorInfo, InsertedJob, JobId, JobRecord, JobStatus, LeaseToken, NewJob,
+    ClaimedJob, ErrorInfo, GroupId, InsertedJob, JobId, JobRecord, JobStatus, LeaseToken, NewJob,
     QueueCount, Timestamp,
 };
 use crate::schedule::{NewSchedule, ScheduleRecord};
@@ -46,6 +47,17 @@ pub struct JobInsertManyParams {
     pub jobs: Vec<NewJob>,
     /// The time of storing: `created_at`, and the run time of jobs with none. A job whose
     /// `run_at` is later than this is stored `scheduled`, otherwise `available`.
+    pub now: Timestamp,
+}
+
+/// Store a group and its members.
+#[derive(Debug, Clone)]
+pub struct GroupInsertParams {
+    /// The group.
+    pub group: NewGroup,
+    /// Its members (at least one), stored as members of `group` whatever else they are.
+    pub jobs: Vec<NewJob>,
+    /// As for [`JobInsertManyParams::now`]; also the group's `created_at`.
     pub now: Timestamp,
 }
 
@@ -179,6 +191,8 @@ pub struct JobFilter {
     /// Only jobs whose arguments, as the stored JSON text, contain this substring
     /// (case-sensitive).
     pub args_contains: Option<String>,
+    /// Only members of this group.
+    pub group: Option<GroupId>,
 }
 
 impl JobFilter {
@@ -194,6 +208,7 @@ impl JobFilter {
                 .args_contains
                 .as_ref()
                 .map_or(true, |text| job.args.contains(text.as_str()))
+            && self.group.map_or(true, |g| job.group_id == Some(g))
     }
 }
 
@@ -312,6 +327,11 @@ pub struct ScheduleRunNowParams {
 /// A place that keeps jobs. Implementations: [`MemoryStorage`], [`SqliteStorage`],
 /// [`PostgresStorage`].
 ///
+/// Every method that can make a job final (finish, release, reclaim, cancel, and a claim
+/// failing a corrupt row) also finishes the job's group, in the same transaction, when no
+/// member of it is left open, storing the group's `on_complete` job the first time (see
+/// [`crate::group`]).
+///
 /// All methods are safe to call concurrently, from one process or (for persistent
 /// storages) from many. Every method returns [`crate::Error::StorageClosed`] after
 /// [`Storage::close`].
@@ -328,6 +348,17 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// out a status that is not final are refused with [`crate::Error::Config`].
     async fn job_insert_many(&self, params: JobInsertManyParams) -> Result<Vec<InsertedJob>>;
 
+    /// Store a group and its members in one transaction (all or none); see
+    /// [`crate::group`]. Each member of a group with a concurrency limit is stored with
+    /// the group's concurrency key ([`NewGroup::prepare_members`]). Fails, storing
+    /// nothing, if a member's id is taken, or with [`crate::Error::Config`] if
+    /// [`NewGroup::prepare_members`] refuses the members.
+    async fn group_insert(&self, params: GroupInsertParams) -> Result<()>;
+
+    /// One group with its members' counts; `None` if there is no such group (never
+    /// stored, or deleted with its last member).
+    async fn group_get(&self, id: GroupId) -> Result<Option<GroupRecord>>;
+
     /// Claim up to `limit` runnable jobs, highest priority first, then earliest `run_at`,
     /// then oldest id. Each becomes `running` with `attempt + 1`, `started_at = now`, a
     /// fresh lease token and `worker_id`. A job is never handed to two claimers while its
@@ -338,7 +369,8 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// starts in the last `window_ms`, is passed over (it stays pending, no attempt
     /// counted) and the jobs behind it are claimed instead; one claim never takes more
     /// jobs of a key than the key has room for. Each start of a rate-limited job is
-    /// recorded.
+    /// recorded. A member of a group with a concurrency limit carries that limit as its
+    /// concurrency key (see [`crate::group`]), so it is held back the same way.
     async fn job_claim(&self, params: JobClaimParams) -> Result<Vec<ClaimedJob>>;
 
     /// Extend leases, and say which of the jobs have a cancel requested.
@@ -387,14 +419,17 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// Returns how many were retried. A unique job whose key another job holds (in that
     /// job's unique states) is left as it is and not counted: running it again would make
     /// a second live job of the key. Of two matching jobs of one key, only one is retried.
+    /// The finished groups of retried jobs are reopened (`finished_at` cleared).
     async fn job_retry(&self, params: JobRetryParams) -> Result<u64>;
 
     /// Delete the matching jobs that are not running, with their history, in one
-    /// transaction. Returns how many were deleted.
+    /// transaction, and the groups left with no members. Returns how many jobs were
+    /// deleted.
     async fn job_delete(&self, params: JobDeleteParams) -> Result<u64>;
 
     /// Delete up to `limit` finished jobs of the given statuses that finished before
-    /// `finished_before`, with their history. Returns how many were deleted.
+    /// `finished_before`, with their history, and the groups left with no members. Returns
+    /// how many jobs were deleted.
     async fn job_prune(&self, params: JobPruneParams) -> Result<u64>;
 
     /// Counts per queue and status (pairs with no jobs are left out).

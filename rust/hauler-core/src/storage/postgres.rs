@@ -53,16 +53,17 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 use uuid::Uuid;
 
 use super::{
-    FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams, JobCountParams,
-    JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams, JobHeartbeatResult,
-    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobProgressSetParams, JobPruneParams,
-    JobReclaimParams, JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
-    ScheduleUpsertParams, Storage, LEASE_HEARTBEATS,
+    FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult, JobClaimParams,
+    JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams,
+    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
+    JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
+    ScheduleRunNowParams, ScheduleTickParams, ScheduleUpsertParams, Storage, LEASE_HEARTBEATS,
 };
 use crate::error::{Error, Result};
+use crate::group::{GroupCounts, GroupRecord};
 use crate::model::{
-    AttemptOutcome, AttemptRecord, ClaimedJob, ConcurrencyLimit, ErrorInfo, InsertedJob, JobId,
-    JobLimits, JobRecord, JobStatus, LeaseToken, NewJob, QueueCount, RateLimit, Timestamp,
+    AttemptOutcome, AttemptRecord, ClaimedJob, ConcurrencyLimit, ErrorInfo, GroupId, InsertedJob,
+    JobId, JobLimits, JobRecord, JobStatus, LeaseToken, NewJob, QueueCount, RateLimit, Timestamp,
 };
 use crate::retry::{MaxRetries, RetryPolicy};
 use crate::schedule::{JobTemplate, ScheduleRecord};
@@ -311,6 +312,26 @@ const MIGRATIONS: &[Migration] = &[
         started_at timestamptz NOT NULL
     );
     CREATE INDEX rate_starts_key ON rate_starts (key, started_at);",
+    },
+    Migration {
+        description: "job groups",
+        sql: "
+    -- A group of member jobs. It finishes (finished_at set, on_complete stored once under
+    -- on_complete_job_id) in the transaction that makes its last member final. Its
+    -- concurrency limit is held by its members' concurrency key (the previous migration).
+    CREATE TABLE job_groups (
+        id                 uuid        NOT NULL PRIMARY KEY,
+        name               text        NOT NULL,
+        -- At most this many members running at once; NULL: no limit.
+        concurrency        integer     CHECK (concurrency > 0),
+        -- The JobTemplate of the job stored when the group finishes, as JSON.
+        on_complete        text,
+        on_complete_job_id uuid,
+        created_at         timestamptz NOT NULL,
+        finished_at        timestamptz
+    );
+    ALTER TABLE jobs ADD COLUMN group_id uuid;
+    CREATE INDEX jobs_group ON jobs (group_id, status) WHERE group_id IS NOT NULL;",
     },
 ];
 
@@ -661,6 +682,41 @@ WHERE j.id = ANY($1::uuid[])
 RETURNING j.id, j.name, j.queue, j.args, j.attempt, j.retry, j.timeout_ms, j.heartbeat_ms,
           j.version, j.lease_token, j.priority, j.run_at, j.state";
 
+const GROUP_INSERT: &str = "INSERT INTO job_groups (id, name, concurrency, on_complete, created_at)
+VALUES ($1, $2, $3, $4, $5)";
+
+const GROUP_MEMBERS_SET: &str = "UPDATE jobs SET group_id = $1 WHERE id = ANY($2::uuid[])";
+
+const GROUP_GET: &str = "SELECT g.name, g.concurrency, g.on_complete, g.on_complete_job_id,
+    g.created_at, g.finished_at, c.status, c.n
+FROM job_groups g
+LEFT JOIN LATERAL (
+    SELECT status, count(*) AS n FROM jobs WHERE group_id = g.id GROUP BY status
+) c ON true
+WHERE g.id = $1";
+
+/// Lock, in id order, the unfinished groups of `$1` (the groups whose members the
+/// transaction made final), so the count that follows sees every other member change
+/// committed before.
+const GROUPS_FINISH_LOCK: &str = "SELECT id FROM job_groups
+WHERE id = ANY($1::uuid[]) AND finished_at IS NULL
+ORDER BY id
+FOR UPDATE";
+
+/// Finish at `$3` the groups `$1` none of whose members is still open; each group's
+/// on_complete job gets the id at the same place in `$2` unless one was stored before.
+/// Answers the groups finished, their templates, and whether their job is to be stored now.
+const GROUPS_FINISH: &str = "UPDATE job_groups g
+SET finished_at = $3::timestamptz,
+    on_complete_job_id = CASE WHEN g.on_complete IS NULL THEN g.on_complete_job_id
+                              ELSE coalesce(g.on_complete_job_id, n.job_id) END
+FROM unnest($1::uuid[], $2::uuid[]) AS n(id, job_id)
+WHERE g.id = n.id AND g.finished_at IS NULL
+  AND NOT EXISTS (
+      SELECT 1 FROM jobs j
+      WHERE j.group_id = g.id AND j.status IN ('scheduled', 'available', 'running', 'retryable'))
+RETURNING g.id, g.on_complete, g.on_complete_job_id = n.job_id";
+
 /// Set, for job `$1` running under token `$2`, progress `$3` with message `$4` (unless
 /// `$5` is false) and state `$6` (unless NULL).
 const JOB_PROGRESS_SET: &str = "UPDATE jobs
@@ -688,7 +744,8 @@ WHERE j.id = h.id
 RETURNING j.id, j.lease_token, j.cancel_requested_at IS NOT NULL";
 
 /// End the attempts given as parallel arrays (job, token, new status, retry time, error,
-/// history outcome) at time `$7`; answer the ordinals of the accepted ones. Of repeated
+/// history outcome) at time `$7`; answer the ordinals of the accepted ones (and the groups
+/// of those that became final). Of repeated
 /// (job, token) pairs only the first counts, so the batch behaves as if applied in order.
 /// A snoozed attempt (outcome `snoozed`, status `scheduled`) is not counted. A job whose
 /// cancel was requested becomes `cancelled` instead (history: `cancelled`).
@@ -700,7 +757,7 @@ const JOB_FINISH: &str = "WITH f AS (
     ORDER BY id, token, ord
 ),
 held AS MATERIALIZED (
-    SELECT j.id, j.queue, j.attempt, j.worker_id, j.started_at,
+    SELECT j.id, j.queue, j.attempt, j.worker_id, j.started_at, j.group_id,
            j.cancel_requested_at IS NOT NULL AS cancel,
            f.ord, f.status, f.retry_at, f.error, f.outcome
     FROM jobs j
@@ -730,13 +787,14 @@ history AS (
     FROM done
 )
 SELECT ord, CASE WHEN status IN ('retryable', 'scheduled') AND NOT cancel
-                 THEN pg_notify($8, left(queue, 1000))::text END
+                 THEN pg_notify($8, left(queue, 1000))::text END,
+       CASE WHEN cancel OR status NOT IN ('retryable', 'scheduled') THEN group_id END
 FROM done";
 
 /// Hand back at time `$3` the jobs `$1` running under tokens `$2`: available at once, the
 /// attempt not counted (or `cancelled`, if their cancel was requested); notify channel `$4`.
 const JOB_RELEASE: &str = "WITH held AS MATERIALIZED (
-    SELECT j.id, j.queue, j.attempt, j.worker_id, j.started_at,
+    SELECT j.id, j.queue, j.attempt, j.worker_id, j.started_at, j.group_id,
            j.cancel_requested_at IS NOT NULL AS cancel
     FROM jobs j
     JOIN (SELECT DISTINCT id, token FROM unnest($1::uuid[], $2::uuid[]) AS t(id, token)) l
@@ -762,7 +820,9 @@ history AS (
            CASE WHEN cancel THEN 'cancelled' ELSE 'released' END, NULL
     FROM done
 )
-SELECT CASE WHEN NOT cancel THEN pg_notify($4, left(queue, 1000))::text END FROM done";
+SELECT CASE WHEN NOT cancel THEN pg_notify($4, left(queue, 1000))::text END,
+       CASE WHEN cancel THEN group_id END
+FROM done";
 
 /// Reclaim every running job whose lease ended before `$1` (skipping rows another
 /// transaction holds: their holder is reporting right now). A job may make another attempt
@@ -770,7 +830,7 @@ SELECT CASE WHEN NOT cancel THEN pg_notify($4, left(queue, 1000))::text END FROM
 /// cancel was requested (it becomes `cancelled`); those that may are announced on channel
 /// `$2`.
 const JOB_RECLAIM: &str = "WITH expired AS MATERIALIZED (
-    SELECT id, queue, attempt, worker_id, started_at,
+    SELECT id, queue, attempt, worker_id, started_at, group_id,
            cancel_requested_at IS NOT NULL AS cancel,
            cancel_requested_at IS NULL AND (max_retries IS NULL OR attempt <= max_retries)
                AS again,
@@ -800,7 +860,9 @@ history AS (
            'lease_expired', error
     FROM done
 )
-SELECT CASE WHEN again THEN pg_notify($2, left(queue, 1000))::text END FROM done";
+SELECT CASE WHEN again THEN pg_notify($2, left(queue, 1000))::text END,
+       CASE WHEN NOT again THEN group_id END
+FROM done";
 
 /// The columns [`record_from_row`] reads, in order: the job's, then its history as
 /// parallel arrays (NULL when it has none).
@@ -812,7 +874,7 @@ macro_rules! job_select {
             h.attempts, h.workers, h.started, h.finished, h.outcomes, h.errors,
             j.cancel_requested_at, j.progress, j.progress_message, j.state,
             j.unique_states, j.concurrency_key, j.concurrency_limit, j.rate_key,
-            j.rate_limit, j.rate_window_ms
+            j.rate_limit, j.rate_window_ms, j.group_id
         FROM jobs j
         LEFT JOIN LATERAL (
             SELECT array_agg(a.attempt ORDER BY a.seq) AS attempts,
@@ -830,8 +892,8 @@ macro_rules! job_select {
 const JOB_GET: &str = concat!(job_select!(), " WHERE j.id = $1");
 
 /// The conditions of a [`JobFilter`] on `jobs j`, bound as `$1` ids, `$2` statuses, `$3`
-/// name, `$4` queue, `$5`/`$6` the `created_at` range and `$7` the text to find in `args`
-/// (each NULL when not filtered on).
+/// name, `$4` queue, `$5`/`$6` the `created_at` range, `$7` the text to find in `args` and
+/// `$8` the group (each NULL when not filtered on).
 macro_rules! filter_conditions {
     () => {
         "($1::uuid[] IS NULL OR j.id = ANY($1::uuid[]))
@@ -840,13 +902,14 @@ macro_rules! filter_conditions {
       AND ($4::text IS NULL OR j.queue = $4::text)
       AND ($5::timestamptz IS NULL OR j.created_at >= $5::timestamptz)
       AND ($6::timestamptz IS NULL OR j.created_at < $6::timestamptz)
-      AND ($7::text IS NULL OR strpos(j.args, $7::text) > 0)"
+      AND ($7::text IS NULL OR strpos(j.args, $7::text) > 0)
+      AND ($8::uuid IS NULL OR j.group_id = $8::uuid)"
     };
 }
 
-/// `head WHERE <filter> tail`, in three forms that lead with what an index can use: by
-/// ids (primary key), by statuses (`jobs_status`), and neither. [`Filter::pick`] chooses;
-/// all three take the same parameters.
+/// `head WHERE <filter> tail`, in four forms that lead with what an index can use: by
+/// ids (primary key), by statuses (`jobs_status`), neither, and by group (`jobs_group`).
+/// [`Filter::pick`] chooses; all four take the same parameters.
 macro_rules! filtered {
     ($head:expr, $tail:expr) => {
         [
@@ -863,24 +926,31 @@ macro_rules! filtered {
                 $tail
             ),
             concat!($head, " WHERE ", filter_conditions!(), $tail),
+            concat!(
+                $head,
+                " WHERE j.group_id = $8::uuid AND ",
+                filter_conditions!(),
+                $tail
+            ),
         ]
     };
 }
 
-// With no cursor (`$8`) the upper bound is the largest UUID, so `id <` stays an index
+// With no cursor (`$9`) the upper bound is the largest UUID, so `id <` stays an index
 // range (a job whose id is exactly that value is never listed: ids are UUID v7, and it is
 // not one).
-const JOB_LIST: [&str; 3] = filtered!(
+const JOB_LIST: [&str; 4] = filtered!(
     job_select!(),
-    " AND j.id < coalesce($8::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid)
-    ORDER BY j.id DESC LIMIT $9"
+    " AND j.id < coalesce($9::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff'::uuid)
+    ORDER BY j.id DESC LIMIT $10"
 );
 
-const JOB_COUNT: [&str; 3] = filtered!("SELECT count(*) FROM jobs j", "");
+const JOB_COUNT: [&str; 4] = filtered!("SELECT count(*) FROM jobs j", "");
 
-/// Cancel at `$8` the matching jobs: pending ones at once, running ones by request. Rows
-/// are locked in id order, as heartbeat and finish lock theirs.
-const JOB_CANCEL: [&str; 3] = filtered!(
+/// Cancel at `$9` the matching jobs: pending ones at once, running ones by request. Rows
+/// are locked in id order, as heartbeat and finish lock theirs. Answers the two counts and
+/// the groups of the jobs cancelled at once.
+const JOB_CANCEL: [&str; 4] = filtered!(
     "WITH picked AS MATERIALIZED (SELECT j.id FROM jobs j",
     " AND j.status IN ('scheduled', 'available', 'retryable', 'running')
     ORDER BY j.id
@@ -890,25 +960,26 @@ done AS (
     UPDATE jobs j
     SET status = CASE WHEN j.status = 'running' THEN j.status ELSE 'cancelled' END,
         finished_at = CASE WHEN j.status = 'running' THEN j.finished_at
-                           ELSE $8::timestamptz END,
+                           ELSE $9::timestamptz END,
         cancel_requested_at = CASE WHEN j.status = 'running'
-                                   THEN coalesce(j.cancel_requested_at, $8::timestamptz)
+                                   THEN coalesce(j.cancel_requested_at, $9::timestamptz)
                                    ELSE j.cancel_requested_at END
     FROM picked p
     WHERE j.id = p.id
-    RETURNING j.status
+    RETURNING j.status, j.group_id
 )
-SELECT count(*) FILTER (WHERE status = 'cancelled'), count(*) FILTER (WHERE status = 'running')
+SELECT count(*) FILTER (WHERE status = 'cancelled'), count(*) FILTER (WHERE status = 'running'),
+       array_agg(DISTINCT group_id) FILTER (WHERE status = 'cancelled' AND group_id IS NOT NULL)
 FROM done"
 );
 
-/// Make the matching failed and cancelled jobs available at `$8`, attempts back to 0, with
-/// a `retried` history entry; notify channel `$9` once per queue. Answers (count, _) per
-/// queue.
+/// Make the matching failed and cancelled jobs available at `$9`, attempts back to 0, with
+/// a `retried` history entry, and reopen their groups; notify channel `$10` once per
+/// queue. Answers (count, _) per queue.
 ///
 /// A unique job whose key another job holds is left out, and of two that share a key
 /// only the first (by id) is retried, so the unique index is never violated.
-const JOB_RETRY: [&str; 3] = filtered!(
+const JOB_RETRY: [&str; 4] = filtered!(
     "WITH picked AS MATERIALIZED (SELECT j.id, j.attempt, j.unique_key FROM jobs j",
     " AND j.status IN ('failed', 'cancelled')
       AND (j.unique_key IS NULL OR NOT EXISTS (
@@ -924,29 +995,45 @@ one AS (
 ),
 done AS (
     UPDATE jobs j
-    SET status = 'available', attempt = 0, run_at = $8::timestamptz, finished_at = NULL,
+    SET status = 'available', attempt = 0, run_at = $9::timestamptz, finished_at = NULL,
         cancel_requested_at = NULL
     FROM one p
     WHERE j.id = p.id
-    RETURNING j.id, j.queue, p.attempt
+    RETURNING j.id, j.queue, p.attempt, j.group_id
 ),
 history AS (
     INSERT INTO attempts (job_id, attempt, worker_id, started_at, finished_at, outcome, error)
-    SELECT id, attempt, '', $8::timestamptz, $8::timestamptz, 'retried', NULL
+    SELECT id, attempt, '', $9::timestamptz, $9::timestamptz, 'retried', NULL
     FROM done
+),
+reopened AS (
+    UPDATE job_groups g SET finished_at = NULL
+    FROM (SELECT id FROM job_groups
+          WHERE id IN (SELECT group_id FROM done) AND finished_at IS NOT NULL
+          ORDER BY id
+          FOR UPDATE) l
+    WHERE g.id = l.id
 )
-SELECT q.n, pg_notify($9::text, left(q.queue, 1000))::text
+SELECT q.n, pg_notify($10::text, left(q.queue, 1000))::text
 FROM (SELECT queue, count(*) AS n FROM done GROUP BY queue) q"
 );
 
-/// Delete the matching jobs that are not running (their attempts go with them).
-const JOB_DELETE: [&str; 3] = filtered!(
+/// Delete the matching jobs that are not running (their attempts go with them), and the
+/// groups they were all the members of.
+const JOB_DELETE: [&str; 4] = filtered!(
     "WITH picked AS MATERIALIZED (SELECT j.id FROM jobs j",
     " AND j.status <> 'running'
     ORDER BY j.id
     FOR UPDATE
 ),
-done AS (DELETE FROM jobs j USING picked p WHERE j.id = p.id RETURNING 1)
+done AS (DELETE FROM jobs j USING picked p WHERE j.id = p.id RETURNING j.group_id),
+emptied AS (
+    DELETE FROM job_groups g
+    USING (SELECT group_id, count(*) AS n FROM done WHERE group_id IS NOT NULL
+           GROUP BY group_id) d
+    WHERE g.id = d.group_id
+      AND d.n = (SELECT count(*) FROM jobs m WHERE m.group_id = g.id)
+)
 SELECT count(*) FROM done"
 );
 
@@ -958,7 +1045,14 @@ const JOB_PRUNE: &str = "WITH picked AS MATERIALIZED (
     LIMIT $3
     FOR UPDATE SKIP LOCKED
 ),
-done AS (DELETE FROM jobs j USING picked p WHERE j.id = p.id RETURNING 1)
+done AS (DELETE FROM jobs j USING picked p WHERE j.id = p.id RETURNING j.group_id),
+emptied AS (
+    DELETE FROM job_groups g
+    USING (SELECT group_id, count(*) AS n FROM done WHERE group_id IS NOT NULL
+           GROUP BY group_id) d
+    WHERE g.id = d.group_id
+      AND d.n = (SELECT count(*) FROM jobs m WHERE m.group_id = g.id)
+)
 SELECT count(*) FROM done";
 
 /// Insert an entry, or update its definition (keeping its next tick if the spec is the same).
@@ -1194,6 +1288,29 @@ impl PostgresStorage {
         Error::Storage(format!("{op} on {}: {}", self.target, pg_message(&e)))
     }
 
+    /// Run `sql` in a transaction with the group finishing its changes call for: the
+    /// groups `ended` reads from the rows (those of members the statement made final) are
+    /// finished if no member is left open, their `on_complete` jobs stored, then commit.
+    async fn query_finishing_groups(
+        &self,
+        op: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+        ended: Ended,
+        now: Timestamp,
+    ) -> Result<Vec<Row>> {
+        let mut client = self.client(op).await?;
+        let work = async {
+            let tx = client.transaction().await?;
+            let statement = tx.prepare_cached(sql).await?;
+            let rows = tx.query(&statement, params).await?;
+            finish_groups(&tx, ended.groups(&rows)?, now, &self.channel).await?;
+            tx.commit().await?;
+            Ok::<_, Failure>(rows)
+        };
+        work.await.map_err(|e| self.failure(op, e))
+    }
+
     /// End as `failed` the attempts just claimed of jobs whose rows do not decode, with
     /// the reason in `last_error` and the history, so they are never claimed again and
     /// the rest of the claim still runs. The claim is already committed, so this is a
@@ -1222,9 +1339,9 @@ impl PostgresStorage {
         let statuses = vec![JobStatus::Failed.as_str(); n];
         let retry_ats: Vec<Option<DateTime<Utc>>> = vec![None; n];
         let outcomes = vec![AttemptOutcome::Failed.as_str(); n];
-        let Ok(now) = to_pg_time(now) else { return };
+        let Ok(at) = to_pg_time(now) else { return };
         let res = self
-            .query(
+            .query_finishing_groups(
                 "job_claim: failing corrupt rows",
                 JOB_FINISH,
                 &[
@@ -1234,15 +1351,96 @@ impl PostgresStorage {
                     &retry_ats,
                     &errors,
                     &outcomes,
-                    &now,
+                    &at,
                     &self.channel,
                 ],
+                Ended::Column(2),
+                now,
             )
             .await;
         if let Err(e) = res {
             log::error!("{e}; their leases will expire and the next claim tries again");
         }
     }
+}
+
+/// Where a statement's rows name the groups of the members it made final.
+#[derive(Debug, Clone, Copy)]
+enum Ended {
+    /// A nullable group id column.
+    Column(usize),
+    /// A nullable array-of-group-ids column.
+    Array(usize),
+}
+
+impl Ended {
+    fn groups(self, rows: &[Row]) -> std::result::Result<Vec<Uuid>, tokio_postgres::Error> {
+        let mut out = Vec::new();
+        for row in rows {
+            match self {
+                Ended::Column(i) => out.extend(row.try_get::<_, Option<Uuid>>(i)?),
+                Ended::Array(i) => out.extend(
+                    row.try_get::<_, Option<Vec<Uuid>>>(i)?
+                        .into_iter()
+                        .flatten(),
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Finish, inside `tx`, the groups of `groups` none of whose members is open any more:
+/// each once, however many transactions make members final at the same moment (the group
+/// rows are locked first, so the count that follows sees what the others committed), and
+/// its `on_complete` job stored the first time only.
+async fn finish_groups(
+    tx: &deadpool_postgres::Transaction<'_>,
+    mut groups: Vec<Uuid>,
+    now: Timestamp,
+    channel: &String,
+) -> std::result::Result<(), Failure> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    groups.sort_unstable();
+    groups.dedup();
+    let lock = tx.prepare_cached(GROUPS_FINISH_LOCK).await?;
+    let locked: Vec<Uuid> = tx
+        .query(&lock, &[&groups])
+        .await?
+        .iter()
+        .map(|r| r.try_get(0))
+        .collect::<std::result::Result<_, _>>()?;
+    if locked.is_empty() {
+        return Ok(());
+    }
+    let job_ids: Vec<Uuid> = locked.iter().map(|_| JobId::new().0).collect();
+    let at = to_pg_time(now)?;
+    let finish = tx.prepare_cached(GROUPS_FINISH).await?;
+    for row in tx.query(&finish, &[&locked, &job_ids, &at]).await? {
+        let group: Uuid = row.try_get(0)?;
+        let template: Option<String> = row.try_get(1)?;
+        let store: Option<bool> = row.try_get(2)?;
+        let (Some(template), Some(true)) = (template, store) else {
+            continue;
+        };
+        let Some(job_id) = locked.iter().position(|g| *g == group).map(|i| job_ids[i]) else {
+            continue;
+        };
+        match serde_json::from_str::<JobTemplate>(&template) {
+            Ok(template) => {
+                let mut job = template.to_job();
+                job.id = JobId(job_id);
+                insert_in(tx, vec![job], now, channel).await?;
+            }
+            // The members' changes must still be recorded: the group finishes without it.
+            Err(e) => log::error!(
+                "group {group}: its on_complete job is not stored, the row is corrupt: {e}"
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Run one statement, prepared once per connection.
@@ -1602,6 +1800,7 @@ struct Filter {
     created_from: Option<DateTime<Utc>>,
     created_to: Option<DateTime<Utc>>,
     args_contains: Option<String>,
+    group: Option<Uuid>,
 }
 
 impl Filter {
@@ -1618,13 +1817,16 @@ impl Filter {
             created_from: f.created_from.map(to_pg_time).transpose()?,
             created_to: f.created_to.map(to_pg_time).transpose()?,
             args_contains: f.args_contains.clone(),
+            group: f.group.map(|g| g.0),
         })
     }
 
     /// The form of `sql` that suits this filter.
-    fn pick(&self, sql: [&'static str; 3]) -> &'static str {
+    fn pick(&self, sql: [&'static str; 4]) -> &'static str {
         if self.ids.is_some() {
             sql[0]
+        } else if self.group.is_some() {
+            sql[3]
         } else if self.statuses.is_some() {
             sql[1]
         } else {
@@ -1632,7 +1834,7 @@ impl Filter {
         }
     }
 
-    /// The filter's parameters followed by `extra` (`$8` onwards).
+    /// The filter's parameters followed by `extra` (`$9` onwards).
     fn params<'a>(&'a self, extra: &[&'a (dyn ToSql + Sync)]) -> Vec<&'a (dyn ToSql + Sync)> {
         let mut all: Vec<&(dyn ToSql + Sync)> = vec![
             &self.ids,
@@ -1642,6 +1844,7 @@ impl Filter {
             &self.created_from,
             &self.created_to,
             &self.args_contains,
+            &self.group,
         ];
         all.extend_from_slice(extra);
         all
@@ -1729,6 +1932,10 @@ fn record_from_row(row: &Row) -> Result<JobRecord> {
         progress_message: d.or(column(row, 27, id), None),
         state: d.or(column(row, 28, id), None),
         limits: d.or(limits_from_row(row, id), JobLimits::default()),
+        group_id: d.or(
+            column::<Option<Uuid>>(row, 35, id).map(|g| g.map(GroupId)),
+            None,
+        ),
     };
     Ok(d.mark(record))
 }
@@ -2200,6 +2407,90 @@ impl Storage for PostgresStorage {
         }
     }
 
+    async fn group_insert(&self, mut p: GroupInsertParams) -> Result<()> {
+        const OP: &str = "group_insert";
+        p.group.prepare_members(&mut p.jobs)?;
+        self.ensure_open()?;
+        let g = &p.group;
+        let ids: Vec<Uuid> = p.jobs.iter().map(|j| j.id.0).collect();
+        let on_complete = g
+            .on_complete
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()?;
+        let concurrency = g.concurrency.map(|c| i32::try_from(c).unwrap_or(i32::MAX));
+        let rows = JobInsertRows::new(p.jobs.clone(), p.now)?;
+        let now = to_pg_time(p.now)?;
+        let mut client = self.client(OP).await?;
+        let work = async {
+            let tx = client.transaction().await?;
+            let insert = tx.prepare_cached(GROUP_INSERT).await?;
+            tx.execute(
+                &insert,
+                &[&g.id.0, &g.name, &concurrency, &on_complete, &now],
+            )
+            .await?;
+            let jobs = tx.prepare_cached(JOB_INSERT).await?;
+            tx.query(&jobs, &rows.bind(&now, &self.channel)).await?;
+            let members = tx.prepare_cached(GROUP_MEMBERS_SET).await?;
+            tx.execute(&members, &[&g.id.0, &ids]).await?;
+            tx.commit().await?;
+            Ok::<_, Failure>(())
+        };
+        match work.await {
+            Ok(()) => Ok(()),
+            Err(Failure::Pg(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Err(Error::Storage(format!(
+                    "{OP} on {}: a group or job with that id already exists, so nothing was \
+                     stored ({})",
+                    self.target,
+                    pg_message(&e)
+                )))
+            }
+            Err(e) => Err(self.failure(OP, e)),
+        }
+    }
+
+    async fn group_get(&self, id: GroupId) -> Result<Option<GroupRecord>> {
+        const OP: &str = "group_get";
+        let rows = self.query(OP, GROUP_GET, &[&id.0]).await?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let bad = |what: String| Error::Storage(format!("corrupt row for group {id}: {what}"));
+        let get = |e: tokio_postgres::Error| bad(e.to_string());
+        let concurrency: Option<i32> = first.try_get(1).map_err(get)?;
+        let on_complete: Option<String> = first.try_get(2).map_err(get)?;
+        let mut counts = GroupCounts::default();
+        for row in &rows {
+            let status: Option<String> = row.try_get(6).map_err(get)?;
+            let n: Option<i64> = row.try_get(7).map_err(get)?;
+            if let (Some(status), Some(n)) = (status, n) {
+                let status = status
+                    .parse::<JobStatus>()
+                    .map_err(|e| bad(format!("a member's status: {e}")))?;
+                counts.add(status, u64::try_from(n).unwrap_or(0));
+            }
+        }
+        Ok(Some(GroupRecord {
+            id,
+            name: first.try_get(0).map_err(get)?,
+            concurrency: concurrency
+                .map(|c| u32::try_from(c).map_err(|_| bad(format!("concurrency {c}"))))
+                .transpose()?,
+            on_complete: on_complete
+                .map(|t| serde_json::from_str(&t).map_err(|e| bad(format!("on_complete: {e}"))))
+                .transpose()?,
+            on_complete_job_id: first.try_get::<_, Option<Uuid>>(3).map_err(get)?.map(JobId),
+            created_at: from_pg_time(first.try_get(4).map_err(get)?),
+            finished_at: first
+                .try_get::<_, Option<DateTime<Utc>>>(5)
+                .map_err(get)?
+                .map(from_pg_time),
+            counts,
+        }))
+    }
+
     async fn job_claim(&self, p: JobClaimParams) -> Result<Vec<ClaimedJob>> {
         self.ensure_open()?;
         if p.limit == 0 || p.queues.is_empty() || p.names.is_empty() {
@@ -2381,7 +2672,7 @@ impl Storage for PostgresStorage {
             }
         }
         let rows = self
-            .query(
+            .query_finishing_groups(
                 "job_finish_many",
                 JOB_FINISH,
                 &[
@@ -2394,6 +2685,8 @@ impl Storage for PostgresStorage {
                     &now,
                     &self.channel,
                 ],
+                Ended::Column(2),
+                p.now,
             )
             .await?;
         let mut accepted = vec![false; n];
@@ -2421,10 +2714,12 @@ impl Storage for PostgresStorage {
         let tokens: Vec<Uuid> = p.leases.iter().map(|(_, lease)| lease.0).collect();
         let now = to_pg_time(p.now)?;
         let rows = self
-            .query(
+            .query_finishing_groups(
                 "job_release",
                 JOB_RELEASE,
                 &[&ids, &tokens, &now, &self.channel],
+                Ended::Column(1),
+                p.now,
             )
             .await?;
         Ok(rows.len() as u64)
@@ -2448,7 +2743,13 @@ impl Storage for PostgresStorage {
     async fn job_reclaim_expired(&self, p: JobReclaimParams) -> Result<u64> {
         let now = to_pg_time(p.now)?;
         let rows = self
-            .query("job_reclaim_expired", JOB_RECLAIM, &[&now, &self.channel])
+            .query_finishing_groups(
+                "job_reclaim_expired",
+                JOB_RECLAIM,
+                &[&now, &self.channel],
+                Ended::Column(1),
+                p.now,
+            )
             .await?;
         Ok(rows.len() as u64)
     }
@@ -2481,7 +2782,13 @@ impl Storage for PostgresStorage {
         let f = Filter::new(&p.filter)?;
         let now = to_pg_time(p.now)?;
         let rows = self
-            .query("job_cancel", f.pick(JOB_CANCEL), &f.params(&[&now]))
+            .query_finishing_groups(
+                "job_cancel",
+                f.pick(JOB_CANCEL),
+                &f.params(&[&now]),
+                Ended::Array(2),
+                p.now,
+            )
             .await?;
         let decode =
             |e: tokio_postgres::Error| Error::Storage(format!("job_cancel: unexpected row: {e}"));
@@ -2941,7 +3248,9 @@ mod tests {
         let none: Option<String> = None;
         let no_time: Option<DateTime<Utc>> = None;
         let (no_cursor, limit) = (None::<Uuid>, 10_i64);
-        let forms: [[&(dyn ToSql + Sync); 7]; 3] = [
+        let no_group: Option<Uuid> = None;
+        let some_group = Some(Uuid::nil());
+        let forms: [[&(dyn ToSql + Sync); 8]; 4] = [
             [
                 &some_ids,
                 &no_statuses,
@@ -2950,8 +3259,11 @@ mod tests {
                 &no_time,
                 &no_time,
                 &none,
+                &no_group,
             ],
-            [&no_ids, &failed, &none, &none, &no_time, &no_time, &none],
+            [
+                &no_ids, &failed, &none, &none, &no_time, &no_time, &none, &no_group,
+            ],
             [
                 &no_ids,
                 &no_statuses,
@@ -2960,10 +3272,21 @@ mod tests {
                 &no_time,
                 &no_time,
                 &none,
+                &no_group,
+            ],
+            [
+                &no_ids,
+                &no_statuses,
+                &none,
+                &none,
+                &no_time,
+                &no_time,
+                &none,
+                &some_group,
             ],
         ];
         fn params<'a>(
-            form: &[&'a (dyn ToSql + Sync); 7],
+            form: &[&'a (dyn ToSql + Sync); 8],
             extra: &[&'a (dyn ToSql + Sync)],
         ) -> Vec<&'a (dyn ToSql + Sync)> {
             [form.as_slice(), extra].concat()
@@ -2979,6 +3302,8 @@ mod tests {
         assert!(by_status.contains("using jobs_status"), "{by_status}");
         let by_ids = plan(&client, JOB_LIST[0], &params(&forms[0], &list_extra)).await;
         assert!(by_ids.contains("using jobs_pkey"), "{by_ids}");
+        let by_group = plan(&client, JOB_LIST[3], &params(&forms[3], &list_extra)).await;
+        assert!(by_group.contains("using jobs_group"), "{by_group}");
         let channel = "c";
         for (what, sql, extra) in [
             ("count", JOB_COUNT, vec![]),
@@ -2997,6 +3322,8 @@ mod tests {
                 p.contains("using jobs_status") || p.contains("using jobs_finished"),
                 "{what} by status:\n{p}"
             );
+            let p = plan(&client, sql[3], &params(&forms[3], &extra)).await;
+            assert!(p.contains("using jobs_group"), "{what} by group:\n{p}");
         }
         let statuses = vec!["completed"];
         let prune = plan(&client, JOB_PRUNE, &[&statuses, &now, &10_i64]).await;
@@ -3086,7 +3413,7 @@ mod tests {
             .iter()
             .map(|r| r.get(0))
             .collect();
-        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(versions, vec![1, 2, 3, 4, 5, 6, 7]);
         admin
             .execute(
                 &format!(

@@ -45,16 +45,17 @@ use rusqlite::{
 };
 
 use super::{
-    lease_duration, FinishOutcome, JobCancelParams, JobCancelResult, JobClaimParams,
-    JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams,
-    JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
+    lease_duration, FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult,
+    JobClaimParams, JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams,
+    JobHeartbeatParams, JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
     JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
     ScheduleRunNowParams, ScheduleTickParams, ScheduleUpsertParams, Storage,
 };
 use crate::error::{Error, Result};
+use crate::group::{GroupCounts, GroupRecord};
 use crate::model::{
-    AttemptOutcome, AttemptRecord, ClaimedJob, ConcurrencyLimit, ErrorInfo, InsertedJob, JobId,
-    JobLimits, JobRecord, JobStatus, LeaseToken, QueueCount, RateLimit, Timestamp,
+    AttemptOutcome, AttemptRecord, ClaimedJob, ConcurrencyLimit, ErrorInfo, GroupId, InsertedJob,
+    JobId, JobLimits, JobRecord, JobStatus, LeaseToken, QueueCount, RateLimit, Timestamp,
 };
 use crate::retry::{MaxRetries, RetryPolicy};
 use crate::schedule::{JobTemplate, ScheduleRecord};
@@ -206,6 +207,21 @@ const MIGRATIONS: &[&str] = &[
         started_at INTEGER NOT NULL
     ) STRICT;
     CREATE INDEX hauler_rate_starts_key ON hauler_rate_starts (key, started_at);",
+    // 6: job groups. A member points at its group; a group finishes (finished_at set,
+    // on_complete stored under on_complete_job_id) when its last member becomes final.
+    // A group's concurrency limit is its members' concurrency key (migration 5).
+    "CREATE TABLE hauler_groups (
+        id                 TEXT    NOT NULL PRIMARY KEY,
+        name               TEXT    NOT NULL,
+        concurrency        INTEGER CHECK (concurrency > 0),
+        on_complete        TEXT,
+        on_complete_job_id TEXT,
+        created_at         INTEGER NOT NULL,
+        finished_at        INTEGER
+    ) STRICT;
+    ALTER TABLE hauler_jobs ADD COLUMN group_id TEXT;
+    CREATE INDEX hauler_jobs_group ON hauler_jobs (group_id, status)
+        WHERE group_id IS NOT NULL;",
 ];
 
 /// The schema version this build writes and reads.
@@ -260,6 +276,40 @@ const CLAIM_CANDIDATES: &str = "SELECT id, priority, run_at, heartbeat_ms, concu
       AND name IN (SELECT value FROM json_each(?3))
     ORDER BY priority DESC, run_at, id";
 
+const GROUP_INSERT: &str = "INSERT INTO hauler_groups (id, name, concurrency, on_complete,
+        created_at)
+    VALUES (?1, ?2, ?3, ?4, ?5)";
+
+/// Make the jobs `?2` (a JSON array of ids) members of group `?1`.
+const GROUP_MEMBERS_SET: &str = "UPDATE hauler_jobs SET group_id = ?1
+    WHERE id IN (SELECT value FROM json_each(?2))";
+
+const GROUP_GET: &str = "SELECT name, concurrency, on_complete, on_complete_job_id, created_at,
+        finished_at
+    FROM hauler_groups WHERE id = ?1";
+
+const GROUP_COUNTS: &str = "SELECT status, count(*) FROM hauler_jobs
+    WHERE group_id = ?1 GROUP BY status";
+
+/// Finish group `?1` at `?2` if no member is left open and it is not finished yet; its
+/// on_complete job gets id `?3` unless one was stored before. Answers the template and the
+/// id it is stored under.
+const GROUP_FINISH: &str = "UPDATE hauler_groups
+    SET finished_at = ?2,
+        on_complete_job_id = CASE WHEN on_complete IS NULL THEN on_complete_job_id
+                                  ELSE coalesce(on_complete_job_id, ?3) END
+    WHERE id = ?1 AND finished_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM hauler_jobs INDEXED BY hauler_jobs_group
+          WHERE group_id = ?1
+            AND status IN ('scheduled', 'available', 'running', 'retryable'))
+    RETURNING on_complete, on_complete_job_id";
+
+const GROUP_REOPEN: &str =
+    "UPDATE hauler_groups SET finished_at = NULL WHERE id = ?1 AND finished_at IS NOT NULL";
+
+const GROUP_DROP_EMPTY: &str = "DELETE FROM hauler_groups
+    WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM hauler_jobs WHERE group_id = ?1)";
+
 const CLAIM_ONE: &str = "UPDATE hauler_jobs
     SET status = 'running', attempt = attempt + 1, started_at = ?2, worker_id = ?3,
         lease_token = ?4, lease_expires_at = ?5
@@ -297,7 +347,8 @@ const JOB_FINISH: &str = "UPDATE hauler_jobs
             'outcome', CASE WHEN cancel_requested_at IS NULL THEN ?8 ELSE 'cancelled' END,
             'error', json(?6))),
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
-    WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
+    WHERE id = ?1 AND status = 'running' AND lease_token = ?2
+    RETURNING group_id, status";
 
 /// Hand back at `?3` job `?1` running under token `?2`: `available`, the attempt not
 /// counted; or `cancelled` if its cancel was requested.
@@ -312,7 +363,8 @@ const JOB_RELEASE: &str = "UPDATE hauler_jobs
             'outcome', CASE WHEN cancel_requested_at IS NULL THEN 'released' ELSE 'cancelled' END,
             'error', NULL)),
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
-    WHERE id = ?1 AND status = 'running' AND lease_token = ?2";
+    WHERE id = ?1 AND status = 'running' AND lease_token = ?2
+    RETURNING group_id, status";
 
 /// Reclaim every job whose lease ended before `?1`. A job may make another attempt while
 /// `attempt <= max_retries` (as `MaxRetries::allows_another` counts), unless its cancel
@@ -339,7 +391,8 @@ const JOB_RECLAIM: &str = "UPDATE hauler_jobs INDEXED BY hauler_jobs_lease
                 'lease expired: worker ' || coalesce(worker_id, '') || ' stopped heartbeating',
                 'traceback', NULL))),
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
-    WHERE status = 'running' AND lease_expires_at < ?1";
+    WHERE status = 'running' AND lease_expires_at < ?1
+    RETURNING group_id, status";
 
 /// The columns [`RawJob::from_row`] reads, in order.
 macro_rules! job_columns {
@@ -348,26 +401,28 @@ macro_rules! job_columns {
          version, unique_key, created_at, run_at, started_at, finished_at, worker_id, \
          lease_expires_at, last_error, history, cancel_requested_at, progress, \
          progress_message, state, unique_states, concurrency_key, concurrency_limit, \
-         rate_key, rate_limit, rate_window_ms"
+         rate_key, rate_limit, rate_window_ms, group_id"
     };
 }
 
 /// The conditions of a [`JobFilter`], bound as `?1` ids (a JSON array or NULL), `?2`
 /// statuses (a JSON array or NULL), `?3` name, `?4` queue, `?5`/`?6` the `created_at`
-/// range and `?7` the text to find in `args` (each NULL when not filtered on).
+/// range, `?7` the text to find in `args` and `?8` the group (each NULL when not filtered
+/// on).
 macro_rules! filter_conditions {
     () => {
         "(?1 IS NULL OR id IN (SELECT value FROM json_each(?1)))
       AND (?2 IS NULL OR status IN (SELECT value FROM json_each(?2)))
       AND (?3 IS NULL OR name = ?3) AND (?4 IS NULL OR queue = ?4)
       AND (?5 IS NULL OR created_at >= ?5) AND (?6 IS NULL OR created_at < ?6)
-      AND (?7 IS NULL OR instr(args, ?7) > 0)"
+      AND (?7 IS NULL OR instr(args, ?7) > 0)
+      AND (?8 IS NULL OR group_id = ?8)"
     };
 }
 
-/// `head WHERE <filter> tail`, in three forms that lead with what an index can use: by
-/// ids (primary key), by statuses (`hauler_jobs_status`), and neither. [`Filter::pick`]
-/// chooses; all three take the same parameters.
+/// `head WHERE <filter> tail`, in four forms that lead with what an index can use: by
+/// ids (primary key), by statuses (`hauler_jobs_status`), neither, and by group
+/// (`hauler_jobs_group`). [`Filter::pick`] chooses; all four take the same parameters.
 macro_rules! filtered {
     ($head:expr, $tail:expr) => {
         [
@@ -384,53 +439,64 @@ macro_rules! filtered {
                 $tail
             ),
             concat!($head, " WHERE ", filter_conditions!(), $tail),
+            concat!(
+                $head,
+                " WHERE group_id = ?8 AND ",
+                filter_conditions!(),
+                $tail
+            ),
         ]
     };
 }
 
 const JOB_GET: &str = concat!("SELECT ", job_columns!(), " FROM hauler_jobs WHERE id = ?1");
 
-// Ids are lowercase hex and hyphens, all sorting before '~': with no cursor (`?8`) the
+// Ids are lowercase hex and hyphens, all sorting before '~': with no cursor (`?9`) the
 // range is the whole table, and `id <` stays an index range either way.
-const JOB_LIST: [&str; 3] = filtered!(
+const JOB_LIST: [&str; 4] = filtered!(
     concat!("SELECT ", job_columns!(), " FROM hauler_jobs"),
-    " AND id < coalesce(?8, '~') ORDER BY id DESC LIMIT ?9"
+    " AND id < coalesce(?9, '~') ORDER BY id DESC LIMIT ?10"
 );
 
-const JOB_COUNT: [&str; 3] = filtered!("SELECT count(*) FROM hauler_jobs", "");
+const JOB_COUNT: [&str; 4] = filtered!("SELECT count(*) FROM hauler_jobs", "");
 
-/// Cancel at `?8` the matching jobs: pending ones at once, running ones by request.
-const JOB_CANCEL: [&str; 3] = filtered!(
+/// Cancel at `?9` the matching jobs: pending ones at once, running ones by request.
+const JOB_CANCEL: [&str; 4] = filtered!(
     "UPDATE hauler_jobs
     SET status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,
-        finished_at = CASE WHEN status = 'running' THEN finished_at ELSE ?8 END,
+        finished_at = CASE WHEN status = 'running' THEN finished_at ELSE ?9 END,
         cancel_requested_at = CASE WHEN status = 'running'
-                                   THEN coalesce(cancel_requested_at, ?8)
+                                   THEN coalesce(cancel_requested_at, ?9)
                                    ELSE cancel_requested_at END",
-    " AND status IN ('scheduled', 'available', 'retryable', 'running') RETURNING status"
+    " AND status IN ('scheduled', 'available', 'retryable', 'running')
+    RETURNING status, group_id"
 );
 
-/// Make the matching failed and cancelled jobs available at `?8`, attempts back to 0, with
+/// Make the matching failed and cancelled jobs available at `?9`, attempts back to 0, with
 /// a `retried` history entry. `OR IGNORE` leaves out a unique job whose key another job
 /// holds (the unique index would refuse it), and the second of two that share a key.
-const JOB_RETRY: [&str; 3] = filtered!(
+const JOB_RETRY: [&str; 4] = filtered!(
     "UPDATE OR IGNORE hauler_jobs
-    SET status = 'available', attempt = 0, run_at = ?8, finished_at = NULL,
+    SET status = 'available', attempt = 0, run_at = ?9, finished_at = NULL,
         cancel_requested_at = NULL,
         history = json_insert(history, '$[#]', json_object(
-            'attempt', attempt, 'worker_id', '', 'started_at', ?8, 'finished_at', ?8,
+            'attempt', attempt, 'worker_id', '', 'started_at', ?9, 'finished_at', ?9,
             'outcome', 'retried', 'error', NULL))",
-    " AND status IN ('failed', 'cancelled')"
+    " AND status IN ('failed', 'cancelled') RETURNING group_id"
 );
 
-const JOB_DELETE: [&str; 3] = filtered!("DELETE FROM hauler_jobs", " AND status <> 'running'");
+const JOB_DELETE: [&str; 4] = filtered!(
+    "DELETE FROM hauler_jobs",
+    " AND status <> 'running' RETURNING group_id"
+);
 
 /// Delete up to `?3` jobs of statuses `?1` (a JSON array of final statuses) that finished
 /// before `?2`.
 const JOB_PRUNE: &str = "DELETE FROM hauler_jobs WHERE id IN (
     SELECT id FROM hauler_jobs INDEXED BY hauler_jobs_finished
     WHERE status IN (SELECT value FROM json_each(?1)) AND finished_at < ?2
-    LIMIT ?3)";
+    LIMIT ?3)
+    RETURNING group_id";
 
 /// Insert an entry, or update its definition (keeping its next tick if the spec is the same).
 const SCHEDULE_UPSERT: &str = "INSERT INTO hauler_schedules
@@ -999,6 +1065,7 @@ struct RawJob {
     rate_key: Option<Vec<u8>>,
     rate_limit: Option<i64>,
     rate_window_ms: Option<i64>,
+    group_id: Option<Vec<u8>>,
 }
 
 /// Column `i` as bytes (NULL: `None`); the table is STRICT, so text columns hold text.
@@ -1044,6 +1111,7 @@ impl RawJob {
             rate_key: text_bytes(row, 27)?,
             rate_limit: row.get(28)?,
             rate_window_ms: row.get(29)?,
+            group_id: text_bytes(row, 30)?,
         })
     }
 
@@ -1082,6 +1150,7 @@ impl RawJob {
         let unique_states = self.unique_states.map(|b| text("unique_states", b));
         let concurrency_key = self.concurrency_key.map(|b| text("concurrency_key", b));
         let rate_key = self.rate_key.map(|b| text("rate_key", b));
+        let group_id = self.group_id.map(|b| text("group_id", b));
         let limits = limits_from_columns(
             id,
             unique_states,
@@ -1140,6 +1209,12 @@ impl RawJob {
             ),
             progress_message,
             state,
+            group_id: d.or(
+                group_id
+                    .map(|g| g.parse::<GroupId>().map_err(|e| corrupt(id, e)))
+                    .transpose(),
+                None,
+            ),
         };
         Ok(d.mark(record))
     }
@@ -1443,6 +1518,100 @@ fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<Vec<In
     Ok(out)
 }
 
+fn insert_group(tx: &Transaction<'_>, p: &GroupInsertParams) -> DbResult<()> {
+    let g = &p.group;
+    let on_complete = g
+        .on_complete
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()?;
+    let inserted = tx.prepare_cached(GROUP_INSERT)?.execute(params![
+        g.id.to_string(),
+        g.name,
+        g.concurrency,
+        on_complete,
+        p.now.as_micros(),
+    ]);
+    match inserted {
+        Err(rusqlite::Error::SqliteFailure(f, _))
+            if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+        {
+            return Err(Error::Storage(format!("a group with id {} already exists", g.id)).into());
+        }
+        other => other?,
+    };
+    insert_jobs(
+        tx,
+        &JobInsertManyParams {
+            jobs: p.jobs.clone(),
+            now: p.now,
+        },
+    )?;
+    let ids: Vec<String> = p.jobs.iter().map(|j| j.id.to_string()).collect();
+    tx.prepare_cached(GROUP_MEMBERS_SET)?
+        .execute(params![g.id.to_string(), serde_json::to_string(&ids)?])?;
+    Ok(())
+}
+
+fn get_group(tx: &Transaction<'_>, id: GroupId) -> DbResult<Option<GroupRecord>> {
+    let key = id.to_string();
+    type Raw = (
+        String,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        i64,
+        Option<i64>,
+    );
+    let raw: Option<Raw> = tx
+        .prepare_cached(GROUP_GET)?
+        .query_row([&key], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((name, concurrency, on_complete, job_id, created_at, finished_at)) = raw else {
+        return Ok(None);
+    };
+    let bad = |what: String| Error::Storage(format!("corrupt row for group {id}: {what}"));
+    let mut counts = GroupCounts::default();
+    let mut stmt = tx.prepare_cached(GROUP_COUNTS)?;
+    for row in stmt.query_map([&key], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+    })? {
+        let (status, n) = row?;
+        let status = status
+            .parse::<JobStatus>()
+            .map_err(|e| bad(format!("a member's status: {e}")))?;
+        counts.add(status, u64::try_from(n).unwrap_or(0));
+    }
+    Ok(Some(GroupRecord {
+        id,
+        name,
+        concurrency: concurrency
+            .map(|c| u32::try_from(c).map_err(|_| bad(format!("concurrency {c}"))))
+            .transpose()?,
+        on_complete: on_complete
+            .map(|t| serde_json::from_str(&t).map_err(|e| bad(format!("on_complete: {e}"))))
+            .transpose()?,
+        on_complete_job_id: job_id
+            .map(|j| {
+                j.parse::<JobId>()
+                    .map_err(|e| bad(format!("on_complete_job_id: {e}")))
+            })
+            .transpose()?,
+        created_at: Timestamp::from_micros(created_at),
+        finished_at: finished_at.map(Timestamp::from_micros),
+        counts,
+    }))
+}
+
 fn claim_jobs(tx: &Transaction<'_>, p: &JobClaimParams) -> DbResult<Vec<ClaimedJob>> {
     let names = serde_json::to_string(&p.names)?;
     let queues: BTreeSet<&str> = p.queues.iter().map(String::as_str).collect();
@@ -1528,17 +1697,82 @@ fn fail_corrupt(
     };
     log::error!("failing job {id}: {message}");
     let error = serde_json::to_string(&ErrorInfo::engine("CorruptJob", message))?;
-    let now = now.as_micros();
-    tx.prepare_cached(JOB_FINISH)?.execute(params![
-        id,
-        lease.to_string(),
-        JobStatus::Failed.as_str(),
-        None::<i64>,
-        now,
-        error,
-        now,
-        AttemptOutcome::Failed.as_str(),
-    ])?;
+    let at = now.as_micros();
+    let changed = tx
+        .prepare_cached(JOB_FINISH)?
+        .query_row(
+            params![
+                id,
+                lease.to_string(),
+                JobStatus::Failed.as_str(),
+                None::<i64>,
+                at,
+                error,
+                at,
+                AttemptOutcome::Failed.as_str(),
+            ],
+            member_change,
+        )
+        .optional()?;
+    let mut ended = BTreeSet::new();
+    note_final(&mut ended, changed);
+    finish_groups(tx, &ended, now)
+}
+
+/// A member's group and new status, as `RETURNING group_id, status` gives them.
+type MemberChange = (Option<String>, String);
+
+fn member_change(r: &Row<'_>) -> rusqlite::Result<MemberChange> {
+    Ok((r.get(0)?, r.get(1)?))
+}
+
+/// Add the group of a job that became final to `ended`.
+fn note_final(ended: &mut BTreeSet<String>, change: Option<MemberChange>) {
+    if let Some((Some(group), status)) = change {
+        if status.parse::<JobStatus>().is_ok_and(JobStatus::is_final) {
+            ended.insert(group);
+        }
+    }
+}
+
+/// Finish the groups in `ended` whose members are now all final (each at most once, ever
+/// storing its on_complete job once), in the caller's transaction.
+fn finish_groups(tx: &Transaction<'_>, ended: &BTreeSet<String>, now: Timestamp) -> DbResult<()> {
+    if ended.is_empty() {
+        return Ok(());
+    }
+    let mut stmt = tx.prepare_cached(GROUP_FINISH)?;
+    for group in ended {
+        let job_id = JobId::new();
+        let row: Option<(Option<String>, Option<String>)> = stmt
+            .query_row(params![group, now.as_micros(), job_id.to_string()], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let Some((Some(template), Some(stored_id))) = row else {
+            continue;
+        };
+        if stored_id != job_id.to_string() {
+            continue; // stored when the group first finished
+        }
+        match serde_json::from_str::<JobTemplate>(&template) {
+            Ok(template) => {
+                let mut job = template.to_job();
+                job.id = job_id;
+                insert_jobs(
+                    tx,
+                    &JobInsertManyParams {
+                        jobs: vec![job],
+                        now,
+                    },
+                )?;
+            }
+            // The members' changes must still be recorded: the group finishes without it.
+            Err(e) => log::error!(
+                "group {group}: its on_complete job is not stored, the row is corrupt: {e}"
+            ),
+        }
+    }
     Ok(())
 }
 
@@ -1569,6 +1803,7 @@ fn heartbeat_jobs(tx: &Transaction<'_>, p: &JobHeartbeatParams) -> DbResult<JobH
 
 fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bool>> {
     let mut stmt = tx.prepare_cached(JOB_FINISH)?;
+    let mut ended = BTreeSet::new();
     let now = p.now.as_micros();
     let mut accepted = Vec::with_capacity(p.finishes.len());
     for f in &p.finishes {
@@ -1602,18 +1837,25 @@ fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bo
                 AttemptOutcome::Snoozed,
             ),
         };
-        let changed = stmt.execute(params![
-            f.id.to_string(),
-            f.lease.to_string(),
-            status.as_str(),
-            run_at,
-            finished_at,
-            error,
-            now,
-            outcome.as_str(),
-        ])?;
-        accepted.push(changed == 1);
+        let changed = stmt
+            .query_row(
+                params![
+                    f.id.to_string(),
+                    f.lease.to_string(),
+                    status.as_str(),
+                    run_at,
+                    finished_at,
+                    error,
+                    now,
+                    outcome.as_str(),
+                ],
+                member_change,
+            )
+            .optional()?;
+        accepted.push(changed.is_some());
+        note_final(&mut ended, changed);
     }
+    finish_groups(tx, &ended, p.now)?;
     for f in &p.finishes {
         match f.outcome {
             FinishOutcome::Completed => crash_point(CrashPoint::BeforeCompleteCommit),
@@ -1627,14 +1869,18 @@ fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bo
 fn release_jobs(tx: &Transaction<'_>, p: &JobReleaseParams) -> DbResult<u64> {
     let mut stmt = tx.prepare_cached(JOB_RELEASE)?;
     let mut released = 0;
+    let mut ended = BTreeSet::new();
     for (id, lease) in &p.leases {
-        let changed = stmt.execute(params![
-            id.to_string(),
-            lease.to_string(),
-            p.now.as_micros()
-        ])?;
-        released += changed as u64;
+        let changed = stmt
+            .query_row(
+                params![id.to_string(), lease.to_string(), p.now.as_micros()],
+                member_change,
+            )
+            .optional()?;
+        released += u64::from(changed.is_some());
+        note_final(&mut ended, changed);
     }
+    finish_groups(tx, &ended, p.now)?;
     Ok(released)
 }
 
@@ -1656,7 +1902,14 @@ fn set_progress(tx: &Transaction<'_>, p: &JobProgressSetParams) -> DbResult<bool
 
 fn reclaim_jobs(tx: &Transaction<'_>, p: &JobReclaimParams) -> DbResult<u64> {
     let mut stmt = tx.prepare_cached(JOB_RECLAIM)?;
-    Ok(stmt.execute([p.now.as_micros()])? as u64)
+    let mut ended = BTreeSet::new();
+    let mut reclaimed = 0;
+    for change in stmt.query_map([p.now.as_micros()], member_change)? {
+        reclaimed += 1;
+        note_final(&mut ended, Some(change?));
+    }
+    finish_groups(tx, &ended, p.now)?;
+    Ok(reclaimed)
 }
 
 fn get_job(tx: &Transaction<'_>, id: JobId) -> DbResult<Option<JobRecord>> {
@@ -1676,6 +1929,7 @@ struct Filter {
     created_from: Option<i64>,
     created_to: Option<i64>,
     args_contains: Option<String>,
+    group: Option<String>,
     /// Which form of a [`filtered!`] statement to run.
     form: usize,
 }
@@ -1698,6 +1952,8 @@ impl Filter {
         };
         let form = if ids.is_some() {
             0
+        } else if f.group.is_some() {
+            3
         } else if statuses.is_some() {
             1
         } else {
@@ -1711,16 +1967,17 @@ impl Filter {
             created_from: f.created_from.map(Timestamp::as_micros),
             created_to: f.created_to.map(Timestamp::as_micros),
             args_contains: f.args_contains.clone(),
+            group: f.group.map(|g| g.to_string()),
             form,
         })
     }
 
     /// The form of `sql` that suits this filter.
-    fn pick(&self, sql: [&'static str; 3]) -> &'static str {
+    fn pick(&self, sql: [&'static str; 4]) -> &'static str {
         sql[self.form]
     }
 
-    /// The filter's parameters followed by `extra` (`?8` onwards).
+    /// The filter's parameters followed by `extra` (`?9` onwards).
     fn params<'a>(&'a self, extra: &[&'a dyn ToSql]) -> Vec<&'a dyn ToSql> {
         let mut all: Vec<&dyn ToSql> = vec![
             &self.ids,
@@ -1730,6 +1987,7 @@ impl Filter {
             &self.created_from,
             &self.created_to,
             &self.args_contains,
+            &self.group,
         ];
         all.extend_from_slice(extra);
         all
@@ -1765,33 +2023,46 @@ fn cancel_jobs(tx: &Transaction<'_>, p: &JobCancelParams) -> DbResult<JobCancelR
     let f = Filter::new(&p.filter)?;
     let now = p.now.as_micros();
     let mut stmt = tx.prepare_cached(f.pick(JOB_CANCEL))?;
-    let rows = stmt.query_map(&*f.params(&[&now]), |r| r.get::<_, String>(0))?;
+    let rows = stmt.query_map(&*f.params(&[&now]), |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?))
+    })?;
     let mut result = JobCancelResult::default();
-    for status in rows {
-        if status? == JobStatus::Running.as_str() {
+    let mut ended = BTreeSet::new();
+    for row in rows {
+        let (status, group) = row?;
+        if status == JobStatus::Running.as_str() {
             result.requested += 1;
         } else {
             result.cancelled += 1;
+            note_final(&mut ended, Some((group, status)));
         }
     }
+    finish_groups(tx, &ended, p.now)?;
     Ok(result)
 }
 
 fn retry_jobs(tx: &Transaction<'_>, p: &JobRetryParams) -> DbResult<u64> {
     let f = Filter::new(&p.filter)?;
     let now = p.now.as_micros();
-    let changed = tx
-        .prepare_cached(f.pick(JOB_RETRY))?
-        .execute(&*f.params(&[&now]))?;
-    Ok(changed as u64)
+    let mut stmt = tx.prepare_cached(f.pick(JOB_RETRY))?;
+    let mut retried = 0;
+    let mut reopened = BTreeSet::new();
+    for group in stmt.query_map(&*f.params(&[&now]), |r| r.get::<_, Option<String>>(0))? {
+        retried += 1;
+        reopened.extend(group?);
+    }
+    let mut reopen = tx.prepare_cached(GROUP_REOPEN)?;
+    for group in &reopened {
+        reopen.execute([group])?;
+    }
+    Ok(retried)
 }
 
 fn delete_jobs(tx: &Transaction<'_>, p: &JobDeleteParams) -> DbResult<u64> {
     let f = Filter::new(&p.filter)?;
-    let changed = tx
-        .prepare_cached(f.pick(JOB_DELETE))?
-        .execute(&*f.params(&[]))?;
-    Ok(changed as u64)
+    let mut stmt = tx.prepare_cached(f.pick(JOB_DELETE))?;
+    let groups = stmt.query_map(&*f.params(&[]), |r| r.get::<_, Option<String>>(0))?;
+    drop_empty_groups(tx, groups)
 }
 
 fn prune_jobs(tx: &Transaction<'_>, p: &JobPruneParams) -> DbResult<u64> {
@@ -1801,12 +2072,35 @@ fn prune_jobs(tx: &Transaction<'_>, p: &JobPruneParams) -> DbResult<u64> {
         .filter(|s| s.is_final())
         .map(|s| s.as_str())
         .collect();
-    let changed = tx.prepare_cached(JOB_PRUNE)?.execute(params![
-        serde_json::to_string(&statuses)?,
-        p.finished_before.as_micros(),
-        p.limit
-    ])?;
-    Ok(changed as u64)
+    let mut stmt = tx.prepare_cached(JOB_PRUNE)?;
+    let groups = stmt.query_map(
+        params![
+            serde_json::to_string(&statuses)?,
+            p.finished_before.as_micros(),
+            p.limit
+        ],
+        |r| r.get::<_, Option<String>>(0),
+    )?;
+    drop_empty_groups(tx, groups)
+}
+
+/// Count the deleted jobs whose groups the rows name, and delete those groups that have no
+/// members left.
+fn drop_empty_groups(
+    tx: &Transaction<'_>,
+    groups: impl Iterator<Item = rusqlite::Result<Option<String>>>,
+) -> DbResult<u64> {
+    let mut deleted = 0;
+    let mut touched = BTreeSet::new();
+    for group in groups {
+        deleted += 1;
+        touched.extend(group?);
+    }
+    let mut drop = tx.prepare_cached(GROUP_DROP_EMPTY)?;
+    for group in &touched {
+        drop.execute([group])?;
+    }
+    Ok(deleted)
 }
 
 fn count_jobs(tx: &Transaction<'_>) -> DbResult<Vec<QueueCount>> {
@@ -1956,6 +2250,17 @@ impl Storage for SqliteStorage {
             return Ok(Vec::new());
         }
         self.run(move |db| db.write("job_insert_many", |tx| insert_jobs(tx, &params)))
+            .await
+    }
+
+    async fn group_insert(&self, mut params: GroupInsertParams) -> Result<()> {
+        params.group.prepare_members(&mut params.jobs)?;
+        self.run(move |db| db.write("group_insert", |tx| insert_group(tx, &params)))
+            .await
+    }
+
+    async fn group_get(&self, id: GroupId) -> Result<Option<GroupRecord>> {
+        self.run(move |db| db.read("group_get", |tx| get_group(tx, id)))
             .await
     }
 
@@ -2138,7 +2443,7 @@ mod tests {
 
         let reclaim = plan(&conn, JOB_RECLAIM);
         assert!(
-            reclaim.contains("USING INDEX hauler_jobs_lease (lease_expires_at<?)"),
+            reclaim.contains("INDEX hauler_jobs_lease (lease_expires_at<?)"),
             "{reclaim}"
         );
 
@@ -2158,7 +2463,11 @@ mod tests {
             );
         }
 
-        let [list_ids, list_status, list_all] = JOB_LIST.map(|sql| plan(&conn, sql));
+        let [list_ids, list_status, list_all, list_group] = JOB_LIST.map(|sql| plan(&conn, sql));
+        assert!(
+            list_group.contains("hauler_jobs_group (group_id=?)"),
+            "{list_group}"
+        );
         assert!(
             list_all.contains("sqlite_autoindex_hauler_jobs_1 (id<?)"),
             "{list_all}"
@@ -2174,7 +2483,12 @@ mod tests {
         );
         // Every filtered statement reaches jobs by id or status when filtered on them.
         for sql in [JOB_COUNT, JOB_CANCEL, JOB_RETRY, JOB_DELETE] {
-            let [by_ids, by_status, _] = sql.map(|one| plan(&conn, one));
+            let [by_ids, by_status, _, by_group] = sql.map(|one| plan(&conn, one));
+            assert!(
+                by_group.contains("hauler_jobs_group (group_id=?"),
+                "{}\n{by_group}",
+                sql[3]
+            );
             // By primary key, or by status and id (the status index ends with the id).
             assert!(
                 by_ids.contains("id=?)") && !by_ids.contains("SCAN hauler_jobs"),
