@@ -643,8 +643,24 @@ fn open_error(path: &Path, e: &rusqlite::Error) -> Error {
     ))
 }
 
+/// Before SQLite's first use in the process: turn off its memory statistics, which take a
+/// global mutex on every allocation (SQLite's docs recommend this for speed; hauler never
+/// reads them). A process that used SQLite first keeps them: the call then fails, harmlessly.
+fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int. Called before the first
+        // connection is opened, when no other thread uses SQLite yet; after SQLite is
+        // initialized it only returns SQLITE_MISUSE.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as c_int);
+        }
+    });
+}
+
 /// Open one connection and set it up: busy timeout, WAL, synchronous, statement cache.
 fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
+    configure_sqlite();
     let err = |e: rusqlite::Error| open_error(path, &e);
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
