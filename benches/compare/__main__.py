@@ -49,8 +49,25 @@ def build_hauler() -> None:
     wheels = WORK / "wheels"
     for old in wheels.glob("hauler-*.whl"):
         old.unlink()
-    say("building hauler (maturin build --release)")
-    run(VENV / "bin" / "maturin", "build", "--release", "--out", wheels, "-i", PYTHON)
+    # A target directory of its own: sharing target/ with `make dev` (other features and
+    # flags) would rebuild pyo3 and the engine from scratch on every switch.
+    say("building hauler (maturin build --release; first time: several minutes)")
+    env = dict(os.environ, CARGO_TARGET_DIR=str(WORK / "target"))
+    subprocess.run(
+        [
+            str(VENV / "bin" / "maturin"),
+            "build",
+            "--release",
+            "--out",
+            str(wheels),
+            "-i",
+            str(PYTHON),
+        ],
+        check=True,
+        cwd=REPO,
+        stdout=sys.stderr,
+        env=env,
+    )
     (wheel,) = wheels.glob("hauler-*.whl")
     run(PYTHON, "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", wheel)
 
@@ -59,7 +76,7 @@ def main() -> None:
     args = sys.argv[1:]
     if os.environ.get(READY) != "1":
         ensure_venv()
-        if "--no-build" not in args:
+        if "--no-build" not in args and not {"-h", "--help"} & set(args):
             build_hauler()
         env = dict(os.environ, **{READY: "1"})
         env.pop("PYTHONPATH", None)

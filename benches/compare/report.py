@@ -13,20 +13,18 @@ if TYPE_CHECKING:
 # (library, storage, settings, has batch enqueue) by peer key
 Settings = dict[str, tuple[str, str, str, bool]]
 
-# The hauler row each peer is compared with: the same kind of storage; Redis peers are
-# compared with hauler on PostgreSQL (both a server on this machine).
+# The hauler rows a peer is compared with, first measured one wins: the same kind of
+# storage, with hauler's workers in a process of their own like the peer's where there is
+# such a row; Redis peers are compared with hauler on PostgreSQL (both a server here).
 REFERENCE = {
-    "memory": "hauler-memory",
-    "SQLite NORMAL": "hauler-sqlite-normal",
-    "SQLite FULL": "hauler-sqlite-full",
-    "PostgreSQL": "hauler-postgres",
-    "Redis": "hauler-postgres",
+    "memory": ["hauler-memory"],
+    "SQLite NORMAL": ["hauler-sqlite-normal-process", "hauler-sqlite-normal"],
+    "SQLite FULL": ["hauler-sqlite-full"],
+    "PostgreSQL": ["hauler-postgres-process", "hauler-postgres"],
+    "Redis": ["hauler-postgres-process", "hauler-postgres"],
 }
-
-
-def reference(key: str, settings: Settings) -> str:
-    library, store, _, _ = settings[key]
-    return key if library == "hauler" else REFERENCE.get(store, "hauler-postgres")
+# Peers whose workers run in the harness process, like hauler's in-process rows.
+IN_PROCESS = {"huey-memory": ["hauler-memory"]}
 
 
 class Results:
@@ -56,11 +54,22 @@ class Results:
         v = run.values.get(name)
         return "n/a" if v is None else fmt(float(v))
 
+    def reference(self, key: str, workload: str, name: str) -> float | None:
+        """The number of the hauler row ``key`` is compared with (see ``REFERENCE``)."""
+        library, store, _, _ = self.settings[key]
+        if library == "hauler":
+            return self.value(key, workload, name)
+        candidates = IN_PROCESS.get(key) or REFERENCE.get(store, ["hauler-postgres"])
+        for ref in candidates:
+            v = self.value(ref, workload, name)
+            if v is not None:
+                return v
+        return None
+
     def ratio(self, key: str, workload: str, name: str) -> str:
         """This peer's number divided by its hauler reference's, measured in this run."""
         mine = self.value(key, workload, name)
-        ref_key = reference(key, self.settings)
-        theirs = self.value(ref_key, workload, name)
+        theirs = self.reference(key, workload, name)
         if mine is None or theirs is None or theirs == 0:
             return "-"
         return f"{mine / theirs:.2f}x"
@@ -192,9 +201,9 @@ def markdown(meta: dict[str, Any], settings: Settings, runs: Sequence[Run]) -> s
         + f"` in {meta['minutes']} minutes"
         + (f" (medians of {meta['repeat']} rounds)" if meta["repeat"] > 1 else "")
         + ". All numbers come from this one run; the ratios "
-        "(x hauler: the peer's number divided by hauler's on the same kind of storage; Redis "
-        "peers are compared with hauler on PostgreSQL) are what to read, absolute numbers are "
-        "context.",
+        "(x hauler: the peer's number divided by hauler's on the same kind of storage, with "
+        "hauler's workers in a separate process where the peer's are; Redis peers are compared "
+        "with hauler on PostgreSQL) are what to read, absolute numbers are context.",
         "",
         f"- Machine: {meta['machine']}; load: {meta['load']}",
         f"- Python {meta['python']}; hauler at {meta['hauler_commit']} (release build)",
@@ -413,7 +422,7 @@ def summary(settings: Settings, runs: Sequence[Run]) -> str:
     res = Results(settings, runs)
     lines = [
         "",
-        f"{'library (storage)':32} {'drain/s':>10} {'xh':>6} {'enq 1/s':>10} "
+        f"{'library (storage)':40} {'drain/s':>10} {'xh':>6} {'enq 1/s':>10} "
         f"{'enq N/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'io/s':>8} {'RSS MB':>7}",
     ]
 
@@ -430,7 +439,7 @@ def summary(settings: Settings, runs: Sequence[Run]) -> str:
         library, store, _, batch = settings[key]
         w = "drain-batch" if batch else "drain-single"
         lines.append(
-            f"{library + ' (' + store + ')':32} {f(key, w, 'drain_per_s', ',.0f'):>10} "
+            f"{library + ' (' + store + ')':40} {f(key, w, 'drain_per_s', ',.0f'):>10} "
             f"{res.ratio(key, w, 'drain_per_s'):>6} "
             f"{f(key, 'drain-single', 'enqueue_per_s', ',.0f'):>10} "
             f"{f(key, 'drain-batch', 'enqueue_per_s', ',.0f'):>10} "
@@ -439,7 +448,8 @@ def summary(settings: Settings, runs: Sequence[Run]) -> str:
         )
     lines.append(
         "drain: batch-queued where the library has a batch enqueue, else singly queued; "
-        "xh: drain / hauler's on the same kind of storage (Redis peers: hauler on PostgreSQL)"
+        "xh: drain / hauler's on the same storage, workers in a process of their own where the "
+        "peer's are (Redis peers: hauler on PostgreSQL)"
     )
     return "\n".join(lines)
 

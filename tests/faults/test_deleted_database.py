@@ -98,3 +98,22 @@ def test_jobs_queued_after_the_file_is_deleted_are_not_lost(
         fresh.close()
     events = log.events()
     assert all(len(events["start"][n]) == 1 for n in range(5, 25)), "each ran once"
+
+
+def test_a_relative_path_is_not_taken_for_deleted_after_a_chdir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check compares the file opened with the path made absolute at open: changing
+    the working directory later does not look like a deleted file (nor reopen elsewhere)."""
+    monkeypatch.chdir(tmp_path)
+    handle = create_server(SqliteStorage("jobs.db"))
+    try:
+        first = handle.queue(Step("log", 0, 0.0))
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        monkeypatch.chdir(elsewhere)
+        second = handle.queue(Step("log", 1, 0.0))  # no StorageError
+        assert {info.id for info in handle.list()} == {first, second}
+        assert not (elsewhere / "jobs.db").exists()
+    finally:
+        handle.close()

@@ -1,12 +1,14 @@
-"""hauler: the worker pool runs in the harness process, as an application embeds it.
+"""hauler: the worker pool in the harness process, or in a worker process of its own.
 
-MemoryStorage can only be consumed in-process; SQLite and PostgreSQL use the same
-in-process pool (``WorkerConfig.start(handle)``), which is how hauler is meant to run.
+MemoryStorage can only be consumed in-process. SQLite and PostgreSQL run both ways: the
+pool in the process that queues (``WorkerConfig.start(handle)``, an application embedding
+hauler), and a separate worker process (``peers/hauler_worker.py``), as the peers run.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 import uuid
 from collections.abc import Iterable
@@ -56,6 +58,7 @@ class HaulerPeer(Peer):
         self.worker: Worker | None = None
         self.schemas: list[str] = []
         self.files = 0
+        self.where = ""
 
     def open(self) -> Storage:
         if self.kind == "memory":
@@ -63,9 +66,11 @@ class HaulerPeer(Peer):
         if self.kind in ("sqlite-normal", "sqlite-full"):
             self.files += 1
             path = self.ctx.run_dir / f"hauler-{self.files}.db"
+            self.where = str(path)
             return SqliteStorage(path, synchronous=self.kind.removeprefix("sqlite-"))  # type: ignore[arg-type]
         schema = f"compare_{uuid.uuid4().hex[:12]}"
         self.schemas.append(schema)
+        self.where = schema
         return PostgresStorage(self.ctx.pg_dsn, schema=schema)
 
     def reset(self) -> None:
@@ -105,13 +110,15 @@ class HaulerPeer(Peer):
         if self.worker is not None:
             self.worker.stop(timeout=10)
             self.worker = None
+        super().stop()
 
     def worker_pids(self) -> list[int]:
-        return [os.getpid()]
+        return super().worker_pids() if self.workers is not None else [os.getpid()]
 
     def check_alive(self) -> None:
         if self.worker is not None and not self.worker.running:
             raise Failed("the hauler worker pool stopped")
+        super().check_alive()
 
     def verify(self, n: int) -> None:
         assert self.handle is not None
@@ -159,3 +166,26 @@ class HaulerPostgres(HaulerPeer):
     store = "PostgreSQL"
     kind = "postgres"
     settings = "PostgresStorage (LISTEN/NOTIFY, pool_size 10); worker pool in the harness process"
+
+
+class HaulerProcess(HaulerPeer):
+    """The pool in a worker process of its own; the harness process only queues."""
+
+    def start(self, concurrency: int, kind: str) -> None:
+        module = "benches.compare.peers.hauler_worker"
+        self.spawn([sys.executable, "-m", module, self.kind, self.where, str(concurrency)])
+
+
+class HaulerSqliteNormalProcess(HaulerProcess):
+    store = "SQLite NORMAL, worker process"
+    kind = "sqlite-normal"
+    settings = (
+        "SqliteStorage(synchronous='normal') shared by the harness (queues) and one worker "
+        "process (finds jobs queued elsewhere by polling, every 0.1 s by default)"
+    )
+
+
+class HaulerPostgresProcess(HaulerProcess):
+    store = "PostgreSQL, worker process"
+    kind = "postgres"
+    settings = "PostgresStorage; one worker process (LISTEN/NOTIFY), the harness only queues"

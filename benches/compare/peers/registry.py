@@ -13,6 +13,8 @@ _PEERS: dict[str, tuple[str, str]] = {
     "hauler-sqlite-normal": ("hauler_peer", "HaulerSqliteNormal"),
     "hauler-sqlite-full": ("hauler_peer", "HaulerSqliteFull"),
     "hauler-postgres": ("hauler_peer", "HaulerPostgres"),
+    "hauler-sqlite-normal-process": ("hauler_peer", "HaulerSqliteNormalProcess"),
+    "hauler-postgres-process": ("hauler_peer", "HaulerPostgresProcess"),
     "huey-memory": ("huey_peer", "HueyMemory"),
     "huey-sqlite": ("huey_peer", "HueySqlite"),
     "huey-redis": ("huey_peer", "HueyRedis"),

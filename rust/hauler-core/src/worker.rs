@@ -1,8 +1,8 @@
 //! The worker pool: claims jobs, hands them to an [`Executor`], keeps their leases alive,
 //! enforces timeouts, and records outcomes in batches.
 //!
-//! One dispatcher task per queue claims up to its free worker count in one storage call,
-//! then waits for whichever comes first: a worker slot freeing, a job queued in this process
+//! One dispatcher task per queue claims up to its free worker count in one storage call
+//! (more when its jobs are short: see [`PREFETCH_WAIT`]), then waits for whichever comes first: a worker slot freeing, a job queued in this process
 //! ([`Queue::wake`]), a notification of jobs queued by other processes
 //! ([`crate::storage::Storage::subscribe`]), the next scheduled run time, the storage's poll
 //! interval (the fallback for those notifications), or stop. A completer task writes
@@ -16,11 +16,11 @@
 //! [`crate::schedule`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -156,12 +156,86 @@ enum FinishMsg {
     Flush(oneshot::Sender<()>),
 }
 
+/// Short jobs are prefetched: the dispatcher claims more than its free workers, and the
+/// extra jobs wait in the pool (under their leases, renewed by the heartbeat task) for a
+/// worker, so one claim transaction serves many jobs. A queue prefetches as many jobs as
+/// its workers get through in about this long, going by the recent run time of its jobs;
+/// jobs that take longer than this are claimed only as workers free up, so no job waits
+/// here long while another pool could run it.
+const PREFETCH_WAIT: Duration = Duration::from_millis(4);
+/// The most jobs a queue prefetches.
+const PREFETCH_MAX: usize = 256;
+
 /// Per-queue dispatcher state.
 #[derive(Debug)]
 struct Slots {
     config: QueueConfig,
+    /// Jobs claimed and not yet finished: running, or prefetched and waiting for a worker.
     busy: AtomicUsize,
     freed: Notify,
+    /// One permit per worker: a claimed job runs once it holds one.
+    workers: Arc<Semaphore>,
+    /// Prefetched jobs waiting for a worker, on their way to [`start_loop`].
+    prefetched_tx: mpsc::UnboundedSender<(ClaimedJob, CancelFlag)>,
+    waiting: AtomicUsize,
+    /// Recent run time of the queue's jobs, in microseconds (a moving average);
+    /// `u64::MAX` until one has run.
+    avg_run_us: AtomicU64,
+}
+
+/// The receiving end of [`Slots::prefetched_tx`].
+type Prefetched = mpsc::UnboundedReceiver<(ClaimedJob, CancelFlag)>;
+
+impl Slots {
+    fn new(config: QueueConfig) -> (Self, Prefetched) {
+        let (prefetched_tx, rx) = mpsc::unbounded_channel();
+        let slots = Slots {
+            workers: Arc::new(Semaphore::new(config.concurrency)),
+            prefetched_tx,
+            waiting: AtomicUsize::new(0),
+            config,
+            busy: AtomicUsize::new(0),
+            freed: Notify::new(),
+            avg_run_us: AtomicU64::new(u64::MAX),
+        };
+        (slots, rx)
+    }
+
+    /// How many jobs the queue may hold beyond its workers now (see [`PREFETCH_WAIT`]).
+    fn prefetch(&self) -> usize {
+        let avg = self.avg_run_us.load(Ordering::Relaxed).max(1);
+        let per_worker = PREFETCH_WAIT.as_micros() as u64 / avg;
+        usize::try_from(per_worker)
+            .unwrap_or(usize::MAX)
+            .saturating_mul(self.config.concurrency)
+            .min(PREFETCH_MAX)
+    }
+
+    /// How many jobs to claim now: none while the pool holds enough to keep every worker
+    /// busy and at least half its room is taken (so claims come in batches, not one job
+    /// per finished one); otherwise all the room left.
+    fn claim_size(&self) -> usize {
+        let busy = self.busy.load(Ordering::SeqCst);
+        let room = self.config.concurrency + self.prefetch();
+        let free = room.saturating_sub(busy);
+        if busy < self.config.concurrency || free * 2 >= room {
+            free
+        } else {
+            0
+        }
+    }
+
+    /// Fold one run's duration into the moving average.
+    fn ran_for(&self, d: Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX - 1);
+        let avg = self.avg_run_us.load(Ordering::Relaxed);
+        let next = if avg == u64::MAX {
+            us
+        } else {
+            (avg.saturating_mul(7).saturating_add(us)) / 8
+        };
+        self.avg_run_us.store(next, Ordering::Relaxed);
+    }
 }
 
 struct Shared {
@@ -170,7 +244,10 @@ struct Shared {
     executor: Arc<dyn Executor>,
     leases: Mutex<HashMap<JobId, LeaseEntry>>,
     leases_changed: Notify,
+    /// Claimed jobs not finished, running or prefetched (see [`PREFETCH_WAIT`]).
     executing: AtomicUsize,
+    /// Of those, the prefetched ones waiting for a worker.
+    buffered: AtomicUsize,
     idle: Notify,
     finish_tx: mpsc::UnboundedSender<FinishMsg>,
     stopping: watch::Sender<bool>,
@@ -241,20 +318,21 @@ impl WorkerPool {
             leases: Mutex::new(HashMap::new()),
             leases_changed: Notify::new(),
             executing: AtomicUsize::new(0),
+            buffered: AtomicUsize::new(0),
             idle: Notify::new(),
             finish_tx,
             stopping,
         });
         // The dispatchers first, one per queue: `stop` finds them by position.
         let mut tasks = Vec::new();
+        let mut starters = Vec::new();
         for qc in &shared.config.queues {
-            let slots = Arc::new(Slots {
-                config: qc.clone(),
-                busy: AtomicUsize::new(0),
-                freed: Notify::new(),
-            });
-            tasks.push(tokio::spawn(dispatch_loop(shared.clone(), slots)));
+            let (slots, prefetched) = Slots::new(qc.clone());
+            let slots = Arc::new(slots);
+            tasks.push(tokio::spawn(dispatch_loop(shared.clone(), slots.clone())));
+            starters.push(tokio::spawn(start_loop(shared.clone(), slots, prefetched)));
         }
+        tasks.extend(starters);
         tasks.push(tokio::spawn(complete_loop(shared.clone(), finish_rx)));
         tasks.push(tokio::spawn(heartbeat_loop(shared.clone())));
         tasks.push(tokio::spawn(reclaim_loop(shared.clone())));
@@ -278,7 +356,11 @@ impl WorkerPool {
 
     /// How many jobs are executing now.
     pub fn in_flight(&self) -> usize {
-        self.shared.executing.load(Ordering::SeqCst)
+        let buffered = self.shared.buffered.load(Ordering::SeqCst);
+        self.shared
+            .executing
+            .load(Ordering::SeqCst)
+            .saturating_sub(buffered)
     }
 
     /// Whether the pool is still running (not yet fully stopped).
@@ -426,10 +508,7 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
         if *stop_rx.borrow_and_update() {
             return;
         }
-        let free = slots
-            .config
-            .concurrency
-            .saturating_sub(slots.busy.load(Ordering::SeqCst));
+        let free = slots.claim_size();
         let mut wait_for: Option<Duration> = None;
         if free > 0 {
             wake_rx.borrow_and_update();
@@ -527,7 +606,7 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
                 (a, b) => a.or(b),
             };
         }
-        let full = free == 0 || slots.busy.load(Ordering::SeqCst) >= slots.config.concurrency;
+        let full = free == 0 || slots.claim_size() == 0;
         tokio::select! {
             _ = stop_rx.changed() => {}
             _ = slots.freed.notified() => {}
@@ -604,17 +683,99 @@ fn start_job(shared: &Arc<Shared>, slots: &Arc<Slots>, job: ClaimedJob) {
         },
     );
     shared.leases_changed.notify_one();
-    tokio::spawn(run_job(shared.clone(), slots.clone(), job, cancel));
+    // Straight to a free worker, unless prefetched jobs wait: they go first, in claim order.
+    if slots.waiting.load(Ordering::SeqCst) == 0 {
+        if let Ok(permit) = slots.workers.clone().try_acquire_owned() {
+            tokio::spawn(run_job(shared.clone(), slots.clone(), job, cancel, permit));
+            return;
+        }
+    }
+    slots.waiting.fetch_add(1, Ordering::SeqCst);
+    shared.buffered.fetch_add(1, Ordering::SeqCst);
+    if slots.prefetched_tx.send((job, cancel)).is_err() {
+        not_started(shared, slots); // the pool is stopping
+    }
 }
 
-async fn run_job(shared: Arc<Shared>, slots: Arc<Slots>, job: ClaimedJob, cancel: CancelFlag) {
-    let (tx, rx) = oneshot::channel();
+/// Start the queue's prefetched jobs in claim order as workers free up. Once the pool
+/// begins to stop, the jobs still waiting are left in the lease map, and `stop` releases
+/// them (available at once, attempt not counted).
+async fn start_loop(shared: Arc<Shared>, slots: Arc<Slots>, mut rx: Prefetched) {
+    let mut stop_rx = shared.stopping.subscribe();
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop_rx.wait_for(|s| *s) => None,
+            m = rx.recv() => m,
+        };
+        let Some((job, cancel)) = next else { break };
+        let permit = tokio::select! {
+            biased;
+            p = slots.workers.clone().acquire_owned() => p.ok(),
+            _ = stop_rx.wait_for(|s| *s) => None,
+        };
+        let Some(permit) = permit else {
+            not_started(&shared, &slots);
+            break;
+        };
+        slots.waiting.fetch_sub(1, Ordering::SeqCst);
+        shared.buffered.fetch_sub(1, Ordering::SeqCst);
+        tokio::spawn(run_job(shared.clone(), slots.clone(), job, cancel, permit));
+    }
+    rx.close();
+    while rx.try_recv().is_ok() {
+        not_started(&shared, &slots);
+    }
+}
+
+/// Count out a prefetched job that will not run here (its lease entry stays for `stop`).
+fn not_started(shared: &Shared, slots: &Slots) {
+    slots.waiting.fetch_sub(1, Ordering::SeqCst);
+    shared.buffered.fetch_sub(1, Ordering::SeqCst);
+    slots.busy.fetch_sub(1, Ordering::SeqCst);
+    if shared.executing.fetch_sub(1, Ordering::SeqCst) == 1 {
+        shared.idle.notify_waiters();
+    }
+}
+
+async fn run_job(
+    shared: Arc<Shared>,
+    slots: Arc<Slots>,
+    job: ClaimedJob,
+    cancel: CancelFlag,
+    permit: OwnedSemaphorePermit,
+) {
     let id = job.id;
     let lease = job.lease;
+    // A prefetched job may have lost its lease, or been cancelled, while it waited.
+    let skip = {
+        let leases = shared.leases();
+        match leases.get(&id) {
+            Some(e) if e.token == lease && e.lost => Some(ErrorInfo::engine(
+                "LeaseLost",
+                "the job's lease was taken over before it started",
+            )),
+            Some(e) if e.token == lease && e.cancel.is_set() => Some(ErrorInfo::engine(
+                "Cancelled",
+                "the job was cancelled before it started",
+            )),
+            _ => None,
+        }
+    };
+    let (tx, rx) = oneshot::channel();
     let attempt = job.attempt;
     let retry = job.retry;
     let timeout = job.timeout_ms.map(Duration::from_millis);
-    shared.executor.execute(job, Completion { tx, cancel });
+    let started = Instant::now();
+    match skip {
+        None => shared.executor.execute(job, Completion { tx, cancel }),
+        Some(error) => {
+            let _ = tx.send(Outcome::Failure {
+                error,
+                permanent: false,
+            });
+        }
+    }
     let outcome = match timeout {
         None => rx.await,
         Some(limit) => match tokio::time::timeout(limit, rx).await {
@@ -641,6 +802,8 @@ async fn run_job(shared: Arc<Shared>, slots: Arc<Slots>, job: ClaimedJob, cancel
         ),
         permanent: false,
     });
+    slots.ran_for(started.elapsed());
+    drop(permit);
     // Free the slot first so the dispatcher can claim while the outcome is written.
     let still_ours = {
         let mut leases = shared.leases();

@@ -732,3 +732,79 @@ async fn the_executor_hears_of_each_recorded_outcome() {
         assert_eq!(recorded.len(), 4, "{kind}");
     }
 }
+
+async fn statuses(storage: &Arc<dyn Storage>, ids: &[JobId]) -> Vec<JobStatus> {
+    let mut out = Vec::new();
+    for id in ids {
+        out.push(storage.job_get(*id).await.unwrap().unwrap().status);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_jobs_are_prefetched_and_released_unrun_at_stop() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let r = ran.clone();
+        let exec = FnExecutor::new(move |j: ClaimedJob| {
+            r.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if j.name == "hold" {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                }
+                Outcome::Success
+            }
+        });
+        let pool =
+            WorkerPool::start(queue.clone(), pool_config(1, &["quick", "hold"]), exec).unwrap();
+        // Quick jobs first, so the pool knows its jobs are short.
+        let warm = queue
+            .push_many((0..20).map(|_| job("quick")).collect())
+            .await
+            .unwrap();
+        wait_final(&storage, &warm, Duration::from_secs(10)).await;
+        let hold = queue.push_many(vec![job("hold")]).await.unwrap();
+        wait_in_flight(&pool, 1).await;
+        let mut ids = queue
+            .push_many((0..30).map(|_| job("quick")).collect())
+            .await
+            .unwrap();
+        ids.extend(hold);
+        // The one worker runs `hold`; the quick jobs behind it are claimed (leased) too.
+        let t0 = Instant::now();
+        while statuses(&storage, &ids)
+            .await
+            .iter()
+            .filter(|s| **s == JobStatus::Running)
+            .count()
+            < 2
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "{kind}: nothing prefetched"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            pool.in_flight(),
+            1,
+            "{kind}: prefetched jobs are not executing"
+        );
+        assert_eq!(ran.load(Ordering::SeqCst), 21, "{kind}");
+        pool.stop(Duration::from_millis(50)).await.unwrap();
+        assert_eq!(
+            ran.load(Ordering::SeqCst),
+            21,
+            "{kind}: no job started after the stop"
+        );
+        for id in &ids {
+            let rec = storage.job_get(*id).await.unwrap().unwrap();
+            assert_eq!(rec.status, JobStatus::Available, "{kind}: released at stop");
+            assert_eq!(
+                rec.attempt, 0,
+                "{kind}: a release does not count the attempt"
+            );
+        }
+    }
+}

@@ -359,14 +359,25 @@ fn sync_thread(rx: Receiver<(ClaimedJob, Completion)>, run_sync: Py<PyAny>, queu
     // One thread state for the thread's whole life (not one per job): attaching costs a
     // thread-state allocation, and `threading.local` values survive from job to job. The
     // GIL is released while waiting for work.
+    //
+    // A job already waiting when one ends runs at once, under the same GIL hold: a burst of
+    // short jobs costs one release and re-take of the GIL, not one per job. (Python still
+    // hands the GIL to other threads that ask for it, every switch interval.)
     Python::attach(|py| {
-        while let Ok((job, done)) = py.detach(|| rx.recv()) {
+        let mut waiting = None;
+        loop {
+            let next = match waiting.take() {
+                Some(m) => Ok(m),
+                None => py.detach(|| rx.recv()),
+            };
+            let Ok((job, done)) = next else { break };
             let cancel = done.cancel_flag();
             let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 run_sync_job(py, &run_sync, &job, cancel, &queue)
             }))
             .unwrap_or_else(|_| panic_outcome());
             done.send(outcome);
+            waiting = rx.try_recv().ok();
         }
         drop(run_sync);
     });

@@ -557,6 +557,9 @@ impl fmt::Debug for SqliteStorage {
 /// Locks are taken in field order: `writer`, `reader`, `file`.
 struct Inner {
     path: PathBuf,
+    /// `path` made absolute when opened: what is checked and reopened, whatever the
+    /// process's working directory is later.
+    file_path: PathBuf,
     opts: SqliteOptions,
     closed: AtomicBool,
     writer: Mutex<Option<Connection>>,
@@ -642,10 +645,17 @@ impl SqliteStorage {
     /// write lock: from async code, call it on a blocking thread.
     pub fn open(path: impl AsRef<Path>, opts: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
+        let file_path = std::path::absolute(&path).map_err(|e| {
+            Error::Storage(format!(
+                "cannot open SQLite database {}: {e}",
+                path.display()
+            ))
+        })?;
         let (writer, reader, file) = open_files(&path, &opts)?;
         Ok(SqliteStorage {
             inner: Arc::new(Inner {
                 path,
+                file_path,
                 opts,
                 closed: AtomicBool::new(false),
                 writer: Mutex::new(Some(writer)),
@@ -741,8 +751,24 @@ fn open_error(path: &Path, e: &rusqlite::Error) -> Error {
     ))
 }
 
+/// Before SQLite's first use in the process: turn off its memory statistics, which take a
+/// global mutex on every allocation (SQLite's docs recommend this for speed; hauler never
+/// reads them). A process that used SQLite first keeps them: the call then fails, harmlessly.
+fn configure_sqlite() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: SQLITE_CONFIG_MEMSTATUS takes one int. Called before the first
+        // connection is opened, when no other thread uses SQLite yet; after SQLite is
+        // initialized it only returns SQLITE_MISUSE.
+        unsafe {
+            rusqlite::ffi::sqlite3_config(rusqlite::ffi::SQLITE_CONFIG_MEMSTATUS, 0 as c_int);
+        }
+    });
+}
+
 /// Open one connection and set it up: busy timeout, WAL, synchronous, statement cache.
 fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
+    configure_sqlite();
     let err = |e: rusqlite::Error| open_error(path, &e);
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_CREATE
@@ -881,7 +907,7 @@ impl Inner {
     /// unchanged: SQLite then reports what is wrong.
     fn moved(&self) -> bool {
         let open = *self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        match (open, file_id(&self.path)) {
+        match (open, file_id(&self.file_path)) {
             (Some(open), Ok(now)) => now != Some(open.db),
             (Some(_), Err(_)) => false,
             (None, _) => true,
@@ -911,13 +937,13 @@ impl Inner {
         // The WAL and shared memory at the path that are the old file's (still open, so
         // their inodes cannot have been reused), or any if no database is there: SQLite
         // would read them as the new file's.
-        let missing = matches!(file_id(&self.path), Ok(None));
+        let missing = matches!(file_id(&self.file_path), Ok(None));
         let sides = [
             ("-wal", old.and_then(|o| o.wal)),
             ("-shm", old.and_then(|o| o.shm)),
         ];
         for (suffix, was) in sides {
-            let side = sibling(&self.path, suffix);
+            let side = sibling(&self.file_path, suffix);
             let now = file_id(&side).ok().flatten();
             if now.is_some() && (missing || now == was) {
                 let _ = std::fs::remove_file(&side);
@@ -926,7 +952,7 @@ impl Inner {
         for conn in [writer.take(), reader.take()].into_iter().flatten() {
             close_moved(conn);
         }
-        let (w, r, id) = open_files(&self.path, &self.opts)
+        let (w, r, id) = open_files(&self.file_path, &self.opts)
             .map_err(|e| self.moved_error(op, &format!("reopening it failed: {e}")))?;
         *writer = Some(w);
         *reader = Some(r);
