@@ -781,9 +781,7 @@ fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
             path.display()
         )));
     }
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(err)?;
+    let mode = wal_mode(&conn, opts.busy_timeout).map_err(err)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(Error::Storage(format!(
             "cannot open SQLite database {}: WAL journal mode is unavailable (got {mode:?})",
@@ -802,6 +800,27 @@ fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
         .map_err(err)?;
     conn.set_prepared_statement_cache_capacity(32);
     Ok(conn)
+}
+
+/// Switch to WAL and return the journal mode now in force. Switching a brand-new file
+/// needs an exclusive lock, and SQLite reports a busy file at once there instead of calling
+/// the busy handler (so several processes opening a new file together could fail): retry
+/// until `busy_timeout`, as the busy handler would.
+fn wal_mode(conn: &Connection, busy_timeout: Duration) -> rusqlite::Result<String> {
+    let deadline = std::time::Instant::now() + busy_timeout;
+    loop {
+        match conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)) {
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// The schema version recorded in the file (0: none yet).
