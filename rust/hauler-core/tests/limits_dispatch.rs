@@ -1,122 +1,22 @@
 //! A worker pool whose due jobs are held back by a concurrency limit: it backs off instead
 //! of claiming in a busy loop, and starts a held job once its slot frees.
 
+mod common;
+
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
+use common::Counting;
 use hauler_core::config::{PoolConfig, QueueConfig};
-use hauler_core::group::GroupRecord;
-use hauler_core::model::{
-    ClaimedJob, ConcurrencyLimit, GroupId, InsertedJob, JobId, JobLimits, JobRecord, JobStatus,
-    NewJob, QueueCount, Timestamp,
-};
+use hauler_core::model::{ClaimedJob, ConcurrencyLimit, JobId, JobLimits, JobStatus, NewJob};
 use hauler_core::queue::Queue;
-use hauler_core::schedule::ScheduleRecord;
 use hauler_core::storage::conformance::new_job;
-use hauler_core::storage::{
-    GroupInsertParams, JobCancelParams, JobCancelResult, JobClaimParams, JobCountParams,
-    JobDeleteParams, JobFinishManyParams, JobHeartbeatParams, JobHeartbeatResult,
-    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobProgressSetParams, JobPruneParams,
-    JobReclaimParams, JobReleaseParams, JobRetryParams, MemoryStorage, ScheduleRunNowParams,
-    ScheduleTickParams, ScheduleUpsertParams, SqliteOptions, SqliteStorage, Storage,
-};
+use hauler_core::storage::{MemoryStorage, SqliteOptions, SqliteStorage, Storage};
 use hauler_core::worker::{Completion, Executor, Outcome, WorkerPool};
-use hauler_core::Result;
 use tokio::sync::watch;
-
-/// A storage that counts the claims made through it.
-#[derive(Debug)]
-struct Counting {
-    inner: Arc<dyn Storage>,
-    claims: AtomicUsize,
-}
-
-#[async_trait]
-impl Storage for Counting {
-    async fn job_insert_many(&self, p: JobInsertManyParams) -> Result<Vec<InsertedJob>> {
-        self.inner.job_insert_many(p).await
-    }
-    async fn group_insert(&self, p: GroupInsertParams) -> Result<()> {
-        self.inner.group_insert(p).await
-    }
-    async fn group_get(&self, id: GroupId) -> Result<Option<GroupRecord>> {
-        self.inner.group_get(id).await
-    }
-    async fn job_claim(&self, p: JobClaimParams) -> Result<Vec<ClaimedJob>> {
-        self.claims.fetch_add(1, Ordering::SeqCst);
-        self.inner.job_claim(p).await
-    }
-    async fn job_heartbeat(&self, p: JobHeartbeatParams) -> Result<JobHeartbeatResult> {
-        self.inner.job_heartbeat(p).await
-    }
-    async fn job_finish_many(&self, p: JobFinishManyParams) -> Result<Vec<bool>> {
-        self.inner.job_finish_many(p).await
-    }
-    async fn job_progress_set(&self, p: JobProgressSetParams) -> Result<bool> {
-        self.inner.job_progress_set(p).await
-    }
-    async fn job_release(&self, p: JobReleaseParams) -> Result<u64> {
-        self.inner.job_release(p).await
-    }
-    async fn job_reclaim_expired(&self, p: JobReclaimParams) -> Result<u64> {
-        self.inner.job_reclaim_expired(p).await
-    }
-    async fn job_get(&self, id: JobId) -> Result<Option<JobRecord>> {
-        self.inner.job_get(id).await
-    }
-    async fn job_list(&self, p: JobListParams) -> Result<Vec<JobRecord>> {
-        self.inner.job_list(p).await
-    }
-    async fn job_count(&self, p: JobCountParams) -> Result<u64> {
-        self.inner.job_count(p).await
-    }
-    async fn job_cancel(&self, p: JobCancelParams) -> Result<JobCancelResult> {
-        self.inner.job_cancel(p).await
-    }
-    async fn job_retry(&self, p: JobRetryParams) -> Result<u64> {
-        self.inner.job_retry(p).await
-    }
-    async fn job_delete(&self, p: JobDeleteParams) -> Result<u64> {
-        self.inner.job_delete(p).await
-    }
-    async fn job_prune(&self, p: JobPruneParams) -> Result<u64> {
-        self.inner.job_prune(p).await
-    }
-    async fn job_counts(&self) -> Result<Vec<QueueCount>> {
-        self.inner.job_counts().await
-    }
-    async fn job_next_run_at(&self, p: JobNextRunAtParams) -> Result<Option<Timestamp>> {
-        self.inner.job_next_run_at(p).await
-    }
-    async fn schedule_upsert(&self, p: ScheduleUpsertParams) -> Result<ScheduleRecord> {
-        self.inner.schedule_upsert(p).await
-    }
-    async fn schedule_tick(&self, p: ScheduleTickParams) -> Result<bool> {
-        self.inner.schedule_tick(p).await
-    }
-    async fn schedule_run_now(&self, p: ScheduleRunNowParams) -> Result<Option<JobId>> {
-        self.inner.schedule_run_now(p).await
-    }
-    async fn schedule_delete(&self, name: &str) -> Result<bool> {
-        self.inner.schedule_delete(name).await
-    }
-    async fn schedule_list(&self) -> Result<Vec<ScheduleRecord>> {
-        self.inner.schedule_list().await
-    }
-    fn poll_interval(&self) -> Option<Duration> {
-        self.inner.poll_interval()
-    }
-    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
-        self.inner.subscribe()
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
-}
 
 type Handler =
     Arc<dyn Fn(ClaimedJob) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
@@ -173,10 +73,7 @@ async fn a_job_held_by_a_limit_is_not_claimed_in_a_busy_loop() {
         ("sqlite", Arc::new(sqlite)),
     ];
     for (kind, inner) in storages {
-        let counting = Arc::new(Counting {
-            inner,
-            claims: AtomicUsize::new(0),
-        });
+        let counting = Arc::new(Counting::new(inner));
         let storage: Arc<dyn Storage> = counting.clone();
         let queue = Arc::new(Queue::new(storage.clone()));
         let (release, gate) = watch::channel(false);

@@ -3,120 +3,21 @@
 //!
 //! Runs on tokio's paused clock: waits are virtual, and claims are counted, never timed.
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_trait::async_trait;
-use tokio::sync::{watch, Semaphore};
-
+use common::Counting;
 use hauler_core::config::{PoolConfig, QueueConfig};
-use hauler_core::group::{GroupRecord, NewGroup};
-use hauler_core::model::{
-    ClaimedJob, GroupId, InsertedJob, JobId, JobRecord, JobStatus, QueueCount, Timestamp,
-};
+use hauler_core::group::NewGroup;
+use hauler_core::model::{ClaimedJob, GroupId, JobId, JobStatus};
 use hauler_core::queue::Queue;
-use hauler_core::schedule::ScheduleRecord;
 use hauler_core::storage::conformance::new_job;
-use hauler_core::storage::{
-    GroupInsertParams, JobCancelParams, JobCancelResult, JobClaimParams, JobCountParams,
-    JobDeleteParams, JobFinishManyParams, JobHeartbeatParams, JobHeartbeatResult,
-    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobProgressSetParams, JobPruneParams,
-    JobReclaimParams, JobReleaseParams, JobRetryParams, MemoryStorage, ScheduleRunNowParams,
-    ScheduleTickParams, ScheduleUpsertParams, Storage,
-};
+use hauler_core::storage::{MemoryStorage, Storage};
 use hauler_core::worker::{Completion, Executor, Outcome, WorkerPool};
-use hauler_core::Result;
-
-/// A memory storage that counts claims.
-#[derive(Debug, Default)]
-struct Counting {
-    inner: MemoryStorage,
-    claims: AtomicUsize,
-}
-
-#[async_trait]
-impl Storage for Counting {
-    async fn job_insert_many(&self, p: JobInsertManyParams) -> Result<Vec<InsertedJob>> {
-        self.inner.job_insert_many(p).await
-    }
-    async fn group_insert(&self, p: GroupInsertParams) -> Result<()> {
-        self.inner.group_insert(p).await
-    }
-    async fn group_get(&self, id: GroupId) -> Result<Option<GroupRecord>> {
-        self.inner.group_get(id).await
-    }
-    async fn job_claim(&self, p: JobClaimParams) -> Result<Vec<ClaimedJob>> {
-        self.claims.fetch_add(1, Ordering::SeqCst);
-        self.inner.job_claim(p).await
-    }
-    async fn job_heartbeat(&self, p: JobHeartbeatParams) -> Result<JobHeartbeatResult> {
-        self.inner.job_heartbeat(p).await
-    }
-    async fn job_finish_many(&self, p: JobFinishManyParams) -> Result<Vec<bool>> {
-        self.inner.job_finish_many(p).await
-    }
-    async fn job_progress_set(&self, p: JobProgressSetParams) -> Result<bool> {
-        self.inner.job_progress_set(p).await
-    }
-    async fn job_release(&self, p: JobReleaseParams) -> Result<u64> {
-        self.inner.job_release(p).await
-    }
-    async fn job_reclaim_expired(&self, p: JobReclaimParams) -> Result<u64> {
-        self.inner.job_reclaim_expired(p).await
-    }
-    async fn job_get(&self, id: JobId) -> Result<Option<JobRecord>> {
-        self.inner.job_get(id).await
-    }
-    async fn job_list(&self, p: JobListParams) -> Result<Vec<JobRecord>> {
-        self.inner.job_list(p).await
-    }
-    async fn job_count(&self, p: JobCountParams) -> Result<u64> {
-        self.inner.job_count(p).await
-    }
-    async fn job_cancel(&self, p: JobCancelParams) -> Result<JobCancelResult> {
-        self.inner.job_cancel(p).await
-    }
-    async fn job_retry(&self, p: JobRetryParams) -> Result<u64> {
-        self.inner.job_retry(p).await
-    }
-    async fn job_delete(&self, p: JobDeleteParams) -> Result<u64> {
-        self.inner.job_delete(p).await
-    }
-    async fn job_prune(&self, p: JobPruneParams) -> Result<u64> {
-        self.inner.job_prune(p).await
-    }
-    async fn job_counts(&self) -> Result<Vec<QueueCount>> {
-        self.inner.job_counts().await
-    }
-    async fn job_next_run_at(&self, p: JobNextRunAtParams) -> Result<Option<Timestamp>> {
-        self.inner.job_next_run_at(p).await
-    }
-    async fn schedule_upsert(&self, p: ScheduleUpsertParams) -> Result<ScheduleRecord> {
-        self.inner.schedule_upsert(p).await
-    }
-    async fn schedule_tick(&self, p: ScheduleTickParams) -> Result<bool> {
-        self.inner.schedule_tick(p).await
-    }
-    async fn schedule_run_now(&self, p: ScheduleRunNowParams) -> Result<Option<JobId>> {
-        self.inner.schedule_run_now(p).await
-    }
-    async fn schedule_delete(&self, name: &str) -> Result<bool> {
-        self.inner.schedule_delete(name).await
-    }
-    async fn schedule_list(&self) -> Result<Vec<ScheduleRecord>> {
-        self.inner.schedule_list().await
-    }
-    fn poll_interval(&self) -> Option<Duration> {
-        self.inner.poll_interval()
-    }
-    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
-        self.inner.subscribe()
-    }
-    async fn close(&self) -> Result<()> {
-        self.inner.close().await
-    }
-}
+use tokio::sync::Semaphore;
 
 /// Runs each job until the test hands it a permit; records how many run at once.
 struct Gated {
@@ -150,7 +51,7 @@ impl Executor for Gated {
 
 #[tokio::test(start_paused = true)]
 async fn a_held_back_member_neither_spins_the_dispatcher_nor_waits_for_a_poll() {
-    let storage = Arc::new(Counting::default());
+    let storage = Arc::new(Counting::new(Arc::new(MemoryStorage::new())));
     let queue = Arc::new(Queue::new(storage.clone() as Arc<dyn Storage>));
     let permits = Arc::new(Semaphore::new(0));
     let started = Arc::new(AtomicUsize::new(0));
@@ -224,7 +125,7 @@ async fn a_held_back_member_neither_spins_the_dispatcher_nor_waits_for_a_poll() 
 /// pool's next backoff.
 #[tokio::test(start_paused = true)]
 async fn a_member_ending_in_one_pool_wakes_a_held_member_in_another() {
-    let storage = Arc::new(Counting::default());
+    let storage = Arc::new(Counting::new(Arc::new(MemoryStorage::new())));
     let queue = Arc::new(Queue::new(storage.clone() as Arc<dyn Storage>));
     let permits = Arc::new(Semaphore::new(0));
     let started = Arc::new(AtomicUsize::new(0));
