@@ -6,6 +6,7 @@
 //! the job's [`retry::RetryPolicy`] computes, or final failure.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod blocking;
 pub mod clock;
 pub mod config;
 pub mod error;

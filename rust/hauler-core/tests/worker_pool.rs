@@ -808,3 +808,70 @@ async fn short_jobs_are_prefetched_and_released_unrun_at_stop() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetched_job_cancelled_while_it_waits_never_runs() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        let release = Arc::new(tokio::sync::Notify::new());
+        let ran_quick = Arc::new(AtomicUsize::new(0));
+        let (gate, r) = (release.clone(), ran_quick.clone());
+        let exec = FnExecutor::new(move |j: ClaimedJob| {
+            let gate = gate.clone();
+            if j.name == "quick" {
+                r.fetch_add(1, Ordering::SeqCst);
+            }
+            async move {
+                if j.name == "hold" {
+                    gate.notified().await;
+                }
+                Outcome::Success
+            }
+        });
+        let pool =
+            WorkerPool::start(queue.clone(), pool_config(1, &["quick", "hold"]), exec).unwrap();
+        let warm = queue
+            .push_many((0..20).map(|_| job("quick")).collect())
+            .await
+            .unwrap();
+        wait_final(&storage, &warm, Duration::from_secs(10)).await;
+        let hold = queue.push_many(vec![job("hold")]).await.unwrap();
+        wait_in_flight(&pool, 1).await;
+        let waiting = queue.push_many(vec![job("quick")]).await.unwrap();
+        wait_status(
+            &storage,
+            waiting[0],
+            JobStatus::Running,
+            Duration::from_secs(5),
+        )
+        .await;
+        let result = queue.cancel_many(by_ids(&waiting)).await.unwrap();
+        assert_eq!(
+            result.requested, 1,
+            "{kind}: claimed (prefetched), so a request"
+        );
+        // Let the heartbeat task hear of the cancel before the worker frees up.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        release.notify_one();
+        wait_status(
+            &storage,
+            waiting[0],
+            JobStatus::Cancelled,
+            Duration::from_secs(5),
+        )
+        .await;
+        wait_status(
+            &storage,
+            hold[0],
+            JobStatus::Completed,
+            Duration::from_secs(5),
+        )
+        .await;
+        assert_eq!(
+            ran_quick.load(Ordering::SeqCst),
+            20,
+            "{kind}: the cancelled job never ran"
+        );
+        pool.stop(Duration::from_secs(1)).await.unwrap();
+    }
+}

@@ -53,10 +53,16 @@ where
     let rt = runtime()?;
     let mut fut = std::pin::pin!(fut);
     loop {
+        // This thread only waits: storage work that blocks (SQLite) runs on it directly
+        // rather than on tokio's blocking pool, saving two thread wake-ups per call. Such a
+        // call is not cut short by the 100 ms signal check (it lasts at most the storage's
+        // busy timeout).
         let polled = py.detach(|| {
-            // The timer must be built inside the runtime's context, hence the async block.
-            rt.block_on(async {
-                tokio::time::timeout(Duration::from_millis(100), fut.as_mut()).await
+            hauler_core::blocking::caller_blocks(|| {
+                // The timer must be built inside the runtime's context, hence the async block.
+                rt.block_on(async {
+                    tokio::time::timeout(Duration::from_millis(100), fut.as_mut()).await
+                })
             })
         });
         match polled {

@@ -8,7 +8,8 @@
 //!   halfway for want of it. One reader connection (`query_only`) serves `job_get`,
 //!   `job_list`, `job_counts` and `job_next_run_at`. Each sits behind its own mutex.
 //! * **Async.** Every call runs on tokio's blocking pool (`spawn_blocking`), never on the
-//!   runtime's worker threads.
+//!   runtime's worker threads; or, from a thread that only waits for it (inside
+//!   [`crate::blocking::caller_blocks`]), on that thread.
 //! * **Schema.** Created and versioned by hauler: `hauler_meta.schema_version` counts the
 //!   migration scripts applied so far. Scripts run in order inside `BEGIN IMMEDIATE`, so
 //!   processes opening a new file at once apply each exactly once; a file written by a
@@ -666,13 +667,17 @@ impl SqliteStorage {
         })
     }
 
-    /// Run `f` on tokio's blocking pool.
+    /// Run `f` on tokio's blocking pool, or right here on a thread that only waits for it
+    /// (see [`crate::blocking::caller_blocks`]).
     async fn run<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Inner) -> Result<T> + Send + 'static,
     {
         self.ensure_open()?;
+        if crate::blocking::may_block() {
+            return f(&self.inner);
+        }
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || f(&inner))
             .await
