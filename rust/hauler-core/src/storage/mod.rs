@@ -31,6 +31,37 @@ pub use memory::MemoryStorage;
 pub use postgres::{PostgresOptions, PostgresStorage};
 pub use sqlite::{SqliteOptions, SqliteStorage, Synchronous};
 
+/// What was wrong with the columns of one stored row, each replaced by a stand-in value
+/// (so an admin listing still shows the job): `last_error` then says what is damaged.
+#[derive(Default)]
+pub(crate) struct Damage(Vec<String>);
+
+impl Damage {
+    /// Note a damaged column.
+    pub(crate) fn note(&mut self, what: String) {
+        self.0.push(what);
+    }
+
+    /// `value`, or `stand_in` with the error noted.
+    pub(crate) fn or<T>(&mut self, value: Result<T>, stand_in: T) -> T {
+        value.unwrap_or_else(|e| {
+            self.note(match e {
+                crate::Error::Storage(m) => m,
+                other => other.to_string(),
+            });
+            stand_in
+        })
+    }
+
+    /// `record`, its `last_error` saying what is damaged if anything is.
+    pub(crate) fn mark(self, mut record: JobRecord) -> JobRecord {
+        if !self.0.is_empty() {
+            record.last_error = Some(ErrorInfo::engine("CorruptJob", self.0.join("; ")));
+        }
+        record
+    }
+}
+
 /// A lease lasts this many heartbeat intervals: a job whose worker misses this many
 /// heartbeats in a row may be reclaimed.
 pub const LEASE_HEARTBEATS: u64 = 3;

@@ -53,7 +53,7 @@ use tokio_postgres::{AsyncMessage, Client, NoTls, Row};
 use uuid::Uuid;
 
 use super::{
-    FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult, JobClaimParams,
+    Damage, FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult, JobClaimParams,
     JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams, JobHeartbeatParams,
     JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
     JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
@@ -1938,31 +1938,6 @@ fn record_from_row(row: &Row) -> Result<JobRecord> {
         ),
     };
     Ok(d.mark(record))
-}
-
-/// What was wrong with the columns of one row, each replaced by a stand-in value.
-#[derive(Default)]
-struct Damage(Vec<String>);
-
-impl Damage {
-    /// `value`, or `stand_in` with the error noted.
-    fn or<T>(&mut self, value: Result<T>, stand_in: T) -> T {
-        value.unwrap_or_else(|e| {
-            self.0.push(match e {
-                Error::Storage(m) => m,
-                other => other.to_string(),
-            });
-            stand_in
-        })
-    }
-
-    /// `record`, its `last_error` saying what is damaged if anything is.
-    fn mark(self, mut record: JobRecord) -> JobRecord {
-        if !self.0.is_empty() {
-            record.last_error = Some(ErrorInfo::engine("CorruptJob", self.0.join("; ")));
-        }
-        record
-    }
 }
 
 /// The limits of a `job_select!` row (columns 29 to 34).

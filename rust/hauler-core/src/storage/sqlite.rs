@@ -46,7 +46,7 @@ use rusqlite::{
 };
 
 use super::{
-    lease_duration, FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult,
+    lease_duration, Damage, FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult,
     JobClaimParams, JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams,
     JobHeartbeatParams, JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
     JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
@@ -1176,7 +1176,7 @@ impl RawJob {
         let mut d = Damage::default();
         let mut text = |field: &str, b: Vec<u8>| {
             String::from_utf8(b).unwrap_or_else(|e| {
-                d.0.push(
+                d.note(
                     corrupt(
                         id,
                         format_args!("{field} is not valid UTF-8: {}", e.utf8_error()),
@@ -1299,31 +1299,6 @@ fn limits_from_columns(
             None => None,
         },
     })
-}
-
-/// What was wrong with the columns of one row, each replaced by a stand-in value.
-#[derive(Default)]
-struct Damage(Vec<String>);
-
-impl Damage {
-    /// `value`, or `stand_in` with the error noted.
-    fn or<T>(&mut self, value: Result<T>, stand_in: T) -> T {
-        value.unwrap_or_else(|e| {
-            self.0.push(match e {
-                Error::Storage(m) => m,
-                other => other.to_string(),
-            });
-            stand_in
-        })
-    }
-
-    /// `record`, its `last_error` saying what is damaged if anything is.
-    fn mark(self, mut record: JobRecord) -> JobRecord {
-        if !self.0.is_empty() {
-            record.last_error = Some(ErrorInfo::engine("CorruptJob", self.0.join("; ")));
-        }
-        record
-    }
 }
 
 /// A claimable job found by [`CLAIM_CANDIDATES`].
