@@ -4,7 +4,7 @@ Redis: ``redis-server`` (Debian's ``redis-server`` package, installed when missi
 free loopback port, in a temporary directory, persistence off (no RDB snapshots, no AOF),
 stopped and deleted afterwards.
 
-PostgreSQL: ``.ci/postgres.sh`` with its own ``HAULER_PG_PORT`` and
+PostgreSQL: ``.ci/postgres.sh`` with a free ``HAULER_PG_PORT`` and its own
 ``HAULER_PG_STATE_DIR`` (under ``.hauler-bench/``), so it never touches the test cluster on
 port 54329. That script's cluster is tuned for tests: ``fsync=off``,
 ``synchronous_commit=off``, ``full_page_writes=off`` -- the same for every PostgreSQL peer.
@@ -24,7 +24,6 @@ from pathlib import Path
 from benches.compare.common import REPO
 
 PG_STATE_DIR = REPO / ".hauler-bench" / "postgres"
-PG_FIRST_PORT = 55431
 
 
 def say(message: str) -> None:
@@ -121,7 +120,7 @@ class Postgres:
         self.version = ""
         self.env = dict(
             os.environ,
-            HAULER_PG_PORT=str(PG_FIRST_PORT),
+            HAULER_PG_PORT=str(free_port()),
             HAULER_PG_STATE_DIR=str(PG_STATE_DIR),
         )
 
