@@ -168,6 +168,37 @@ def test_sync_and_async_jobs_run_in_one_pool(start_worker: StartWorker) -> None:
     )
 
 
+class AsyncQuick(Job[Tracker]):
+    NAME = "async_quick"
+    n: int
+
+    async def run(self, state: Tracker) -> None:
+        await asyncio.sleep(0)
+        asyncio.get_running_loop()  # raises unless run on an event loop
+        state.record(("async", self.n, threading.current_thread() is threading.main_thread()))
+
+
+def test_short_sync_and_async_jobs_mixed_in_one_queue(start_worker: StartWorker) -> None:
+    # Short jobs are prefetched, and a sync worker thread that finishes one takes the next
+    # prefetched job itself: never an async one, which must run on the event loop.
+    state = Tracker()
+    worker = start_worker(
+        WorkerConfig(lambda: state)
+        .register(SyncJob)
+        .register(AsyncQuick)
+        .set_worker_count(DEFAULT_QUEUE, 2)
+    )
+    warm = worker.queue_many([SyncJob(n) for n in range(-50, 0)])
+    worker.wait(warm, timeout=WAIT)
+    jobs: list[Job[Tracker]] = [AsyncQuick(n) if n % 5 == 4 else SyncJob(n) for n in range(500)]
+    infos = worker.wait(worker.queue_many(jobs), timeout=WAIT)
+    assert statuses(infos) == [JobStatus.COMPLETED] * 500
+    assert sorted(state.ran) == sorted(
+        [("sync", n, False) for n in range(-50, 0)]
+        + [("async" if n % 5 == 4 else "sync", n, False) for n in range(500)]
+    )
+
+
 # ---------------------------------------------------------------------------------------
 # Retries, backoff and MAX_RETRIES.
 

@@ -14,8 +14,13 @@
 //! extend them instead); a retention task deletes old completed jobs; a scheduler task
 //! takes the ticks of the schedule entries whose job the pool has registered (see
 //! [`crate::schedule`]).
+//!
+//! A job's attempt ends on whichever thread reports its outcome ([`Completion`]): no task
+//! per job. A worker that finishes a job may take the queue's next prefetched job itself
+//! ([`Completion::send_and_next`]), so a burst of short jobs runs back to back on one
+//! thread (for Python: under one hold of the GIL) instead of bouncing between threads.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -73,25 +78,90 @@ impl CancelFlag {
     }
 }
 
-/// The one-shot channel an executor reports a job's outcome on, with the job's
-/// [`CancelFlag`].
-#[derive(Debug)]
+/// How an executor reports a job's outcome, with the job's [`CancelFlag`].
+///
+/// Reporting ends the attempt on the reporting thread, with no hop through a task: the
+/// worker slot is freed (or, with [`Completion::send_and_next`], handed straight to the
+/// next prefetched job) and the outcome is queued for the completer.
 pub struct Completion {
-    tx: oneshot::Sender<Outcome>,
+    run: Arc<Run>,
     cancel: CancelFlag,
+}
+
+impl std::fmt::Debug for Completion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completion").finish_non_exhaustive()
+    }
 }
 
 impl Completion {
     /// Report the outcome. Reporting after the engine gave up on the job (timeout, lost
     /// lease, shutdown) is harmless: the report is ignored.
     pub fn send(self, outcome: Outcome) {
-        let _ = self.tx.send(outcome);
+        if let Some(state) = self.run.take() {
+            end_attempt(&self.run, state, outcome, None);
+        }
+    }
+
+    /// Report the outcome and keep the worker slot for the queue's next prefetched job,
+    /// if one waits and `accept` takes it: the caller runs that job next, on the same
+    /// thread (for Python: under the same hold of the GIL), instead of the slot going back
+    /// to the pool and the job to another thread. `None` when no job waits (or `accept`
+    /// refuses the first one: it then goes to [`Executor::execute`] as usual).
+    pub fn send_and_next(
+        self,
+        outcome: Outcome,
+        accept: &dyn Fn(&ClaimedJob) -> bool,
+    ) -> Option<(ClaimedJob, Completion)> {
+        let state = self.run.take()?;
+        end_attempt(&self.run, state, outcome, Some(accept))
     }
 
     /// The job's cancel flag, set when a cancel of the running job is requested. Hand it
     /// to the job's code so it can stop early.
     pub fn cancel_flag(&self) -> CancelFlag {
         self.cancel.clone()
+    }
+}
+
+impl Drop for Completion {
+    fn drop(&mut self) {
+        if let Some(state) = self.run.take() {
+            let outcome = Outcome::Failure {
+                error: ErrorInfo::engine(
+                    "WorkerError",
+                    "the executor dropped the job without an outcome",
+                ),
+                permanent: false,
+            };
+            end_attempt(&self.run, state, outcome, None);
+        }
+    }
+}
+
+/// One attempt handed to the executor. Whichever ends it first (its outcome, its
+/// timeout, the executor dropping it) takes `state` and records the end; the others find
+/// `None` and do nothing.
+struct Run {
+    shared: Arc<Shared>,
+    slots: Arc<Slots>,
+    state: Mutex<Option<RunState>>,
+}
+
+struct RunState {
+    id: JobId,
+    lease: LeaseToken,
+    attempt: u32,
+    retry: RetryPolicy,
+    started: Instant,
+    permit: OwnedSemaphorePermit,
+    /// The task that ends the attempt at its timeout, if it has one.
+    timer: Option<tokio::task::AbortHandle>,
+}
+
+impl Run {
+    fn take(&self) -> Option<RunState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 }
 
@@ -175,30 +245,57 @@ struct Slots {
     freed: Notify,
     /// One permit per worker: a claimed job runs once it holds one.
     workers: Arc<Semaphore>,
-    /// Prefetched jobs waiting for a worker, on their way to [`start_loop`].
-    prefetched_tx: mpsc::UnboundedSender<(ClaimedJob, CancelFlag)>,
+    /// Prefetched jobs waiting for a worker, in claim order: taken by [`start_loop`] when a
+    /// worker is free, or by a worker that just finished a job ([`Completion::send_and_next`]).
+    prefetched: Mutex<Prefetched>,
+    /// Tells [`start_loop`] a job was prefetched.
+    prefetched_added: Notify,
     waiting: AtomicUsize,
     /// Recent run time of the queue's jobs, in microseconds (a moving average);
     /// `u64::MAX` until one has run.
     avg_run_us: AtomicU64,
 }
 
-/// The receiving end of [`Slots::prefetched_tx`].
-type Prefetched = mpsc::UnboundedReceiver<(ClaimedJob, CancelFlag)>;
+#[derive(Debug, Default)]
+struct Prefetched {
+    jobs: VecDeque<(ClaimedJob, CancelFlag)>,
+    /// Set once the pool stops: nothing more is taken out (`stop` releases the rest).
+    closed: bool,
+}
 
 impl Slots {
-    fn new(config: QueueConfig) -> (Self, Prefetched) {
-        let (prefetched_tx, rx) = mpsc::unbounded_channel();
-        let slots = Slots {
+    fn new(config: QueueConfig) -> Self {
+        Slots {
             workers: Arc::new(Semaphore::new(config.concurrency)),
-            prefetched_tx,
+            prefetched: Mutex::new(Prefetched::default()),
+            prefetched_added: Notify::new(),
             waiting: AtomicUsize::new(0),
             config,
             busy: AtomicUsize::new(0),
             freed: Notify::new(),
             avg_run_us: AtomicU64::new(u64::MAX),
-        };
-        (slots, rx)
+        }
+    }
+
+    fn prefetched(&self) -> MutexGuard<'_, Prefetched> {
+        self.prefetched.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The next prefetched job, if one waits, the pool is not stopping and `accept` (if
+    /// given) takes it.
+    fn take_prefetched(
+        &self,
+        accept: Option<&dyn Fn(&ClaimedJob) -> bool>,
+    ) -> Option<(ClaimedJob, CancelFlag)> {
+        let mut p = self.prefetched();
+        if p.closed {
+            return None;
+        }
+        let (job, _) = p.jobs.front()?;
+        if accept.is_some_and(|accept| !accept(job)) {
+            return None;
+        }
+        p.jobs.pop_front()
     }
 
     /// How many jobs the queue may hold beyond its workers now (see [`PREFETCH_WAIT`]).
@@ -251,6 +348,9 @@ struct Shared {
     idle: Notify,
     finish_tx: mpsc::UnboundedSender<FinishMsg>,
     stopping: watch::Sender<bool>,
+    /// The pool's runtime: attempts end on executor threads, which may need to start or
+    /// stop a timeout task.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Shared {
@@ -322,15 +422,15 @@ impl WorkerPool {
             idle: Notify::new(),
             finish_tx,
             stopping,
+            runtime: tokio::runtime::Handle::current(),
         });
         // The dispatchers first, one per queue: `stop` finds them by position.
         let mut tasks = Vec::new();
         let mut starters = Vec::new();
         for qc in &shared.config.queues {
-            let (slots, prefetched) = Slots::new(qc.clone());
-            let slots = Arc::new(slots);
+            let slots = Arc::new(Slots::new(qc.clone()));
             tasks.push(tokio::spawn(dispatch_loop(shared.clone(), slots.clone())));
-            starters.push(tokio::spawn(start_loop(shared.clone(), slots, prefetched)));
+            starters.push(tokio::spawn(start_loop(shared.clone(), slots)));
         }
         tasks.extend(starters);
         tasks.push(tokio::spawn(complete_loop(shared.clone(), finish_rx)));
@@ -686,44 +786,57 @@ fn start_job(shared: &Arc<Shared>, slots: &Arc<Slots>, job: ClaimedJob) {
     // Straight to a free worker, unless prefetched jobs wait: they go first, in claim order.
     if slots.waiting.load(Ordering::SeqCst) == 0 {
         if let Ok(permit) = slots.workers.clone().try_acquire_owned() {
-            tokio::spawn(run_job(shared.clone(), slots.clone(), job, cancel, permit));
+            launch(shared, slots, job, cancel, permit);
             return;
         }
     }
     slots.waiting.fetch_add(1, Ordering::SeqCst);
     shared.buffered.fetch_add(1, Ordering::SeqCst);
-    if slots.prefetched_tx.send((job, cancel)).is_err() {
+    let mut p = slots.prefetched();
+    if p.closed {
+        drop(p);
         not_started(shared, slots); // the pool is stopping
+        return;
     }
+    p.jobs.push_back((job, cancel));
+    drop(p);
+    slots.prefetched_added.notify_one();
 }
 
-/// Start the queue's prefetched jobs in claim order as workers free up. Once the pool
-/// begins to stop, the jobs still waiting are left in the lease map, and `stop` releases
-/// them (available at once, attempt not counted).
-async fn start_loop(shared: Arc<Shared>, slots: Arc<Slots>, mut rx: Prefetched) {
+/// Start the queue's prefetched jobs in claim order as workers free up (a worker that
+/// finishes a job may also take the next one itself). Once the pool begins to stop, the
+/// jobs still waiting are left in the lease map, and `stop` releases them (available at
+/// once, attempt not counted).
+async fn start_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
     let mut stop_rx = shared.stopping.subscribe();
     loop {
-        let next = tokio::select! {
-            biased;
-            _ = stop_rx.wait_for(|s| *s) => None,
-            m = rx.recv() => m,
-        };
-        let Some((job, cancel)) = next else { break };
+        let added = slots.prefetched_added.notified();
+        if slots.prefetched().jobs.is_empty() {
+            tokio::select! {
+                biased;
+                _ = stop_rx.wait_for(|s| *s) => break,
+                _ = added => continue,
+            }
+        }
         let permit = tokio::select! {
             biased;
             p = slots.workers.clone().acquire_owned() => p.ok(),
             _ = stop_rx.wait_for(|s| *s) => None,
         };
-        let Some(permit) = permit else {
-            not_started(&shared, &slots);
-            break;
-        };
-        slots.waiting.fetch_sub(1, Ordering::SeqCst);
-        shared.buffered.fetch_sub(1, Ordering::SeqCst);
-        tokio::spawn(run_job(shared.clone(), slots.clone(), job, cancel, permit));
+        let Some(permit) = permit else { break };
+        // A worker may have taken it meanwhile.
+        if let Some((job, cancel)) = slots.take_prefetched(None) {
+            slots.waiting.fetch_sub(1, Ordering::SeqCst);
+            shared.buffered.fetch_sub(1, Ordering::SeqCst);
+            launch(&shared, &slots, job, cancel, permit);
+        }
     }
-    rx.close();
-    while rx.try_recv().is_ok() {
+    let left = {
+        let mut p = slots.prefetched();
+        p.closed = true;
+        std::mem::take(&mut p.jobs)
+    };
+    for _ in left {
         not_started(&shared, &slots);
     }
 }
@@ -738,51 +851,81 @@ fn not_started(shared: &Shared, slots: &Slots) {
     }
 }
 
-async fn run_job(
-    shared: Arc<Shared>,
-    slots: Arc<Slots>,
+/// Hand `job` to the executor on the worker holding `permit`.
+fn launch(
+    shared: &Arc<Shared>,
+    slots: &Arc<Slots>,
     job: ClaimedJob,
     cancel: CancelFlag,
     permit: OwnedSemaphorePermit,
 ) {
-    let id = job.id;
-    let lease = job.lease;
-    // A prefetched job may have lost its lease, or been cancelled, while it waited.
+    if let Ok((job, done)) = ready(shared, slots, job, cancel, permit) {
+        shared.executor.execute(job, done);
+    }
+}
+
+/// Make `job` ready to run on the worker holding `permit`: its [`Completion`], and the
+/// timeout task if it has a timeout. A prefetched job that lost its lease or was
+/// cancelled while it waited ends at once instead, and the permit comes back.
+fn ready(
+    shared: &Arc<Shared>,
+    slots: &Arc<Slots>,
+    job: ClaimedJob,
+    cancel: CancelFlag,
+    permit: OwnedSemaphorePermit,
+) -> std::result::Result<(ClaimedJob, Completion), OwnedSemaphorePermit> {
     let skip = {
         let leases = shared.leases();
-        match leases.get(&id) {
-            Some(e) if e.token == lease && e.lost => Some(ErrorInfo::engine(
+        match leases.get(&job.id) {
+            Some(e) if e.token == job.lease && e.lost => Some(ErrorInfo::engine(
                 "LeaseLost",
                 "the job's lease was taken over before it started",
             )),
-            Some(e) if e.token == lease && e.cancel.is_set() => Some(ErrorInfo::engine(
+            Some(e) if e.token == job.lease && e.cancel.is_set() => Some(ErrorInfo::engine(
                 "Cancelled",
                 "the job was cancelled before it started",
             )),
             _ => None,
         }
     };
-    let (tx, rx) = oneshot::channel();
-    let attempt = job.attempt;
-    let retry = job.retry;
-    let timeout = job.timeout_ms.map(Duration::from_millis);
-    let started = Instant::now();
-    match skip {
-        None => shared.executor.execute(job, Completion { tx, cancel }),
-        Some(error) => {
-            let _ = tx.send(Outcome::Failure {
-                error,
-                permanent: false,
-            });
-        }
+    if let Some(error) = skip {
+        let outcome = Outcome::Failure {
+            error,
+            permanent: false,
+        };
+        settle(
+            shared,
+            slots,
+            job.id,
+            job.lease,
+            job.attempt,
+            job.retry,
+            outcome,
+        );
+        return Err(permit);
     }
-    let outcome = match timeout {
-        None => rx.await,
-        Some(limit) => match tokio::time::timeout(limit, rx).await {
-            Ok(r) => r,
-            Err(_) => {
-                shared.executor.abandon(id);
-                Ok(Outcome::Failure {
+    let run = Arc::new(Run {
+        shared: shared.clone(),
+        slots: slots.clone(),
+        state: Mutex::new(Some(RunState {
+            id: job.id,
+            lease: job.lease,
+            attempt: job.attempt,
+            retry: job.retry,
+            started: Instant::now(),
+            permit,
+            timer: None,
+        })),
+    });
+    if let Some(ms) = job.timeout_ms {
+        let limit = Duration::from_millis(ms);
+        let timed = run.clone();
+        let id = job.id;
+        let timer = shared.runtime.spawn(async move {
+            tokio::time::sleep(limit).await;
+            if let Some(state) = timed.take() {
+                timed.shared.executor.abandon(id);
+                let outcome = Outcome::Failure {
                     error: ErrorInfo::engine(
                         "Timeout",
                         format!(
@@ -791,20 +934,74 @@ async fn run_job(
                         ),
                     ),
                     permanent: false,
-                })
+                };
+                end_attempt(&timed, state, outcome, None);
             }
-        },
-    };
-    let outcome = outcome.unwrap_or_else(|_| Outcome::Failure {
-        error: ErrorInfo::engine(
-            "WorkerError",
-            "the executor dropped the job without an outcome",
-        ),
-        permanent: false,
-    });
+        });
+        if let Some(state) = run.state.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            state.timer = Some(timer.abort_handle());
+        }
+    }
+    Ok((job, Completion { run, cancel }))
+}
+
+/// End an attempt: record its outcome, then free its worker, or (with `next`) keep the
+/// worker for the next prefetched job `next` accepts and return that job ready to run.
+fn end_attempt(
+    run: &Run,
+    state: RunState,
+    outcome: Outcome,
+    next: Option<&dyn Fn(&ClaimedJob) -> bool>,
+) -> Option<(ClaimedJob, Completion)> {
+    let (shared, slots) = (&run.shared, &run.slots);
+    let RunState {
+        id,
+        lease,
+        attempt,
+        retry,
+        started,
+        permit,
+        timer,
+    } = state;
+    if let Some(timer) = timer {
+        timer.abort();
+    }
     slots.ran_for(started.elapsed());
+    let mut following = None;
+    let mut permit = Some(permit);
+    if let Some(accept) = next {
+        // The worker stays with the queue: its permit goes to the next job.
+        while let Some(p) = permit.take() {
+            let Some((job, cancel)) = slots.take_prefetched(Some(accept)) else {
+                permit = Some(p);
+                break;
+            };
+            slots.waiting.fetch_sub(1, Ordering::SeqCst);
+            shared.buffered.fetch_sub(1, Ordering::SeqCst);
+            match ready(shared, slots, job, cancel, p) {
+                Ok(ready) => following = Some(ready),
+                Err(p) => permit = Some(p),
+            }
+        }
+    }
+    // Otherwise the worker is free again, before the outcome is queued, so the dispatcher
+    // may claim while it is written.
     drop(permit);
-    // Free the slot first so the dispatcher can claim while the outcome is written.
+    settle(shared, slots, id, lease, attempt, retry, outcome);
+    following
+}
+
+/// Record a job's outcome and count it out: its lease entry stops executing, the outcome
+/// goes to the completer, the dispatcher learns of the room.
+fn settle(
+    shared: &Shared,
+    slots: &Slots,
+    id: JobId,
+    lease: LeaseToken,
+    attempt: u32,
+    retry: RetryPolicy,
+    outcome: Outcome,
+) {
     let still_ours = {
         let mut leases = shared.leases();
         match leases.get_mut(&id) {
@@ -816,9 +1013,12 @@ async fn run_job(
         }
     };
     slots.busy.fetch_sub(1, Ordering::SeqCst);
-    slots.freed.notify_one();
+    // The dispatcher waits for room only while it has none to claim into.
+    if slots.claim_size() > 0 {
+        slots.freed.notify_one();
+    }
     if still_ours {
-        record_outcome(&shared, id, lease, attempt, retry, outcome);
+        record_outcome(shared, id, lease, attempt, retry, outcome);
     }
     // Count the job as done only once its outcome is queued: `stop` flushes the completer
     // as soon as nothing executes, and an outcome queued after that flush would be lost.

@@ -875,3 +875,197 @@ async fn a_prefetched_job_cancelled_while_it_waits_never_runs() {
         pool.stop(Duration::from_secs(1)).await.unwrap();
     }
 }
+
+/// Runs jobs on plain threads, as the Python bindings do: a thread that finishes a job
+/// takes the queue's next prefetched job itself ([`Completion::send_and_next`]), except
+/// jobs named "elsewhere", which it leaves to [`Executor::execute`].
+struct ThreadExecutor {
+    tx: Mutex<Option<std::sync::mpsc::Sender<(ClaimedJob, Completion)>>>,
+    /// Jobs run, in the order they started, with whether they came from `send_and_next`.
+    started: Arc<Mutex<Vec<(String, bool)>>>,
+    running: Arc<AtomicUsize>,
+    most_running: Arc<AtomicUsize>,
+    abandoned: Arc<Mutex<Vec<JobId>>>,
+}
+
+impl ThreadExecutor {
+    /// `threads` threads; a job named "hold" waits for `gate`, "slow" sleeps 2 s.
+    fn new(threads: usize, gate: Arc<(Mutex<bool>, std::sync::Condvar)>) -> Arc<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<(ClaimedJob, Completion)>();
+        let rx = Arc::new(Mutex::new(rx));
+        let exec = Arc::new(ThreadExecutor {
+            tx: Mutex::new(Some(tx)),
+            started: Arc::default(),
+            running: Arc::default(),
+            most_running: Arc::default(),
+            abandoned: Arc::default(),
+        });
+        for _ in 0..threads {
+            let rx = rx.clone();
+            let (started, running, most) = (
+                exec.started.clone(),
+                exec.running.clone(),
+                exec.most_running.clone(),
+            );
+            let gate = gate.clone();
+            std::thread::spawn(move || {
+                let mut next: Option<(ClaimedJob, Completion, bool)> = None;
+                loop {
+                    let (job, done, chained) = match next.take() {
+                        Some(n) => n,
+                        None => match rx.lock().unwrap().recv() {
+                            Ok((j, d)) => (j, d, false),
+                            Err(_) => return,
+                        },
+                    };
+                    started.lock().unwrap().push((job.name.clone(), chained));
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    match job.name.as_str() {
+                        "hold" => {
+                            let (open, cv) = &*gate;
+                            let mut open = open.lock().unwrap();
+                            while !*open {
+                                open = cv.wait(open).unwrap();
+                            }
+                        }
+                        "slow" => std::thread::sleep(Duration::from_secs(2)),
+                        _ => {}
+                    }
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    next = done
+                        .send_and_next(Outcome::Success, &|j| j.name != "elsewhere")
+                        .map(|(j, d)| (j, d, true));
+                }
+            });
+        }
+        exec
+    }
+
+    fn close(&self) {
+        self.tx.lock().unwrap().take();
+    }
+}
+
+impl Executor for ThreadExecutor {
+    fn execute(&self, job: ClaimedJob, done: Completion) {
+        if let Some(tx) = self.tx.lock().unwrap().as_ref() {
+            let _ = tx.send((job, done));
+        }
+    }
+    fn abandon(&self, job_id: JobId) {
+        self.abandoned.lock().unwrap().push(job_id);
+    }
+}
+
+fn open_gate(gate: &(Mutex<bool>, std::sync::Condvar)) {
+    *gate.0.lock().unwrap() = true;
+    gate.1.notify_all();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_the_next_prefetched_job_itself_within_the_limit() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let exec = ThreadExecutor::new(4, gate.clone());
+        let pool = WorkerPool::start(
+            queue.clone(),
+            pool_config(2, &["quick", "hold", "elsewhere"]),
+            exec.clone(),
+        )
+        .unwrap();
+        // Short jobs, so the pool prefetches; "elsewhere" jobs are mixed in.
+        let warm = queue
+            .push_many((0..50).map(|_| job("quick")).collect())
+            .await
+            .unwrap();
+        wait_final(&storage, &warm, Duration::from_secs(10)).await;
+        // Both workers held: everything queued behind them is prefetched, then runs on the
+        // threads that were held, one job after another.
+        let hold = queue
+            .push_many(vec![job("hold"), job("hold")])
+            .await
+            .unwrap();
+        wait_in_flight(&pool, 2).await;
+        let jobs = (0..200)
+            .map(|i| job(if i % 10 == 9 { "elsewhere" } else { "quick" }))
+            .collect();
+        let ids = queue.push_many(jobs).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        open_gate(&gate);
+        wait_final(&storage, &ids, Duration::from_secs(10)).await;
+        wait_final(&storage, &hold, Duration::from_secs(10)).await;
+        for s in statuses(&storage, &ids).await {
+            assert_eq!(s, JobStatus::Completed, "{kind}");
+        }
+        let started = exec.started.lock().unwrap().clone();
+        assert_eq!(started.len(), 50 + 2 + 200, "{kind}: each job ran once");
+        assert!(
+            started.iter().filter(|(_, chained)| *chained).count() > 50,
+            "{kind}: workers took prefetched jobs themselves"
+        );
+        assert!(
+            started
+                .iter()
+                .all(|(name, chained)| !chained || name != "elsewhere"),
+            "{kind}: a job the worker refuses goes through execute"
+        );
+        assert!(
+            exec.most_running.load(Ordering::SeqCst) <= 2,
+            "{kind}: never more jobs at once than workers"
+        );
+        pool.stop(Duration::from_secs(1)).await.unwrap();
+        exec.close();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_skips_a_cancelled_prefetched_job_and_times_out_the_next() {
+    for (kind, storage, _dir) in storages() {
+        let queue = Arc::new(Queue::new(storage.clone()));
+        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let exec = ThreadExecutor::new(1, gate.clone());
+        let pool = WorkerPool::start(
+            queue.clone(),
+            pool_config(1, &["quick", "hold", "slow"]),
+            exec.clone(),
+        )
+        .unwrap();
+        let warm = queue
+            .push_many((0..20).map(|_| job("quick")).collect())
+            .await
+            .unwrap();
+        wait_final(&storage, &warm, Duration::from_secs(10)).await;
+        let hold = queue.push_many(vec![job("hold")]).await.unwrap();
+        wait_in_flight(&pool, 1).await;
+        let mut slow = job("slow");
+        slow.timeout_ms = Some(200);
+        slow.retry = fast_retry(0);
+        let ids = queue.push_many(vec![job("quick"), slow]).await.unwrap();
+        for id in &ids {
+            wait_status(&storage, *id, JobStatus::Running, Duration::from_secs(5)).await;
+        }
+        let result = queue.cancel_many(by_ids(&ids[..1])).await.unwrap();
+        assert_eq!(result.requested, 1, "{kind}: prefetched, so a request");
+        // Let the heartbeat task hear of the cancel before the worker frees up.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        open_gate(&gate);
+        wait_final(&storage, &ids, Duration::from_secs(5)).await;
+        let cancelled = storage.job_get(ids[0]).await.unwrap().unwrap();
+        assert_eq!(cancelled.status, JobStatus::Cancelled, "{kind}");
+        let timed_out = storage.job_get(ids[1]).await.unwrap().unwrap();
+        assert_eq!(timed_out.status, JobStatus::Failed, "{kind}");
+        assert_eq!(timed_out.last_error.unwrap().kind, "Timeout", "{kind}");
+        assert_eq!(*exec.abandoned.lock().unwrap(), vec![ids[1]], "{kind}");
+        let started = exec.started.lock().unwrap().clone();
+        assert_eq!(
+            started[20..].to_vec(),
+            vec![("hold".to_owned(), false), ("slow".to_owned(), true)],
+            "{kind}: the cancelled job never ran; the slow one ran on the held thread"
+        );
+        wait_final(&storage, &hold, Duration::from_secs(5)).await;
+        pool.stop(Duration::from_secs(3)).await.unwrap();
+        exec.close();
+    }
+}

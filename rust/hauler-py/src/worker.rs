@@ -44,7 +44,7 @@ struct Reports {
 struct PyExecutor {
     sync_tx: Mutex<Option<Sender<(ClaimedJob, Completion)>>>,
     async_tx: Mutex<Option<Sender<AsyncMsg>>>,
-    async_names: HashSet<String>,
+    async_names: Arc<HashSet<String>>,
     /// `None` when no hook wants recorded outcomes: then nothing is sent at all.
     reports: Option<Reports>,
 }
@@ -355,7 +355,12 @@ impl LiveThreads {
     }
 }
 
-fn sync_thread(rx: Receiver<(ClaimedJob, Completion)>, run_sync: Py<PyAny>, queue: Arc<Queue>) {
+fn sync_thread(
+    rx: Receiver<(ClaimedJob, Completion)>,
+    run_sync: Py<PyAny>,
+    queue: Arc<Queue>,
+    async_names: Arc<HashSet<String>>,
+) {
     // One thread state for the thread's whole life (not one per job): attaching costs a
     // thread-state allocation, and `threading.local` values survive from job to job. The
     // GIL is released while waiting for work.
@@ -376,8 +381,11 @@ fn sync_thread(rx: Receiver<(ClaimedJob, Completion)>, run_sync: Py<PyAny>, queu
                 run_sync_job(py, &run_sync, &job, cancel, &queue)
             }))
             .unwrap_or_else(|_| panic_outcome());
-            done.send(outcome);
-            waiting = rx.try_recv().ok();
+            // The queue's next prefetched sync job runs here at once, on this worker
+            // slot and under this hold of the GIL; else one already handed to the pool.
+            waiting = done
+                .send_and_next(outcome, &|next| !async_names.contains(&next.name))
+                .or_else(|| rx.try_recv().ok());
         }
         drop(run_sync);
     });
@@ -567,7 +575,7 @@ impl PyWorker {
     ) -> PyResult<Self> {
         let mut queue_configs = Vec::new();
         let mut sync_threads = 0usize;
-        let async_names: HashSet<String> = async_names.into_iter().collect();
+        let async_names: Arc<HashSet<String>> = Arc::new(async_names.into_iter().collect());
         let mut queue_list: Vec<_> = queues.into_iter().collect();
         queue_list.sort();
         for (queue, count) in queue_list {
@@ -630,8 +638,10 @@ impl PyWorker {
             let rx = sync_rx.clone();
             let f = run_sync.clone_ref(py);
             let q = queue.clone();
+            let a = async_names.clone();
             LIVE.started();
-            if let Err(e) = spawn_thread(format!("hauler-sync-{i}"), move || sync_thread(rx, f, q))
+            if let Err(e) =
+                spawn_thread(format!("hauler-sync-{i}"), move || sync_thread(rx, f, q, a))
             {
                 LIVE.exited();
                 return Err(e);
