@@ -132,7 +132,10 @@ def targets(res: Results) -> list[str]:
 
     d = "drain-batch"
     rows = [
-        ["memory: ≥ 100,000 jobs/s drained", ge(v("hauler-memory", d, "drain_per_s"), 100_000)],
+        [
+            "memory: ≥ 100,000 jobs/s end to end (queued in batches from Python, then run)",
+            ge(v("hauler-memory", d, "e2e_per_s"), 100_000),
+        ],
         ["SQLite NORMAL: ≥ 40,000 jobs/s", ge(v("hauler-sqlite-normal", d, "drain_per_s"), 40_000)],
         ["SQLite FULL: ≥ 20,000 jobs/s", ge(v("hauler-sqlite-full", d, "drain_per_s"), 20_000)],
         [
@@ -238,6 +241,7 @@ def markdown(meta: dict[str, Any], settings: Settings, runs: Sequence[Run]) -> s
                 res.cell(key, "drain-single", "drain_per_s", rate),
                 res.ratio(key, "drain-single", "drain_per_s"),
                 res.cell(key, best, "wall_per_s", rate),
+                res.cell(key, best, "e2e_per_s", rate),
             ]
         )
     out += table(
@@ -249,6 +253,7 @@ def markdown(meta: dict[str, Any], settings: Settings, runs: Sequence[Run]) -> s
             "jobs/s (queued one by one)",
             "x hauler",
             "jobs/s from the worker start",
+            "jobs/s queue + run",
         ],
         rows,
     )
@@ -258,7 +263,8 @@ def markdown(meta: dict[str, Any], settings: Settings, runs: Sequence[Run]) -> s
         "n/a: the library has no batch enqueue (its drain of singly queued jobs is in the "
         "next column). The last column divides by the time from the command that starts the "
         "workers (process start-up included) to the last job's start, for the batch-queued "
-        "drain where there is one.",
+        "drain where there is one; the next one by the whole time from the first job queued "
+        "to the last one's start (queueing, then the worker start and the drain).",
     ]
 
     out += ["", f"## 2. Enqueue rate ({sizes['drain']:,} jobs, from the harness process)", ""]
