@@ -25,7 +25,7 @@ from hauler import (
     Unique,
     create_server,
 )
-from hauler.handle import _job_tuple
+from hauler.handle import _class_of, _job_tuple
 from hauler.storage import PostgresStorage, SqliteStorage, Storage
 
 
@@ -230,4 +230,12 @@ def test_a_field_deleted_from_the_object_is_the_codec_error(handle: QueueHandle)
         job._encode()
     with pytest.raises(AttributeError):
         handle.queue(job)
+    assert handle.count() == 0
+
+
+def test_the_id_class_must_be_a_uuid_subclass_with_duplicate(handle: QueueHandle) -> None:
+    native = handle.storage._native
+    for bad in (int, uuid.UUID):
+        with pytest.raises(ConfigError, match=r"uuid\.UUID subclass with a duplicate slot"):
+            native.enqueue([Plain(1)], _class_of, bad)  # type: ignore[type-var]
     assert handle.count() == 0

@@ -336,33 +336,73 @@ impl<'py> JobClass<'py> {
     }
 }
 
-/// A stored id → an instance of `ids` (a `uuid.UUID` subclass with a `duplicate` slot),
-/// its slots set as `UUID.__init__` sets them, without parsing text.
-fn make_id<'py>(
-    ids: &Bound<'py, PyType>,
-    safe_unknown: &Bound<'py, PyAny>,
-    id: JobId,
-    duplicate: bool,
-) -> PyResult<Bound<'py, PyAny>> {
-    let py = ids.py();
-    let obj = ids.call_method1(intern!(py, "__new__"), (ids,))?;
-    let int = id.0.as_u128().into_pyobject(py)?;
-    let duplicate = PyBool::new(py, duplicate);
-    for (name, value) in [
-        (intern!(py, "int"), int.as_any()),
-        (intern!(py, "is_safe"), safe_unknown),
-        (intern!(py, "duplicate"), duplicate.as_any()),
-    ] {
-        // SAFETY: three live objects; `object.__setattr__`, which `UUID.__init__` uses
-        // because `UUID.__setattr__` refuses every assignment.
-        let rc = unsafe {
-            pyo3::ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr())
-        };
-        if rc != 0 {
-            return Err(PyErr::fetch(py));
+/// Builds the ids `Storage.enqueue` returns: instances of a `uuid.UUID` subclass with a
+/// `duplicate` slot, their slots set as `UUID.__init__` sets them, without parsing text.
+struct IdMaker<'py> {
+    ids: Bound<'py, PyType>,
+    alloc: pyo3::ffi::allocfunc,
+    safe_unknown: Bound<'py, PyAny>,
+}
+
+impl<'py> IdMaker<'py> {
+    fn new(ids: &Bound<'py, PyType>) -> PyResult<Self> {
+        let py = ids.py();
+        let uuid = py.import(intern!(py, "uuid"))?;
+        if !ids.is_subclass(&uuid.getattr(intern!(py, "UUID"))?)?
+            || !ids.hasattr(intern!(py, "duplicate"))?
+        {
+            return Err(hauler_err(
+                "ConfigError",
+                "ids must be a uuid.UUID subclass with a duplicate slot",
+            ));
         }
+        // SAFETY: `ids` is a live type object; the slot is its allocator (the one
+        // `object.__new__` calls), inherited from `object` unless a base sets another.
+        let slot = unsafe { pyo3::ffi::PyType_GetSlot(ids.as_type_ptr(), pyo3::ffi::Py_tp_alloc) };
+        let alloc = if slot.is_null() {
+            pyo3::ffi::PyType_GenericAlloc as pyo3::ffi::allocfunc
+        } else {
+            // SAFETY: the `Py_tp_alloc` slot holds an `allocfunc`.
+            unsafe { std::mem::transmute::<*mut std::ffi::c_void, pyo3::ffi::allocfunc>(slot) }
+        };
+        Ok(IdMaker {
+            ids: ids.clone(),
+            alloc,
+            safe_unknown: uuid
+                .getattr(intern!(py, "SafeUUID"))?
+                .getattr(intern!(py, "unknown"))?,
+        })
     }
-    Ok(obj)
+
+    /// `object.__new__(ids)` with `int`, `is_safe` and `duplicate` set; allocated
+    /// directly (no argument tuple), as id lists are long and every allocation counts
+    /// towards Python's next garbage collection.
+    fn make(&self, id: JobId, duplicate: bool) -> PyResult<Bound<'py, PyAny>> {
+        let py = self.ids.py();
+        // SAFETY: the type's own allocator, called as `object.__new__` calls it; the
+        // result is a new reference (or NULL with an exception set).
+        let obj = unsafe {
+            let ptr = (self.alloc)(self.ids.as_type_ptr(), 0);
+            Bound::from_owned_ptr_or_err(py, ptr)?
+        };
+        let int = id.0.as_u128().into_pyobject(py)?;
+        let duplicate = PyBool::new(py, duplicate);
+        for (name, value) in [
+            (intern!(py, "int"), int.as_any()),
+            (intern!(py, "is_safe"), &self.safe_unknown),
+            (intern!(py, "duplicate"), duplicate.as_any()),
+        ] {
+            // SAFETY: three live objects; `object.__setattr__`, which `UUID.__init__`
+            // uses because `UUID.__setattr__` refuses every assignment.
+            let rc = unsafe {
+                pyo3::ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr())
+            };
+            if rc != 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        Ok(obj)
+    }
 }
 
 /// The `LimitsDict` of `_native.pyi` (or None) → the unique key and the [`JobLimits`].
@@ -520,6 +560,7 @@ impl PyStorage {
         run_at_us: Option<i64>,
         max_payload_bytes: Option<usize>,
     ) -> PyResult<Bound<'py, PyList>> {
+        let maker = IdMaker::new(ids)?;
         let mut classes: Vec<JobClass<'py>> = Vec::new();
         let mut last = 0;
         let mut new = Vec::with_capacity(jobs.len().unwrap_or(0));
@@ -543,13 +584,9 @@ impl PyStorage {
         }
         let queue = self.queue.clone();
         let inserted = wait(py, async move { queue.insert_many(new).await })?;
-        let safe_unknown = py
-            .import(intern!(py, "uuid"))?
-            .getattr(intern!(py, "SafeUUID"))?
-            .getattr(intern!(py, "unknown"))?;
         let out = PyList::empty(py);
         for j in &inserted {
-            out.append(make_id(ids, &safe_unknown, j.id, j.duplicate)?)?;
+            out.append(maker.make(j.id, j.duplicate)?)?;
         }
         Ok(out)
     }
