@@ -131,8 +131,13 @@ def _encode_dict(value: dict[Any, Any]) -> dict[str, Any]:
     return out
 
 
+def _init_fields(cls: type) -> tuple[str, ...]:
+    """Return the names of the ``init`` fields of dataclass ``cls``: what is stored, in order."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.init)
+
+
 def _dataclass_encoder(cls: type) -> Callable[[Any], dict[str, Any]]:
-    names = tuple(f.name for f in dataclasses.fields(cls) if f.init)
+    names = _init_fields(cls)
 
     def encode(value: Any) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -455,11 +460,13 @@ class DataclassCodec(Generic[T]):
     Build it with :func:`codec_for`, which caches one per class.
     """
 
-    __slots__ = ("_cls", "_encode_fields", "_fields", "_required", "name")
+    __slots__ = ("_cls", "_encode_fields", "_fields", "_required", "field_names", "name")
 
     def __init__(self, cls: type[T]) -> None:
         self._cls = cls
         self.name = cls.__name__
+        self.field_names: tuple[str, ...] = _init_fields(cls)
+        """The names :meth:`encode` writes, in order (the ``init`` fields)."""
         self._encode_fields = _dataclass_encoder(cls)
         self._fields: tuple[tuple[str, Callable[[Any], Any], frozenset[type]], ...] = ()
         self._required: frozenset[str] = frozenset()

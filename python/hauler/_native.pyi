@@ -7,8 +7,9 @@ Errors are raised as the classes in ``hauler.errors``.
 """
 
 import builtins
-from collections.abc import Callable, Sequence
-from typing import Any, TypedDict, final, type_check_only
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypedDict, TypeVar, final, type_check_only
 
 __all__ = [
     "CancelFlag",
@@ -23,6 +24,8 @@ __all__ = [
     "validate_retry",
     "wait_sync_threads",
 ]
+
+_IdT = TypeVar("_IdT", bound=uuid.UUID)
 
 # The dict shapes and tuple aliases below exist only for type checking: the runtime passes
 # plain dicts and tuples. The aliases are private (stubtest skips private names that do not
@@ -158,6 +161,24 @@ _NewJobTuple = tuple[
 # "concurrency_key": str, "concurrency_limit": int, "rate_key": str, "rate_limit": int,
 # "rate_window_ms": int}, each key optional.
 
+# What ``Storage.enqueue`` reads of a job class: (name, queue, priority, retry,
+# timeout_ms, heartbeat_ms, version, field names, encode, limits), the constants as in
+# ``_NewJobTuple``; ``encode(job)`` gives the fields as a JSON-compatible dict (used when a
+# field is not a plain str, int, float, bool or None), ``limits(job)`` the job's limits
+# (None: the class sets none).
+_JobClassTuple = tuple[
+    str,
+    str,
+    int,
+    dict[str, Any],
+    int | None,
+    int,
+    int,
+    tuple[str, ...],
+    Callable[[Any], dict[str, Any]],
+    Callable[[Any], dict[str, Any] | None] | None,
+]
+
 def validate_retry(retry: dict[str, Any]) -> None:
     """Raise ``ConfigError`` naming every problem in a retry policy dict."""
 
@@ -238,6 +259,24 @@ class Storage:
 
         A job whose arguments take more than ``max_payload_bytes`` bytes as JSON raises
         ``SerializationError`` naming both sizes, and nothing is stored.
+        """
+
+    def enqueue(
+        self,
+        jobs: Iterable[object],
+        class_of: Callable[[type], _JobClassTuple],
+        ids: type[_IdT],
+        *,
+        run_at_us: int | None = None,
+        max_payload_bytes: int | None = None,
+    ) -> list[_IdT]:
+        """Store job objects in one transaction; once durable, return their ids in order.
+
+        ``class_of(type(job))`` is called once per job class and call. Each id is built as
+        ``ids`` (a ``uuid.UUID`` subclass with a ``duplicate`` slot) without calling its
+        ``__init__``: ``int`` and ``is_safe`` set as ``UUID.__init__`` does, ``duplicate``
+        true for a unique job that matched a stored one (the id is then that job's).
+        Errors as for :meth:`push_many`; nothing is stored then.
         """
 
     def pg_insert(

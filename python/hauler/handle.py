@@ -86,6 +86,13 @@ class DbConnection(Protocol):
         ...
 
 
+def _class_of(cls: type) -> _native._JobClassTuple:
+    """Return what ``Storage.enqueue`` reads of job class ``cls`` (once per class and call)."""
+    if not issubclass(cls, Job):
+        raise ConfigError(f"expected a hauler Job instance, got {cls.__name__}")
+    return cls._spec().native
+
+
 def _job_tuple(job: Job[Any], run_at_us: int | None) -> _native._NewJobTuple:
     if not isinstance(job, Job):
         raise ConfigError(f"expected a hauler Job instance, got {type(job).__name__}")
@@ -408,13 +415,26 @@ class QueueHandle:
         return self._max_payload_bytes
 
     def _push(
-        self, tuples: builtins.list[_native._NewJobTuple], connection: DbConnection | None
+        self,
+        jobs: Iterable[Job[Any]],
+        run_at_us: int | None,
+        connection: DbConnection | None,
     ) -> builtins.list[QueuedId]:
         native = self._storage._native
         if connection is None:
-            pushed = native.push_many(tuples, max_payload_bytes=self._max_payload_bytes)
-            self._enqueued([i for i, dup in pushed if not dup])
-            return [QueuedId(i, duplicate=dup) for i, dup in pushed]
+            out = native.enqueue(
+                jobs,
+                _class_of,
+                QueuedId,
+                run_at_us=run_at_us,
+                max_payload_bytes=self._max_payload_bytes,
+            )
+            if self._enqueue_hooks:
+                self._enqueued([str(i) for i in out if not i.duplicate])
+            return out
+        tuples = [_job_tuple(j, run_at_us) for j in jobs]
+        if not tuples:
+            return []
         sql, params, ids, unique = native.pg_insert(
             tuples, max_payload_bytes=self._max_payload_bytes
         )
@@ -482,10 +502,7 @@ class QueueHandle:
         unique jobs in one call, the second is a duplicate of the first. ``connection`` is
         as for :meth:`queue`.
         """
-        tuples = [_job_tuple(j, None) for j in jobs]
-        if not tuples:
-            return []
-        return self._push(tuples, connection)
+        return self._push(jobs, None, connection)
 
     def schedule(
         self,
@@ -505,7 +522,7 @@ class QueueHandle:
 
         """
         run_at = _run_at(at, after)
-        return self._push([_job_tuple(job, run_at)], connection)[0]
+        return self._push([job], run_at, connection)[0]
 
     def every(
         self,

@@ -32,6 +32,7 @@ from typing import (
     get_origin,
 )
 
+from hauler import _native
 from hauler._codec import DataclassCodec, codec_for
 from hauler.errors import ConfigError
 from hauler.limits import Unique, _digest, parse_rate_limit
@@ -123,6 +124,26 @@ class JobSpec:
     the most jobs of a key running at once; ``None`` for no limit."""
     rate: tuple[int, int] | None = None
     """``RATE_LIMIT``: the most starts per window and the window in ms, or ``None``."""
+    native: "_native._JobClassTuple" = dataclasses.field(init=False, repr=False, compare=False)
+    """What ``Storage.enqueue`` reads of the class: its constants, the field names, the
+    encoder (for fields that are not plain values) and :meth:`limits` (``None`` when the
+    class sets none)."""
+
+    def __post_init__(self) -> None:
+        has_limits = not (self.unique is None and self.concurrency is None and self.rate is None)
+        native: _native._JobClassTuple = (
+            self.name,
+            self.queue,
+            self.priority,
+            self.retry,
+            self.timeout_ms,
+            self.heartbeat_ms,
+            self.version,
+            self.codec.field_names,
+            self.codec.encode,
+            self.limits if has_limits else None,
+        )
+        object.__setattr__(self, "native", native)
 
     def limits(self, job: "Job[Any]") -> dict[str, Any] | None:
         """Return the limits to store with ``job`` (``None`` when the class sets none)."""

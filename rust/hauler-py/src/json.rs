@@ -126,6 +126,54 @@ pub(crate) fn to_json(v: &Bound<'_, PyAny>) -> Result<String, String> {
     serde_json::to_string(&PyJson { value: v, depth: 0 }).map_err(|e| e.to_string())
 }
 
+/// The fields `names` of `obj` as a JSON object, when each is a plain value (exactly
+/// str, int, float, bool or None): the values the job codec passes through as they are,
+/// so the text is the one [`to_json`] makes of the codec's dict. `None` when a field is
+/// missing or not plain, or a plain value cannot be stored (a lone surrogate, an integer
+/// past 64 bits, a float NaN): the codec's dict, or its error, decides then.
+pub(crate) fn to_json_fields(
+    obj: &Bound<'_, PyAny>,
+    names: &[Bound<'_, PyString>],
+) -> Option<String> {
+    serde_json::to_string(&PlainFields { obj, names }).ok()
+}
+
+struct PlainFields<'a, 'py> {
+    obj: &'a Bound<'py, PyAny>,
+    names: &'a [Bound<'py, PyString>],
+}
+
+fn is_plain(v: &Bound<'_, PyAny>) -> bool {
+    v.is_none()
+        || v.is_exact_instance_of::<PyString>()
+        || v.is_exact_instance_of::<PyInt>()
+        || v.is_exact_instance_of::<PyBool>()
+        || v.is_exact_instance_of::<PyFloat>()
+}
+
+impl Serialize for PlainFields<'_, '_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(Some(self.names.len()))?;
+        for name in self.names {
+            let value = self
+                .obj
+                .getattr(name)
+                .ok()
+                .filter(is_plain)
+                .ok_or_else(|| S::Error::custom("not a plain value"))?;
+            let key = name.to_str().map_err(S::Error::custom)?;
+            m.serialize_entry(
+                key,
+                &PyJson {
+                    value: &value,
+                    depth: 1,
+                },
+            )?;
+        }
+        m.end()
+    }
+}
+
 /// JSON value → Python value.
 pub(crate) fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
     Ok(match v {

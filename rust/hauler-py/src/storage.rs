@@ -10,6 +10,7 @@ use hauler_core::model::{
     ConcurrencyLimit, GroupId, JobId, JobLimits, JobStatus, NewJob, RateLimit, Timestamp,
 };
 use hauler_core::queue::Queue;
+use hauler_core::retry::RetryPolicy;
 use hauler_core::schedule::{
     CatchUp, JobTemplate, NewSchedule, ScheduleRecord, ScheduleSpec, Ticker,
 };
@@ -17,12 +18,13 @@ use hauler_core::storage::{
     postgres, JobCountParams, JobDeleteParams, JobFilter, JobListParams, JobPruneParams,
     MemoryStorage, PostgresOptions, PostgresStorage, SqliteOptions, SqliteStorage, Synchronous,
 };
+use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyBool, PyDict, PyList, PyString, PyTuple, PyType};
 
 use crate::convert::{record_to_py, retry_from_py};
 use crate::errors::{hauler_err, to_pyerr};
-use crate::json::to_json;
+use crate::json::{to_json, to_json_fields};
 use crate::runtime::{runtime, wait};
 
 /// A storage handle (see `_native.pyi`).
@@ -135,6 +137,112 @@ fn millis(name: &str, ms: i64) -> PyResult<Duration> {
         })
 }
 
+/// The constants a job class gives every job of it, checked.
+struct JobConstants {
+    name: String,
+    queue: String,
+    priority: i32,
+    retry: RetryPolicy,
+    timeout_ms: Option<u64>,
+    heartbeat_ms: u64,
+    version: u32,
+}
+
+impl JobConstants {
+    /// Check the constants of `_NewJobTuple` and `_JobClassTuple` (items 0, 1 and 3-6
+    /// of the former, with the version).
+    fn new(
+        name: String,
+        queue: String,
+        priority: i64,
+        retry: &Bound<'_, PyAny>,
+        timeout_ms: Option<i64>,
+        heartbeat_ms: i64,
+        version: i64,
+    ) -> PyResult<Self> {
+        let retry = retry
+            .cast::<PyDict>()
+            .map_err(|_| hauler_err("ConfigError", "retry policy must be a dict"))?;
+        let heartbeat_ms = millis("HEARTBEAT_INTERVAL", heartbeat_ms)?.as_millis() as u64;
+        let timeout_ms = timeout_ms
+            .map(|ms| millis("TIMEOUT", ms).map(|d| d.as_millis() as u64))
+            .transpose()?;
+        let version = u32::try_from(version)
+            .ok()
+            .filter(|&v| v > 0)
+            .ok_or_else(|| {
+                hauler_err(
+                    "ConfigError",
+                    format!("VERSION must be a positive int, got {version}"),
+                )
+            })?;
+        let priority = i32::try_from(priority).map_err(|_| {
+            hauler_err(
+                "ConfigError",
+                format!("PRIORITY must fit in 32 bits, got {priority}"),
+            )
+        })?;
+        Ok(JobConstants {
+            name,
+            queue,
+            priority,
+            retry: retry_from_py(retry)?,
+            timeout_ms,
+            heartbeat_ms,
+            version,
+        })
+    }
+
+    /// A job of these constants with arguments `args` (JSON text, checked by
+    /// [`JobConstants::args`]).
+    fn job(
+        &self,
+        args: String,
+        unique_key: Option<String>,
+        limits: JobLimits,
+        run_at_us: Option<i64>,
+    ) -> NewJob {
+        NewJob {
+            id: JobId::new(),
+            unique_key,
+            limits,
+            name: self.name.clone(),
+            queue: self.queue.clone(),
+            args,
+            priority: self.priority,
+            retry: self.retry,
+            timeout_ms: self.timeout_ms,
+            heartbeat_ms: self.heartbeat_ms,
+            run_at: run_at_us.map(Timestamp::from_micros),
+            version: self.version,
+        }
+    }
+
+    /// The arguments of a job as JSON text (`json`, or why they could not be), refused
+    /// if they take more than `max_payload` bytes.
+    fn args(&self, json: Result<String, String>, max_payload: Option<usize>) -> PyResult<String> {
+        let name = &self.name;
+        let args_json = json.map_err(|e| {
+            hauler_err(
+                "SerializationError",
+                format!("job {name:?}: arguments cannot be serialized: {e}"),
+            )
+        })?;
+        if let Some(max) = max_payload.filter(|&max| args_json.len() > max) {
+            return Err(hauler_err(
+                "SerializationError",
+                format!(
+                    "job {name:?}: arguments take {} bytes as JSON, over the limit of {max} \
+                     bytes (max_payload_bytes); store large data elsewhere and queue a \
+                     reference to it",
+                    args_json.len()
+                ),
+            ));
+        }
+        Ok(args_json)
+    }
+}
+
 /// One job tuple of `push_many` → a `NewJob` (arguments serialized here, with the GIL),
 /// refused if its arguments take more than `max_payload` bytes as JSON.
 fn new_job(t: &Bound<'_, PyAny>, max_payload: Option<usize>) -> PyResult<NewJob> {
@@ -147,69 +255,154 @@ fn new_job(t: &Bound<'_, PyAny>, max_payload: Option<usize>) -> PyResult<NewJob>
             format!("a job tuple has 10 items, got {}", t.len()),
         ));
     }
-    let name: String = t.get_item(0)?.extract()?;
-    let args = t.get_item(2)?;
-    let args_json = to_json(&args).map_err(|e| {
-        hauler_err(
-            "SerializationError",
-            format!("job {name:?}: arguments cannot be serialized: {e}"),
-        )
-    })?;
-    if let Some(max) = max_payload.filter(|&max| args_json.len() > max) {
-        return Err(hauler_err(
-            "SerializationError",
-            format!(
-                "job {name:?}: arguments take {} bytes as JSON, over the limit of {max} bytes \
-                 (max_payload_bytes); store large data elsewhere and queue a reference to it",
-                args_json.len()
-            ),
-        ));
-    }
-    let retry = t.get_item(4)?;
-    let retry = retry
-        .cast::<PyDict>()
-        .map_err(|_| hauler_err("ConfigError", "retry policy must be a dict"))?;
-    let heartbeat_ms: i64 = t.get_item(6)?.extract()?;
-    let heartbeat_ms = millis("HEARTBEAT_INTERVAL", heartbeat_ms)?.as_millis() as u64;
-    let timeout_ms: Option<i64> = t.get_item(5)?.extract()?;
-    let timeout_ms = timeout_ms
-        .map(|ms| millis("TIMEOUT", ms).map(|d| d.as_millis() as u64))
-        .transpose()?;
-    let version: i64 = t.get_item(8)?.extract()?;
-    let version = u32::try_from(version)
-        .ok()
-        .filter(|&v| v > 0)
-        .ok_or_else(|| {
-            hauler_err(
-                "ConfigError",
-                format!("VERSION must be a positive int, got {version}"),
-            )
-        })?;
-    let priority: i64 = t.get_item(3)?.extract()?;
-    let priority = i32::try_from(priority).map_err(|_| {
-        hauler_err(
-            "ConfigError",
-            format!("PRIORITY must fit in 32 bits, got {priority}"),
-        )
-    })?;
+    let constants = JobConstants::new(
+        t.get_item(0)?.extract()?,
+        t.get_item(1)?.extract()?,
+        t.get_item(3)?.extract()?,
+        &t.get_item(4)?,
+        t.get_item(5)?.extract()?,
+        t.get_item(6)?.extract()?,
+        t.get_item(8)?.extract()?,
+    )?;
+    let args = constants.args(to_json(&t.get_item(2)?), max_payload)?;
     let (unique_key, limits) = limits_from_py(&t.get_item(9)?)?;
-    Ok(NewJob {
-        id: JobId::new(),
-        unique_key,
-        limits,
-        name,
-        queue: t.get_item(1)?.extract()?,
-        args: args_json,
-        priority,
-        retry: retry_from_py(retry)?,
-        timeout_ms,
-        heartbeat_ms,
-        run_at: t
+    Ok(constants.job(args, unique_key, limits, t.get_item(7)?.extract()?))
+}
+
+/// A job class as `Storage.enqueue` sees it: its `_JobClassTuple`, checked.
+struct JobClass<'py> {
+    /// The class (compared by identity).
+    ty: Bound<'py, PyType>,
+    constants: JobConstants,
+    /// The stored field names, in order.
+    fields: Vec<Bound<'py, PyString>>,
+    /// `encode(job)`: the fields as a JSON-compatible dict.
+    encode: Bound<'py, PyAny>,
+    /// `limits(job)`, or None when the class sets no limits.
+    limits: Option<Bound<'py, PyAny>>,
+}
+
+impl<'py> JobClass<'py> {
+    fn new(ty: Bound<'py, PyType>, t: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let t = t
+            .cast::<PyTuple>()
+            .ok()
+            .filter(|t| t.len() == 10)
+            .ok_or_else(|| hauler_err("ConfigError", "a job class tuple has 10 items"))?;
+        let constants = JobConstants::new(
+            t.get_item(0)?.extract()?,
+            t.get_item(1)?.extract()?,
+            t.get_item(2)?.extract()?,
+            &t.get_item(3)?,
+            t.get_item(4)?.extract()?,
+            t.get_item(5)?.extract()?,
+            t.get_item(6)?.extract()?,
+        )?;
+        let fields = t
             .get_item(7)?
-            .extract::<Option<i64>>()?
-            .map(Timestamp::from_micros),
-        version,
-    })
+            .try_iter()?
+            .map(|f| Ok(f?.cast_into::<PyString>()?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let limits = Some(t.get_item(9)?).filter(|l| !l.is_none());
+        Ok(JobClass {
+            ty,
+            constants,
+            fields,
+            encode: t.get_item(8)?,
+            limits,
+        })
+    }
+
+    /// `job` → a `NewJob`. Fields that are all plain values (exactly str, int, float,
+    /// bool or None, as the codec passes them through) are serialized straight from the
+    /// object; otherwise the class's encoder builds the dict (and raises for a value it
+    /// cannot store), as `Job._encode` does.
+    fn job(
+        &self,
+        job: &Bound<'py, PyAny>,
+        run_at_us: Option<i64>,
+        max_payload: Option<usize>,
+    ) -> PyResult<NewJob> {
+        let json = match to_json_fields(job, &self.fields) {
+            Some(json) => Ok(json),
+            None => to_json(&self.encode.call1((job,))?),
+        };
+        let args = self.constants.args(json, max_payload)?;
+        let (unique_key, limits) = match &self.limits {
+            Some(f) => limits_from_py(&f.call1((job,))?)?,
+            None => (None, JobLimits::default()),
+        };
+        Ok(self.constants.job(args, unique_key, limits, run_at_us))
+    }
+}
+
+/// Builds the ids `Storage.enqueue` returns: instances of a `uuid.UUID` subclass with a
+/// `duplicate` slot, their slots set as `UUID.__init__` sets them, without parsing text.
+struct IdMaker<'py> {
+    ids: Bound<'py, PyType>,
+    alloc: pyo3::ffi::allocfunc,
+    safe_unknown: Bound<'py, PyAny>,
+}
+
+impl<'py> IdMaker<'py> {
+    fn new(ids: &Bound<'py, PyType>) -> PyResult<Self> {
+        let py = ids.py();
+        let uuid = py.import(intern!(py, "uuid"))?;
+        if !ids.is_subclass(&uuid.getattr(intern!(py, "UUID"))?)?
+            || !ids.hasattr(intern!(py, "duplicate"))?
+        {
+            return Err(hauler_err(
+                "ConfigError",
+                "ids must be a uuid.UUID subclass with a duplicate slot",
+            ));
+        }
+        // SAFETY: `ids` is a live type object; the slot is its allocator (the one
+        // `object.__new__` calls), inherited from `object` unless a base sets another.
+        let slot = unsafe { pyo3::ffi::PyType_GetSlot(ids.as_type_ptr(), pyo3::ffi::Py_tp_alloc) };
+        let alloc = if slot.is_null() {
+            pyo3::ffi::PyType_GenericAlloc as pyo3::ffi::allocfunc
+        } else {
+            // SAFETY: the `Py_tp_alloc` slot holds an `allocfunc`.
+            unsafe { std::mem::transmute::<*mut std::ffi::c_void, pyo3::ffi::allocfunc>(slot) }
+        };
+        Ok(IdMaker {
+            ids: ids.clone(),
+            alloc,
+            safe_unknown: uuid
+                .getattr(intern!(py, "SafeUUID"))?
+                .getattr(intern!(py, "unknown"))?,
+        })
+    }
+
+    /// `object.__new__(ids)` with `int`, `is_safe` and `duplicate` set; allocated
+    /// directly (no argument tuple), as id lists are long and every allocation counts
+    /// towards Python's next garbage collection.
+    fn make(&self, id: JobId, duplicate: bool) -> PyResult<Bound<'py, PyAny>> {
+        let py = self.ids.py();
+        // SAFETY: the type's own allocator, called as `object.__new__` calls it; the
+        // result is a new reference (or NULL with an exception set).
+        let obj = unsafe {
+            let ptr = (self.alloc)(self.ids.as_type_ptr(), 0);
+            Bound::from_owned_ptr_or_err(py, ptr)?
+        };
+        let int = id.0.as_u128().into_pyobject(py)?;
+        let duplicate = PyBool::new(py, duplicate);
+        for (name, value) in [
+            (intern!(py, "int"), int.as_any()),
+            (intern!(py, "is_safe"), &self.safe_unknown),
+            (intern!(py, "duplicate"), duplicate.as_any()),
+        ] {
+            // SAFETY: three live objects; `object.__setattr__`, which `UUID.__init__`
+            // uses because `UUID.__setattr__` refuses every assignment.
+            let rc = unsafe {
+                pyo3::ffi::PyObject_GenericSetAttr(obj.as_ptr(), name.as_ptr(), value.as_ptr())
+            };
+            if rc != 0 {
+                return Err(PyErr::fetch(py));
+            }
+        }
+        Ok(obj)
+    }
 }
 
 /// The `LimitsDict` of `_native.pyi` (or None) → the unique key and the [`JobLimits`].
@@ -352,6 +545,50 @@ impl PyStorage {
     #[getter]
     fn closed(&self) -> bool {
         self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Store job objects in one transaction; once durable, return their ids (instances of
+    /// `ids`) in order. `class_of(type(job))` gives each job class's `_JobClassTuple`,
+    /// asked once per class and call.
+    #[pyo3(signature = (jobs, class_of, ids, *, run_at_us = None, max_payload_bytes = None))]
+    fn enqueue<'py>(
+        &self,
+        py: Python<'py>,
+        jobs: &Bound<'py, PyAny>,
+        class_of: &Bound<'py, PyAny>,
+        ids: &Bound<'py, PyType>,
+        run_at_us: Option<i64>,
+        max_payload_bytes: Option<usize>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let maker = IdMaker::new(ids)?;
+        let mut classes: Vec<JobClass<'py>> = Vec::new();
+        let mut last = 0;
+        let mut new = Vec::with_capacity(jobs.len().unwrap_or(0));
+        for job in jobs.try_iter()? {
+            let job = job?;
+            let ty = job.get_type();
+            if !classes.get(last).is_some_and(|c| c.ty.is(&ty)) {
+                last = match classes.iter().position(|c| c.ty.is(&ty)) {
+                    Some(i) => i,
+                    None => {
+                        let t = class_of.call1((&ty,))?;
+                        classes.push(JobClass::new(ty, &t)?);
+                        classes.len() - 1
+                    }
+                };
+            }
+            new.push(classes[last].job(&job, run_at_us, max_payload_bytes)?);
+        }
+        if new.is_empty() {
+            return Ok(PyList::empty(py));
+        }
+        let queue = self.queue.clone();
+        let inserted = wait(py, async move { queue.insert_many(new).await })?;
+        let out = PyList::empty(py);
+        for j in &inserted {
+            out.append(maker.make(j.id, j.duplicate)?)?;
+        }
+        Ok(out)
     }
 
     /// Store jobs in one transaction; once durable, return per job its id and whether it

@@ -378,6 +378,25 @@ const JOB_INSERT: &str = "WITH inserted AS (
 )
 SELECT pg_notify($15, left(queue, 1000))::text FROM (SELECT DISTINCT queue FROM inserted) q";
 
+/// [`JOB_INSERT`] for a batch whose jobs differ only in id and arguments and hold no
+/// unique key (the usual batch: jobs of one class queued together; see [`UniformRows`]).
+/// Only `$1` (ids) and `$2` (arguments) are arrays, the rest single values, which costs
+/// the server about a quarter less per row than unnesting 19 arrays. `$3`-`$11`: name,
+/// queue, status, priority, max_retries, retry, timeout_ms, heartbeat_ms, version;
+/// `$12` the time of queueing, `$13` the run time, `$14`-`$18` the limits' columns,
+/// `$19` the notification channel (one notification: the batch has one queue).
+const JOB_INSERT_UNIFORM: &str = "WITH inserted AS (
+    INSERT INTO jobs (id, name, queue, args, status, priority, max_retries, retry,
+                      timeout_ms, heartbeat_ms, version, created_at, run_at,
+                      concurrency_key, concurrency_limit, rate_key, rate_limit,
+                      rate_window_ms)
+    SELECT id, $3::text, $4::text, args, $5::text, $6::integer, $7::bigint, $8::text,
+           $9::bigint, $10::bigint, $11::bigint, $12::timestamptz, $13::timestamptz,
+           $14::text, $15::integer, $16::text, $17::integer, $18::bigint
+    FROM unnest($1::uuid[], $2::text[]) AS t(id, args)
+)
+SELECT pg_notify($19, left($4::text, 1000))::text";
+
 /// [`JOB_INSERT`] for a batch with unique jobs: a job whose key is held (by a committed
 /// job, one a concurrent transaction commits meanwhile, or one earlier in the batch) is
 /// skipped by the unique index. Answers the ids stored (second column NULL), then one
@@ -543,6 +562,147 @@ impl JobInsertRows {
             &self.rate_windows_ms,
         ]
     }
+}
+
+/// A batch of jobs that share everything but id and arguments and hold no unique key,
+/// as [`JOB_INSERT_UNIFORM`] binds it.
+#[derive(Debug)]
+struct UniformRows {
+    ids: Vec<Uuid>,
+    args: Vec<String>,
+    name: String,
+    queue: String,
+    status: &'static str,
+    priority: i32,
+    max_retries: Option<i64>,
+    retry: String,
+    timeout_ms: Option<i64>,
+    heartbeat_ms: i64,
+    version: i64,
+    run_at: DateTime<Utc>,
+    concurrency_key: Option<String>,
+    concurrency_limit: Option<i32>,
+    rate_key: Option<String>,
+    rate_limit: Option<i32>,
+    rate_window_ms: Option<i64>,
+}
+
+impl UniformRows {
+    /// The rows of `jobs` queued at `now` if they are uniform, else `jobs` back.
+    fn new(jobs: Vec<NewJob>, now: Timestamp) -> Result<std::result::Result<Self, Vec<NewJob>>> {
+        let Some(first) = jobs.first() else {
+            return Ok(Err(jobs));
+        };
+        let same = |j: &NewJob| {
+            j.unique_key.is_none()
+                && j.name == first.name
+                && j.queue == first.queue
+                && j.priority == first.priority
+                && j.retry == first.retry
+                && j.timeout_ms == first.timeout_ms
+                && j.heartbeat_ms == first.heartbeat_ms
+                && j.version == first.version
+                && j.run_at == first.run_at
+                && j.limits == first.limits
+        };
+        if !jobs.iter().all(same) {
+            return Ok(Err(jobs));
+        }
+        first.limits.validate()?;
+        let run_at = first.run_at.unwrap_or(now);
+        let clamp = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+        let concurrency = first.limits.concurrency.as_ref();
+        let rate = first.limits.rate.as_ref();
+        let mut rows = UniformRows {
+            ids: Vec::with_capacity(jobs.len()),
+            args: Vec::with_capacity(jobs.len()),
+            name: first.name.clone(),
+            queue: first.queue.clone(),
+            status: if run_at > now {
+                JobStatus::Scheduled
+            } else {
+                JobStatus::Available
+            }
+            .as_str(),
+            priority: first.priority,
+            max_retries: match first.retry.max_retries {
+                MaxRetries::Count(n) => Some(i64::from(n)),
+                MaxRetries::Infinite => None,
+            },
+            retry: first.retry.to_json(),
+            timeout_ms: first.timeout_ms.map(to_bigint),
+            heartbeat_ms: to_bigint(first.heartbeat_ms),
+            version: i64::from(first.version),
+            run_at: to_pg_time(run_at)?,
+            concurrency_key: concurrency.map(|c| c.key.clone()),
+            concurrency_limit: concurrency.map(|c| clamp(c.limit)),
+            rate_key: rate.map(|r| r.key.clone()),
+            rate_limit: rate.map(|r| clamp(r.limit)),
+            rate_window_ms: rate.map(|r| to_bigint(r.window_ms)),
+        };
+        for job in jobs {
+            rows.ids.push(job.id.0);
+            rows.args.push(job.args);
+        }
+        Ok(Ok(rows))
+    }
+
+    /// The parameters of [`JOB_INSERT_UNIFORM`].
+    fn bind<'a>(
+        &'a self,
+        now: &'a DateTime<Utc>,
+        channel: &'a String,
+    ) -> [&'a (dyn ToSql + Sync); 19] {
+        [
+            &self.ids,
+            &self.args,
+            &self.name,
+            &self.queue,
+            &self.status,
+            &self.priority,
+            &self.max_retries,
+            &self.retry,
+            &self.timeout_ms,
+            &self.heartbeat_ms,
+            &self.version,
+            now,
+            &self.run_at,
+            &self.concurrency_key,
+            &self.concurrency_limit,
+            &self.rate_key,
+            &self.rate_limit,
+            &self.rate_window_ms,
+            channel,
+        ]
+    }
+}
+
+/// Store jobs without unique keys (all or none, in the statement's or `client`'s
+/// transaction) and notify their queues: [`JOB_INSERT_UNIFORM`] when the batch is
+/// uniform, else [`JOB_INSERT`].
+async fn insert_plain<C: deadpool_postgres::GenericClient>(
+    client: &C,
+    jobs: Vec<NewJob>,
+    now: Timestamp,
+    channel: &String,
+) -> std::result::Result<(), Failure> {
+    let pg_now = to_pg_time(now)?;
+    match UniformRows::new(jobs, now)? {
+        Ok(rows) => {
+            let statement = client.prepare_cached(JOB_INSERT_UNIFORM).await?;
+            client
+                .query(&statement, &rows.bind(&pg_now, channel))
+                .await?;
+        }
+        Err(jobs) => {
+            let rows = JobInsertRows::new(jobs, now)?;
+            let statement = client.prepare_cached(JOB_INSERT).await?;
+            client
+                .query(&statement, &rows.bind(&pg_now, channel))
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 /// The statement that stores jobs in `schema`'s tables and notifies idle workers, for a
@@ -2094,9 +2254,7 @@ async fn insert_in(
     };
     if jobs.iter().all(|j| j.unique_key.is_none()) {
         let out = jobs.iter().map(stored).collect();
-        let rows = JobInsertRows::new(jobs, now)?;
-        let statement = tx.prepare_cached(JOB_INSERT).await?;
-        tx.query(&statement, &rows.bind(&pg_now, channel)).await?;
+        insert_plain(tx, jobs, now, channel).await?;
         return Ok(out);
     }
     let mut out: Vec<Option<InsertedJob>> = vec![None; jobs.len()];
@@ -2369,16 +2527,16 @@ impl Storage for PostgresStorage {
                 duplicate: false,
             })
             .collect();
-        let rows = JobInsertRows::new(p.jobs, p.now)?;
-        let now = to_pg_time(p.now)?;
         let client = self.client(INSERT).await?;
         // The batch is one statement, its own transaction: a crash before it is sent
         // leaves what a crash inside SQLite's transaction does (nothing stored).
         crash_point(CrashPoint::DuringEnqueue);
-        match run(&client, JOB_INSERT, &rows.bind(&now, &self.channel)).await {
-            Ok(_) => Ok(out),
-            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Err(duplicate_id(&e)),
-            Err(e) => Err(self.failure(INSERT, Failure::Pg(e))),
+        match insert_plain(&client, p.jobs, p.now, &self.channel).await {
+            Ok(()) => Ok(out),
+            Err(Failure::Pg(e)) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+                Err(duplicate_id(&e))
+            }
+            Err(e) => Err(self.failure(INSERT, e)),
         }
     }
 
@@ -2394,7 +2552,7 @@ impl Storage for PostgresStorage {
             .map(serde_json::to_string)
             .transpose()?;
         let concurrency = g.concurrency.map(|c| i32::try_from(c).unwrap_or(i32::MAX));
-        let rows = JobInsertRows::new(p.jobs.clone(), p.now)?;
+        let jobs = std::mem::take(&mut p.jobs);
         let now = to_pg_time(p.now)?;
         let mut client = self.client(OP).await?;
         let work = async {
@@ -2405,8 +2563,7 @@ impl Storage for PostgresStorage {
                 &[&g.id.0, &g.name, &concurrency, &on_complete, &now],
             )
             .await?;
-            let jobs = tx.prepare_cached(JOB_INSERT).await?;
-            tx.query(&jobs, &rows.bind(&now, &self.channel)).await?;
+            insert_plain(&tx, jobs, p.now, &self.channel).await?;
             let members = tx.prepare_cached(GROUP_MEMBERS_SET).await?;
             tx.execute(&members, &[&g.id.0, &ids]).await?;
             tx.commit().await?;
@@ -3076,6 +3233,158 @@ mod tests {
             .map(|r| r.get::<_, String>(0))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// A uniform batch (one statement with two arrays) stores every column as the general
+    /// statement does, limits and a later run time included; a batch that differs in any
+    /// column but id and arguments takes the general statement.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn uniform_batches_store_what_the_general_statement_stores() {
+        use crate::model::{ConcurrencyLimit, RateLimit};
+        use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
+        let Some(dsn) = test_dsn() else { return };
+        let schema = format!("uni_{}_{:08x}", std::process::id(), rand::random::<u32>());
+        let opts = PostgresOptions {
+            schema: schema.clone(),
+            ..PostgresOptions::default()
+        };
+        let s = PostgresStorage::connect(&dsn, opts).await.unwrap();
+        let later = Timestamp::from_micros(T0.as_micros() + 60_000_000);
+        let job = |i: usize| {
+            let mut j = new_job(NAME, QUEUE);
+            j.args = format!("{{\"i\":{i}}}");
+            j.priority = 4;
+            j.timeout_ms = Some(1500);
+            j.run_at = Some(later);
+            j.limits = JobLimits {
+                unique_states: Vec::new(),
+                concurrency: Some(ConcurrencyLimit {
+                    key: "ck".to_owned(),
+                    limit: 2,
+                }),
+                rate: Some(RateLimit {
+                    key: "rk".to_owned(),
+                    limit: 5,
+                    window_ms: 1000,
+                }),
+            };
+            j
+        };
+        let uniform: Vec<NewJob> = (0..3).map(job).collect();
+        assert!(UniformRows::new(uniform.clone(), T0).unwrap().is_ok());
+        let mut mixed: Vec<NewJob> = (3..6).map(job).collect();
+        mixed[2].queue = "other".to_owned();
+        assert!(UniformRows::new(mixed.clone(), T0).unwrap().is_err());
+        let plain: Vec<NewJob> = (6..8).map(|_| new_job(NAME, QUEUE)).collect();
+        assert!(UniformRows::new(plain.clone(), T0).unwrap().is_ok());
+        for jobs in [uniform, mixed, plain] {
+            s.job_insert_many(JobInsertManyParams { jobs, now: T0 })
+                .await
+                .unwrap();
+        }
+        let client = s.client("test").await.unwrap();
+        let rows = client
+            .query(
+                "SELECT args, name, queue, status, priority, max_retries, retry, timeout_ms,
+                        heartbeat_ms, version, unique_key, created_at, run_at, unique_states,
+                        concurrency_key, concurrency_limit, rate_key, rate_limit,
+                        rate_window_ms, attempt, group_id IS NULL
+                 FROM jobs ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap();
+        let show = |r: &Row| {
+            format!(
+                "{:?}",
+                (
+                    (
+                        r.get::<_, String>(0),
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2),
+                        r.get::<_, String>(3),
+                        r.get::<_, i32>(4),
+                        r.get::<_, Option<i64>>(5),
+                        r.get::<_, String>(6),
+                        r.get::<_, Option<i64>>(7),
+                        r.get::<_, i64>(8),
+                        r.get::<_, i64>(9),
+                        r.get::<_, Option<String>>(10),
+                    ),
+                    (
+                        r.get::<_, DateTime<Utc>>(11),
+                        r.get::<_, DateTime<Utc>>(12),
+                        r.get::<_, Option<String>>(13),
+                        r.get::<_, Option<String>>(14),
+                        r.get::<_, Option<i32>>(15),
+                        r.get::<_, Option<String>>(16),
+                        r.get::<_, Option<i32>>(17),
+                        r.get::<_, Option<i64>>(18),
+                        r.get::<_, i32>(19),
+                        r.get::<_, bool>(20),
+                    ),
+                )
+            )
+        };
+        let rows: Vec<String> = rows.iter().map(show).collect();
+        assert_eq!(rows.len(), 8);
+        let created = to_pg_time(T0).unwrap();
+        let run_at = to_pg_time(later).unwrap();
+        let retry = RetryPolicy::default().to_json();
+        let max_retries = match RetryPolicy::default().max_retries {
+            MaxRetries::Count(n) => Some(i64::from(n)),
+            MaxRetries::Infinite => None,
+        };
+        for (i, row) in rows.iter().enumerate().take(6) {
+            let queue = if i == 5 { "other" } else { QUEUE };
+            let expected = format!(
+                "{:?}",
+                (
+                    (
+                        format!("{{\"i\":{i}}}"),
+                        NAME.to_owned(),
+                        queue.to_owned(),
+                        "scheduled".to_owned(),
+                        4_i32,
+                        max_retries,
+                        retry.clone(),
+                        Some(1500_i64),
+                        5000_i64,
+                        1_i64,
+                        None::<String>,
+                    ),
+                    (
+                        created,
+                        run_at,
+                        None::<String>,
+                        Some("ck".to_owned()),
+                        Some(2_i32),
+                        Some("rk".to_owned()),
+                        Some(5_i32),
+                        Some(1000_i64),
+                        0_i32,
+                        true,
+                    ),
+                )
+            );
+            assert_eq!(row, &expected, "job {i}");
+        }
+        for row in &rows[6..] {
+            assert!(row.contains("\"available\""), "{row}");
+            assert!(
+                row.contains(&format!("{created:?}, {created:?}, None, None")),
+                "{row}"
+            );
+        }
+
+        drop(client);
+        s.close().await.unwrap();
+        let (admin, connection) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
+        tokio::spawn(connection);
+        admin
+            .batch_execute(&format!("DROP SCHEMA {} CASCADE", quote_ident(&schema)))
+            .await
+            .unwrap();
     }
 
     /// With many finished jobs and a few pending ones, the planner walks the partial
