@@ -6,6 +6,9 @@ Usage (each prints one JSON line on success):
     python process_jobs.py hang DB MARKER       queue Hang(MARKER), print its id, exit
     python process_jobs.py work [DB] JOB_ID     run a worker until JOB_ID is finished, then
                                                 print its status and exit
+    python process_jobs.py serve DB             run a worker that never polls (an hour
+                                                between polls), print its pid once started,
+                                                stop when stdin closes
 
 DB is a SQLite file path or a storage URL (PostgreSQL). Without DB, the storage is
 whatever ``create_server()`` / ``WorkerConfig()`` pick on their own: ``$HAULER_STORAGE``,
@@ -64,7 +67,7 @@ def _storage(db: str | None) -> Storage | None:
 
 def main(argv: list[str]) -> None:
     command, *args = argv
-    db = args[0] if len(args) == 2 else None
+    db = args[0] if len(args) == 2 or command == "serve" else None
     storage = _storage(db)
     if command in ("queue", "hang"):
         handle: QueueHandle = create_server(storage)
@@ -76,6 +79,19 @@ def main(argv: list[str]) -> None:
         (info,) = worker.wait([args[-1]], timeout=60)
         worker.stop(timeout=5)
         print(json.dumps({"status": info.status.value, "pid": os.getpid()}), flush=True)
+    elif command == "serve":
+        # Jobs queued by other processes reach it only through the storage's signal
+        # (PostgreSQL LISTEN/NOTIFY, SQLite's watch on its -wal file): its poll is an hour.
+        assert db is not None
+        hour = 3600
+        if "://" in db:
+            slow: Storage = from_url(db.replace("poll_interval=0.05", f"poll_interval={hour}"))
+        else:
+            slow = SqliteStorage(db, poll_interval=hour)
+        worker = WorkerConfig(storage=slow).register(Touch).start()
+        print(json.dumps({"pid": os.getpid()}), flush=True)
+        sys.stdin.read()
+        worker.stop(timeout=5)
     else:
         raise SystemExit(f"unknown command {command!r}")
 

@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import pgserver as pg
 from conftest import WAIT, wait_for
 from hauler import JobStatus, QueueHandle, create_server
 from hauler.storage import ENV_VAR, SqliteStorage, from_url
+from process_jobs import Touch
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
 
@@ -77,6 +79,35 @@ def test_job_queued_by_one_process_runs_in_another(
     assert (info.status, info.attempt) == (JobStatus.COMPLETED, 1)
     (attempt,) = info.history
     assert f":{result['pid']}:" in attempt.worker_id
+
+
+def test_a_waiting_worker_hears_of_a_job_queued_by_another_process(
+    tmp_path: Path, db: str, shared: QueueHandle
+) -> None:
+    # The worker polls once an hour: only the storage's signal (SQLite: a watch on the
+    # -wal file; PostgreSQL: LISTEN/NOTIFY) can start the job within the wait.
+    with subprocess.Popen(
+        [sys.executable, str(HELPER), "serve", str(db)],
+        cwd=tmp_path,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    ) as worker:
+        try:
+            assert worker.stdout is not None and worker.stdin is not None
+            pid = json.loads(worker.stdout.readline())["pid"]
+            time.sleep(0.5)  # past the worker's first look for jobs
+            out = tmp_path / "touched"
+            for n in range(3):  # again and again, not just once
+                out.unlink(missing_ok=True)
+                job_id = shared.queue(Touch(str(out)))
+                (info,) = shared.wait([job_id], timeout=WAIT)
+                assert info.status is JobStatus.COMPLETED, n
+                assert out.read_text() == str(pid)
+            worker.stdin.close()
+            assert worker.wait(timeout=WAIT) == 0
+        finally:
+            worker.kill()
 
 
 def test_killed_worker_job_is_rerun_by_another_process(

@@ -141,7 +141,10 @@ class SqliteStorage(Storage):
         busy_timeout: How long, in seconds, to wait for a lock held by another process
             before failing with ``StorageError``.
         poll_interval: How often, in seconds, workers look for new jobs queued by other
-            processes (jobs queued through this same object wake them at once).
+            processes. Jobs queued through this same object wake them at once, and so
+            (on Linux) does any other process's commit to the file, seen by a watch on
+            its ``-wal`` file; polling is the fallback (network file systems, other
+            systems).
 
     Raises:
         ConfigError: An option is invalid; the message names it and its value.

@@ -813,3 +813,60 @@ async fn two_handles_racing_on_groups() {
         s.close().await.unwrap();
     }
 }
+
+/// Wait for a wake-up on `rx`: whether one came within `limit`.
+async fn woken(rx: &mut tokio::sync::watch::Receiver<u64>, limit: Duration) -> bool {
+    tokio::time::timeout(limit, rx.changed()).await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_by_another_handle_wakes_subscribers_and_an_empty_claim_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jobs.db");
+    // Two handles on one file, as a worker process and a web process would have.
+    let worker = open(&path);
+    let producer = open(&path);
+    let mut rx = worker
+        .subscribe()
+        .expect("SQLite tells of other processes' commits");
+    let mut rx2 = worker.subscribe().expect("every dispatcher subscribes");
+    // Let the watcher start and settle.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    rx.borrow_and_update();
+
+    insert(&producer, jobs(1), at(0)).await;
+    assert!(
+        woken(&mut rx, Duration::from_secs(5)).await,
+        "no wake-up after an insert"
+    );
+    assert!(
+        woken(&mut rx2, Duration::from_secs(5)).await,
+        "every subscriber is woken"
+    );
+    let c = claim(&worker, 10, "w1", at(1)).await;
+    assert_eq!(c.len(), 1);
+    complete(&worker, &c, at(2)).await;
+
+    // A claim that finds nothing writes nothing, so it cannot wake its own dispatcher
+    // (which would then claim again, in a loop).
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    rx.borrow_and_update();
+    for _ in 0..3 {
+        assert!(claim(&worker, 10, "w1", at(3)).await.is_empty());
+        assert!(
+            !woken(&mut rx, Duration::from_millis(200)).await,
+            "an empty claim woke the dispatcher"
+        );
+    }
+
+    // A file written in the same directory is not the database.
+    std::fs::write(dir.path().join("other.txt"), b"x").unwrap();
+    assert!(!woken(&mut rx, Duration::from_millis(200)).await);
+
+    worker.close().await.unwrap();
+    assert!(
+        worker.subscribe().is_none(),
+        "a closed storage has no signal"
+    );
+    producer.close().await.unwrap();
+}

@@ -44,7 +44,9 @@ use rusqlite::{
     params, Connection, ErrorCode, OpenFlags, OptionalExtension, Row, Transaction,
     TransactionBehavior, MAIN_DB,
 };
+use tokio::sync::watch;
 
+use super::sqlite_watch::Watcher;
 use super::{
     lease_duration, Damage, FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult,
     JobClaimParams, JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams,
@@ -567,6 +569,8 @@ struct Inner {
     reader: Mutex<Option<Connection>>,
     /// The files both connections have open; `None` while a reopen has failed.
     file: Mutex<Option<OpenFiles>>,
+    /// Tells idle workers of commits by other processes ([`Storage::subscribe`]).
+    watcher: Arc<Watcher>,
 }
 
 /// The database file the connections opened, and its WAL and shared-memory files.
@@ -662,6 +666,7 @@ impl SqliteStorage {
                 writer: Mutex::new(Some(writer)),
                 reader: Mutex::new(Some(reader)),
                 file: Mutex::new(Some(file)),
+                watcher: Arc::new(Watcher::new()),
             }),
             poll_interval: opts.poll_interval,
         })
@@ -2417,8 +2422,17 @@ impl Storage for SqliteStorage {
         Some(self.poll_interval)
     }
 
+    /// Commits by other processes, seen as writes to the `-wal` file (inotify, on Linux).
+    fn subscribe(&self) -> Option<watch::Receiver<u64>> {
+        if self.ensure_open().is_err() {
+            return None;
+        }
+        self.inner.watcher.subscribe(&self.inner.file_path)
+    }
+
     async fn close(&self) -> Result<()> {
         self.inner.closed.store(true, Ordering::Release);
+        self.inner.watcher.stop();
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || inner.close())
             .await
