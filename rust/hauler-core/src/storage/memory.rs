@@ -3,11 +3,11 @@
 //! Everything sits behind one mutex that is never held across an `.await`; each method
 //! takes it once, does its work and returns. Nothing scans all jobs on the hot path:
 //!
-//! - pending jobs are indexed per queue and name in a *lane*: one set ordered by
-//!   `run_at` (for scheduling and [`Storage::job_next_run_at`]) and one ordered the way
-//!   claims pick, `(priority DESC, run_at ASC, id ASC)`, holding the jobs whose `run_at`
-//!   has come. A claim first moves the jobs that became due since the lane's last claim
-//!   into the ready set, then merges the first entries of the lanes it asked for;
+//! - pending jobs are indexed per queue and name in a *lane*, each in one of two sets: the
+//!   jobs whose `run_at` has not come by the lane's last claim, ordered by `run_at`, and
+//!   the rest, ordered the way claims pick, `(priority DESC, run_at ASC, id ASC)`. A claim
+//!   first moves the jobs that became due since the lane's last claim into the ready set,
+//!   then merges the first entries of the lanes it asked for;
 //! - running jobs are indexed by lease expiry, so reclaiming reads only expired leases;
 //! - finished jobs are indexed by finish time, so pruning reads only the jobs it deletes;
 //! - counts per queue and status are kept up to date on every transition;
@@ -17,11 +17,16 @@
 //! Every change to a job goes through [`Inner::update`], which takes the job out of the
 //! indexes, applies the change and puts it back, so the indexes cannot drift from the
 //! records.
+//!
+//! Jobs are stored compactly (`Stored`, converted to a [`JobRecord`] when read): a queue
+//! of 100,000 small jobs costs about 20 MB, then about 25 MB once they have all run. What
+//! a job's class decides (name, queue, retry policy...) is shared between the jobs that
+//! have it, and so are worker ids.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,11 +45,11 @@ use crate::model::{
     AttemptOutcome, AttemptRecord, ClaimedJob, ErrorInfo, GroupId, InsertedJob, JobId, JobLimits,
     JobRecord, JobStatus, LeaseToken, NewJob, QueueCount, Timestamp,
 };
+use crate::retry::{BackoffKind, MaxRetries, RetryPolicy};
 use crate::schedule::ScheduleRecord;
 
-/// The smallest and largest ids, to bound index ranges.
+/// The smallest id, to bound index ranges.
 const MIN_ID: JobId = JobId(Uuid::nil());
-const MAX_ID: JobId = JobId(Uuid::from_u128(u128::MAX));
 
 /// A storage that keeps jobs in this process's memory: no persistence, no sharing between
 /// processes, and the fastest option. Good for tests, development and jobs whose loss on
@@ -96,32 +101,339 @@ impl std::fmt::Debug for MemoryStorage {
     }
 }
 
-/// A stored job and the token of its current claim.
+/// What the jobs of one kind share: the fields that come from the job's class. Stored
+/// once per distinct combination and shared by every job that has it (see
+/// [`Interner::spec`]), so 100,000 jobs of one class pay for one name and one queue.
 #[derive(Debug)]
-struct Entry {
-    record: JobRecord,
-    /// Set while the job is running.
-    lease: Option<LeaseToken>,
+struct Spec {
+    name: Box<str>,
+    queue: Box<str>,
+    retry: RetryPolicy,
+    priority: i32,
+    timeout_ms: Option<u64>,
+    heartbeat_ms: u64,
+    version: u32,
+}
+
+impl Spec {
+    /// The fields as comparable bits (floats by their bit patterns, so every stored value
+    /// comes back exactly as it went in).
+    fn bits(&self) -> (&str, &str, [u64; 5], i32, Option<u64>, u64, u32) {
+        let max = match self.retry.max_retries {
+            MaxRetries::Count(n) => u64::from(n),
+            MaxRetries::Infinite => u64::MAX,
+        };
+        let (kind, x) = match self.retry.backoff.kind {
+            BackoffKind::Fixed(x) => (0, x),
+            BackoffKind::Linear(x) => (1, x),
+            BackoffKind::Exponential(x) => (2, x),
+        };
+        let b = &self.retry.backoff;
+        (
+            &self.name,
+            &self.queue,
+            [
+                max,
+                kind,
+                x.to_bits(),
+                b.max_delay.to_bits(),
+                b.jitter.to_bits(),
+            ],
+            self.priority,
+            self.timeout_ms,
+            self.heartbeat_ms,
+            self.version,
+        )
+    }
+
+    fn of(job: &mut NewJob) -> Spec {
+        Spec {
+            name: std::mem::take(&mut job.name).into_boxed_str(),
+            queue: std::mem::take(&mut job.queue).into_boxed_str(),
+            retry: job.retry,
+            priority: job.priority,
+            timeout_ms: job.timeout_ms,
+            heartbeat_ms: job.heartbeat_ms,
+            version: job.version,
+        }
+    }
+}
+
+impl PartialEq for Spec {
+    fn eq(&self, other: &Self) -> bool {
+        self.bits() == other.bits()
+    }
+}
+
+impl Eq for Spec {}
+
+impl std::hash::Hash for Spec {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.bits().hash(state);
+    }
+}
+
+/// A worker id, stored once and shared by the attempts and claims that name it.
+type Worker = Arc<String>;
+
+/// The shared values jobs point to: [`Spec`]s and worker ids. An entry no job uses any
+/// more is dropped by the next sweep, which runs when a table has doubled since the last.
+#[derive(Debug, Default)]
+struct Interner {
+    specs: HashSet<Arc<Spec>>,
+    /// The spec stored last: a batch of jobs of one class finds it without hashing.
+    last_spec: Option<Arc<Spec>>,
+    specs_sweep_at: usize,
+    workers: HashMap<Box<str>, Worker>,
+    workers_sweep_at: usize,
+}
+
+/// Tables are swept once they hold at least this many entries.
+const SWEEP_MIN: usize = 64;
+
+impl Interner {
+    /// The shared spec of `job` (its name and queue are taken out of it).
+    fn spec(&mut self, job: &mut NewJob) -> Arc<Spec> {
+        let spec = Spec::of(job);
+        if let Some(last) = self.last_spec.as_ref().filter(|l| ***l == spec) {
+            return last.clone();
+        }
+        let shared = match self.specs.get(&spec) {
+            Some(s) => s.clone(),
+            None => {
+                if self.specs.len() >= self.specs_sweep_at.max(SWEEP_MIN) {
+                    self.last_spec = None;
+                    self.specs.retain(|s| Arc::strong_count(s) > 1);
+                    self.specs_sweep_at = 2 * self.specs.len();
+                }
+                let s = Arc::new(spec);
+                self.specs.insert(s.clone());
+                s
+            }
+        };
+        self.last_spec = Some(shared.clone());
+        shared
+    }
+
+    /// The shared copy of worker id `id`.
+    fn worker(&mut self, id: &str) -> Worker {
+        if let Some(w) = self.workers.get(id) {
+            return w.clone();
+        }
+        if self.workers.len() >= self.workers_sweep_at.max(SWEEP_MIN) {
+            self.workers.retain(|_, w| Arc::strong_count(w) > 1);
+            self.workers_sweep_at = 2 * self.workers.len();
+        }
+        let w = Arc::new(id.to_owned());
+        self.workers.insert(id.into(), w.clone());
+        w
+    }
+}
+
+/// One finished attempt, as [`AttemptRecord`] but smaller (the worker id is shared; `None`
+/// stands for the empty id of a manual retry).
+#[derive(Debug)]
+struct Attempt {
+    attempt: u32,
+    outcome: AttemptOutcome,
+    worker: Option<Worker>,
+    started_at: Timestamp,
+    finished_at: Timestamp,
+    error: Option<Box<ErrorInfo>>,
+}
+
+/// The claim of a running job (present exactly while it runs).
+#[derive(Debug)]
+struct Claim {
+    lease: LeaseToken,
+    worker: Worker,
+    expires_at: Timestamp,
+}
+
+/// The fields most jobs never set, kept out of line.
+#[derive(Debug, Default)]
+struct Extra {
+    unique_key: Option<String>,
+    limits: JobLimits,
+    group_id: Option<GroupId>,
+    cancel_requested_at: Option<Timestamp>,
+    last_error: Option<ErrorInfo>,
+    progress: Option<u8>,
+    progress_message: Option<String>,
+    state: Option<String>,
+}
+
+/// The limits of a job that has none.
+static NO_LIMITS: JobLimits = JobLimits {
+    unique_states: Vec::new(),
+    concurrency: None,
+    rate: None,
+};
+
+/// `Stored::flags`: `started_at` is set.
+const STARTED: u8 = 1;
+/// `Stored::flags`: `finished_at` is set.
+const FINISHED: u8 = 2;
+
+/// A stored job (its id is its key in [`Inner::jobs`]): a [`JobRecord`] laid out to be
+/// small, since a queue may hold millions. What the job's class decides is shared
+/// ([`Spec`]), the claim and the rarely set fields are boxed out of line, and the times
+/// that may be unset share one flags byte instead of an `Option` each.
+#[derive(Debug)]
+struct Stored {
+    spec: Arc<Spec>,
+    args: Box<str>,
+    created_at: Timestamp,
+    run_at: Timestamp,
+    started_at: Timestamp,
+    finished_at: Timestamp,
+    history: Box<[Attempt]>,
+    claim: Option<Box<Claim>>,
+    extra: Option<Box<Extra>>,
+    attempt: u32,
+    status: JobStatus,
+    flags: u8,
+}
+
+impl Stored {
+    fn started_at(&self) -> Option<Timestamp> {
+        (self.flags & STARTED != 0).then_some(self.started_at)
+    }
+
+    fn finished_at(&self) -> Option<Timestamp> {
+        (self.flags & FINISHED != 0).then_some(self.finished_at)
+    }
+
+    fn set_started_at(&mut self, t: Timestamp) {
+        self.started_at = t;
+        self.flags |= STARTED;
+    }
+
+    fn set_finished_at(&mut self, t: Option<Timestamp>) {
+        match t {
+            Some(t) => {
+                self.finished_at = t;
+                self.flags |= FINISHED;
+            }
+            None => {
+                self.finished_at = Timestamp::from_micros(0);
+                self.flags &= !FINISHED;
+            }
+        }
+    }
+
+    fn extra_mut(&mut self) -> &mut Extra {
+        self.extra.get_or_insert_with(Box::default)
+    }
+
+    fn limits(&self) -> &JobLimits {
+        self.extra.as_ref().map_or(&NO_LIMITS, |x| &x.limits)
+    }
+
+    fn unique_key(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|x| x.unique_key.as_deref())
+    }
+
+    fn group_id(&self) -> Option<GroupId> {
+        self.extra.as_ref().and_then(|x| x.group_id)
+    }
+
+    fn cancel_requested_at(&self) -> Option<Timestamp> {
+        self.extra.as_ref().and_then(|x| x.cancel_requested_at)
+    }
+
+    fn lease_expires_at(&self) -> Option<Timestamp> {
+        self.claim.as_ref().map(|c| c.expires_at)
+    }
+
+    /// Append an attempt to the history (which is stored without spare capacity).
+    fn push_attempt(&mut self, attempt: Attempt) {
+        let mut history = Vec::with_capacity(self.history.len() + 1);
+        history.extend(std::mem::take(&mut self.history).into_vec());
+        history.push(attempt);
+        self.history = history.into_boxed_slice();
+    }
+
+    /// The job as the [`Storage`] trait returns it.
+    fn record(&self, id: JobId) -> JobRecord {
+        let spec = &*self.spec;
+        let extra = self.extra.as_deref();
+        JobRecord {
+            id,
+            name: spec.name.to_string(),
+            queue: spec.queue.to_string(),
+            args: self.args.to_string(),
+            status: self.status,
+            attempt: self.attempt,
+            retry: spec.retry,
+            priority: spec.priority,
+            timeout_ms: spec.timeout_ms,
+            heartbeat_ms: spec.heartbeat_ms,
+            version: spec.version,
+            unique_key: extra.and_then(|x| x.unique_key.clone()),
+            limits: extra.map_or_else(JobLimits::default, |x| x.limits.clone()),
+            created_at: self.created_at,
+            run_at: self.run_at,
+            started_at: self.started_at(),
+            finished_at: self.finished_at(),
+            worker_id: self.claim.as_ref().map(|c| c.worker.to_string()),
+            lease_expires_at: self.lease_expires_at(),
+            cancel_requested_at: self.cancel_requested_at(),
+            last_error: extra.and_then(|x| x.last_error.clone()),
+            history: self
+                .history
+                .iter()
+                .map(|a| AttemptRecord {
+                    attempt: a.attempt,
+                    worker_id: a.worker.as_deref().cloned().unwrap_or_default(),
+                    started_at: a.started_at,
+                    finished_at: a.finished_at,
+                    outcome: a.outcome,
+                    error: a.error.as_deref().cloned(),
+                })
+                .collect(),
+            progress: extra.and_then(|x| x.progress),
+            progress_message: extra.and_then(|x| x.progress_message.clone()),
+            state: extra.and_then(|x| x.state.clone()),
+            group_id: extra.and_then(|x| x.group_id),
+        }
+    }
+
+    /// Whether the job meets `filter` (as [`JobFilter::matches`] decides for a record).
+    fn matches(&self, id: JobId, f: &JobFilter) -> bool {
+        f.ids.as_ref().map_or(true, |ids| ids.contains(&id))
+            && (f.statuses.is_empty() || f.statuses.contains(&self.status))
+            && f.name.as_deref().map_or(true, |n| n == &*self.spec.name)
+            && f.queue.as_deref().map_or(true, |q| q == &*self.spec.queue)
+            && f.created_from.map_or(true, |t| self.created_at >= t)
+            && f.created_to.map_or(true, |t| self.created_at < t)
+            && f.args_contains
+                .as_deref()
+                .map_or(true, |text| self.args.contains(text))
+            && f.group.map_or(true, |g| self.group_id() == Some(g))
+    }
 }
 
 /// The claim order: priority DESC, run_at ASC, id ASC.
 type ReadyKey = (Reverse<i32>, Timestamp, JobId);
 
-/// The pending jobs of one queue and name.
+/// The pending jobs of one queue and name. Each is in one of two sets: `later` while its
+/// `run_at` is after `promoted_until`, `ready` (in claim order) once it is not.
 #[derive(Debug)]
 struct Lane {
-    /// Every pending job, by run time (with its priority, to build its claim key).
-    by_run_at: BTreeSet<(Timestamp, JobId, i32)>,
+    /// The pending jobs with `run_at > promoted_until`, by run time (with their priority,
+    /// to build their claim key).
+    later: BTreeSet<(Timestamp, JobId, i32)>,
     /// The pending jobs with `run_at <= promoted_until`, in claim order.
     ready: BTreeSet<ReadyKey>,
-    /// Every pending job due by this time is in `ready`.
+    /// Only ever moves forward.
     promoted_until: Timestamp,
 }
 
 impl Default for Lane {
     fn default() -> Self {
         Lane {
-            by_run_at: BTreeSet::new(),
+            later: BTreeSet::new(),
             ready: BTreeSet::new(),
             promoted_until: Timestamp::from_micros(i64::MIN),
         }
@@ -129,16 +441,22 @@ impl Default for Lane {
 }
 
 impl Lane {
-    fn insert(&mut self, r: &JobRecord) {
-        self.by_run_at.insert((r.run_at, r.id, r.priority));
-        if r.run_at <= self.promoted_until {
-            self.ready.insert((Reverse(r.priority), r.run_at, r.id));
+    fn insert(&mut self, id: JobId, s: &Stored) {
+        let priority = s.spec.priority;
+        if s.run_at <= self.promoted_until {
+            self.ready.insert((Reverse(priority), s.run_at, id));
+        } else {
+            self.later.insert((s.run_at, id, priority));
         }
     }
 
-    fn remove(&mut self, r: &JobRecord) {
-        self.by_run_at.remove(&(r.run_at, r.id, r.priority));
-        self.ready.remove(&(Reverse(r.priority), r.run_at, r.id));
+    fn remove(&mut self, id: JobId, s: &Stored) {
+        let priority = s.spec.priority;
+        if s.run_at <= self.promoted_until {
+            self.ready.remove(&(Reverse(priority), s.run_at, id));
+        } else {
+            self.later.remove(&(s.run_at, id, priority));
+        }
     }
 
     /// Move the jobs due by `now` into `ready`. Only jobs that became due since the last
@@ -148,15 +466,44 @@ impl Lane {
         if now <= self.promoted_until {
             return;
         }
-        let after = (self.promoted_until, MAX_ID, i32::MAX);
-        let range = (
-            Bound::Excluded(after),
-            Bound::Included((now, MAX_ID, i32::MAX)),
-        );
-        for &(run_at, id, priority) in self.by_run_at.range(range) {
-            self.ready.insert((Reverse(priority), run_at, id));
-        }
         self.promoted_until = now;
+        let due = match now.as_micros().checked_add(1) {
+            Some(after) => {
+                let later =
+                    self.later
+                        .split_off(&(Timestamp::from_micros(after), MIN_ID, i32::MIN));
+                std::mem::replace(&mut self.later, later)
+            }
+            None => std::mem::take(&mut self.later),
+        };
+        let due = due.into_iter().map(|(t, id, p)| (Reverse(p), t, id));
+        if due.len() < self.ready.len() {
+            self.ready.extend(due);
+        } else {
+            // Many at once (a queue filled before the workers started): build the set in
+            // one go, which packs its nodes full where inserting one by one leaves them
+            // half empty, for the cost of reading `ready` once.
+            let mut due: BTreeSet<ReadyKey> = due.collect();
+            self.ready.append(&mut due);
+        }
+    }
+
+    /// The earliest run time in the lane.
+    fn next_run_at(&self) -> Option<Timestamp> {
+        let mut next = self.later.first().map(|&(t, _, _)| t);
+        // `ready` is ordered by run time within each priority: read the first of each.
+        let mut level = self.ready.first();
+        while let Some(&(Reverse(p), t, _)) = level {
+            next = Some(next.map_or(t, |n| n.min(t)));
+            let Some(below) = p.checked_sub(1) else {
+                break;
+            };
+            level = self
+                .ready
+                .range((Reverse(below), Timestamp::from_micros(i64::MIN), MIN_ID)..)
+                .next();
+        }
+        next
     }
 }
 
@@ -208,73 +555,72 @@ struct Indexes {
     groups: HashMap<GroupId, GroupTally>,
 }
 
-/// Whether `r` holds its unique key: it has one and its status is one of its unique states.
-fn holds_unique(r: &JobRecord) -> Option<&str> {
-    r.unique_key
+/// Whether `s` holds its unique key: it has one and its status is one of its unique states.
+fn holds_unique(s: &Stored) -> Option<&str> {
+    let x = s.extra.as_deref()?;
+    x.unique_key
         .as_deref()
-        .filter(|_| r.limits.unique_states.contains(&r.status))
+        .filter(|_| x.limits.unique_states.contains(&s.status))
 }
 
 impl Indexes {
-    fn insert(&mut self, r: &JobRecord) {
-        if r.status.is_pending() {
-            let names = match self.lanes.get_mut(r.queue.as_str()) {
+    fn insert(&mut self, id: JobId, s: &Stored) {
+        let (queue, name) = (&*s.spec.queue, &*s.spec.name);
+        if s.status.is_pending() {
+            let names = match self.lanes.get_mut(queue) {
                 Some(names) => names,
-                None => self.lanes.entry(r.queue.clone()).or_default(),
+                None => self.lanes.entry(queue.to_owned()).or_default(),
             };
-            let lane = match names.get_mut(r.name.as_str()) {
+            let lane = match names.get_mut(name) {
                 Some(lane) => lane,
-                None => names.entry(r.name.clone()).or_default(),
+                None => names.entry(name.to_owned()).or_default(),
             };
-            lane.insert(r);
-        } else if r.status == JobStatus::Running {
-            if let Some(expires) = r.lease_expires_at {
-                self.running.insert((expires, r.id));
+            lane.insert(id, s);
+        } else if s.status == JobStatus::Running {
+            if let Some(expires) = s.lease_expires_at() {
+                self.running.insert((expires, id));
             }
-        } else if let Some(finished) = r.finished_at {
-            self.finished.insert((finished, r.id));
+        } else if let Some(finished) = s.finished_at() {
+            self.finished.insert((finished, id));
         }
-        let counts = match self.counts.get_mut(r.queue.as_str()) {
+        let counts = match self.counts.get_mut(queue) {
             Some(c) => c,
-            None => self.counts.entry(r.queue.clone()).or_default(),
+            None => self.counts.entry(queue.to_owned()).or_default(),
         };
-        counts[r.status as usize] += 1;
-        if let Some(key) = holds_unique(r) {
-            self.unique.insert(key.to_owned(), r.id);
+        counts[s.status as usize] += 1;
+        if let Some(key) = holds_unique(s) {
+            self.unique.insert(key.to_owned(), id);
         }
-        if let (JobStatus::Running, Some(c)) = (r.status, &r.limits.concurrency) {
+        if let (JobStatus::Running, Some(c)) = (s.status, &s.limits().concurrency) {
             *self.running_keys.entry(c.key.clone()).or_default() += 1;
         }
-        if let Some(g) = r.group_id {
-            self.groups.entry(g).or_default().0[r.status as usize] += 1;
+        if let Some(g) = s.group_id() {
+            self.groups.entry(g).or_default().0[s.status as usize] += 1;
         }
     }
 
-    fn remove(&mut self, r: &JobRecord) {
-        if r.status.is_pending() {
-            if let Some(lane) = self
-                .lanes
-                .get_mut(r.queue.as_str())
-                .and_then(|n| n.get_mut(r.name.as_str()))
-            {
-                lane.remove(r);
+    fn remove(&mut self, id: JobId, s: &Stored) {
+        let (queue, name) = (&*s.spec.queue, &*s.spec.name);
+        if s.status.is_pending() {
+            if let Some(lane) = self.lanes.get_mut(queue).and_then(|n| n.get_mut(name)) {
+                lane.remove(id, s);
             }
-        } else if r.status == JobStatus::Running {
-            if let Some(expires) = r.lease_expires_at {
-                self.running.remove(&(expires, r.id));
+        } else if s.status == JobStatus::Running {
+            if let Some(expires) = s.lease_expires_at() {
+                self.running.remove(&(expires, id));
             }
-        } else if let Some(finished) = r.finished_at {
-            self.finished.remove(&(finished, r.id));
+        } else if let Some(finished) = s.finished_at() {
+            self.finished.remove(&(finished, id));
         }
-        if let Some(counts) = self.counts.get_mut(r.queue.as_str()) {
-            counts[r.status as usize] = counts[r.status as usize].saturating_sub(1);
+        if let Some(counts) = self.counts.get_mut(queue) {
+            counts[s.status as usize] = counts[s.status as usize].saturating_sub(1);
         }
-        if let Some(key) = holds_unique(r) {
-            if self.unique.get(key) == Some(&r.id) {
+        if let Some(key) = holds_unique(s) {
+            if self.unique.get(key) == Some(&id) {
                 self.unique.remove(key);
             }
         }
-        if let (JobStatus::Running, Some(c)) = (r.status, &r.limits.concurrency) {
+        if let (JobStatus::Running, Some(c)) = (s.status, &s.limits().concurrency) {
             if let Some(n) = self.running_keys.get_mut(&c.key) {
                 *n = n.saturating_sub(1);
                 if *n == 0 {
@@ -282,8 +628,8 @@ impl Indexes {
                 }
             }
         }
-        if let Some(tally) = r.group_id.and_then(|g| self.groups.get_mut(&g)) {
-            let n = &mut tally.0[r.status as usize];
+        if let Some(tally) = s.group_id().and_then(|g| self.groups.get_mut(&g)) {
+            let n = &mut tally.0[s.status as usize];
             *n = n.saturating_sub(1);
         }
     }
@@ -292,9 +638,13 @@ impl Indexes {
 #[derive(Debug, Default)]
 struct Inner {
     closed: bool,
-    /// Every job, by id (so by creation time: ids are UUID v7).
-    jobs: BTreeMap<JobId, Entry>,
+    /// Every job, by id (so by creation time: ids are UUID v7). Boxed: a B-tree node
+    /// holds eleven entries and is often half full, so inline records would leave whole
+    /// records' worth of empty slots.
+    jobs: BTreeMap<JobId, Box<Stored>>,
     idx: Indexes,
+    /// The specs and worker ids the jobs share.
+    shared: Interner,
     /// Schedule entries, by name.
     schedules: BTreeMap<String, ScheduleRecord>,
     /// Per rate key, the start times of its jobs within the longest window seen.
@@ -403,46 +753,37 @@ impl Inner {
                 duplicate: false,
             });
             let run_at = job.run_at.unwrap_or(now);
-            let record = JobRecord {
-                id: job.id,
-                name: job.name,
-                queue: job.queue,
-                args: job.args,
+            let id = job.id;
+            let has_extra =
+                job.unique_key.is_some() || group.is_some() || job.limits != JobLimits::default();
+            let extra = has_extra.then(|| {
+                Box::new(Extra {
+                    unique_key: job.unique_key.take(),
+                    limits: std::mem::take(&mut job.limits),
+                    group_id: group,
+                    ..Extra::default()
+                })
+            });
+            let stored = Box::new(Stored {
+                spec: inner.shared.spec(&mut job),
+                args: job.args.into_boxed_str(),
+                created_at: now,
+                run_at,
+                started_at: Timestamp::from_micros(0),
+                finished_at: Timestamp::from_micros(0),
+                history: Box::default(),
+                claim: None,
+                extra,
+                attempt: 0,
                 status: if run_at > now {
                     JobStatus::Scheduled
                 } else {
                     JobStatus::Available
                 },
-                attempt: 0,
-                retry: job.retry,
-                priority: job.priority,
-                timeout_ms: job.timeout_ms,
-                heartbeat_ms: job.heartbeat_ms,
-                version: job.version,
-                unique_key: job.unique_key,
-                limits: job.limits,
-                created_at: now,
-                run_at,
-                started_at: None,
-                finished_at: None,
-                worker_id: None,
-                lease_expires_at: None,
-                cancel_requested_at: None,
-                last_error: None,
-                history: Vec::new(),
-                progress: None,
-                progress_message: None,
-                state: None,
-                group_id: group,
-            };
-            inner.idx.insert(&record);
-            inner.jobs.insert(
-                record.id,
-                Entry {
-                    record,
-                    lease: None,
-                },
-            );
+                flags: 0,
+            });
+            inner.idx.insert(id, &stored);
+            inner.jobs.insert(id, stored);
         }
         Ok(out)
     }
@@ -460,14 +801,13 @@ impl Inner {
 
     /// Apply `f` to a job, keeping the indexes in step, then finish or reopen its group
     /// if the change made that so. Returns `None` for an unknown id.
-    fn update<T>(&mut self, id: JobId, f: impl FnOnce(&mut Entry) -> T) -> Option<T> {
-        let entry = self.jobs.get_mut(&id)?;
-        self.idx.remove(&entry.record);
-        let out = f(entry);
-        self.idx.insert(&entry.record);
-        let r = &entry.record;
-        if let Some(g) = r.group_id {
-            let (is_final, finished_at) = (r.status.is_final(), r.finished_at);
+    fn update<T>(&mut self, id: JobId, f: impl FnOnce(&mut Stored) -> T) -> Option<T> {
+        let s = self.jobs.get_mut(&id)?;
+        self.idx.remove(id, s);
+        let out = f(s);
+        self.idx.insert(id, s);
+        if let Some(g) = s.group_id() {
+            let (is_final, finished_at) = (s.status.is_final(), s.finished_at());
             self.group_changed(g, is_final, finished_at);
         }
         Some(out)
@@ -512,9 +852,9 @@ impl Inner {
 
     /// The job, if it is running under `lease`.
     fn held(&self, id: JobId, lease: LeaseToken) -> bool {
-        self.jobs
-            .get(&id)
-            .is_some_and(|e| e.record.status == JobStatus::Running && e.lease == Some(lease))
+        self.jobs.get(&id).is_some_and(|s| {
+            s.status == JobStatus::Running && s.claim.as_ref().is_some_and(|c| c.lease == lease)
+        })
     }
 
     /// The distinct (queue, name) pairs asked for, as lanes that exist.
@@ -532,13 +872,13 @@ impl Inner {
         self.idx.lanes.get(queue).and_then(|n| n.get(name))
     }
 
-    /// The records matching `filter`, newest first, older than `cursor`. A filter by ids
+    /// The jobs matching `filter`, newest first, older than `cursor`. A filter by ids
     /// reads only those ids; any other filter reads every job.
     fn matching<'a>(
         &'a self,
         filter: &'a JobFilter,
         cursor: Option<JobId>,
-    ) -> Box<dyn Iterator<Item = &'a JobRecord> + 'a> {
+    ) -> Box<dyn Iterator<Item = (JobId, &'a Stored)> + 'a> {
         let older = move |id: &JobId| cursor.map_or(true, |c| *id < c);
         match &filter.ids {
             Some(ids) => {
@@ -546,9 +886,8 @@ impl Inner {
                 Box::new(
                     ids.into_iter()
                         .rev()
-                        .filter_map(|id| self.jobs.get(&id))
-                        .map(|e| &e.record)
-                        .filter(|r| filter.matches(r)),
+                        .filter_map(|id| self.jobs.get(&id).map(|s| (id, &**s)))
+                        .filter(|&(id, s)| s.matches(id, filter)),
                 )
             }
             None => {
@@ -560,8 +899,8 @@ impl Inner {
                     self.jobs
                         .range((Bound::Unbounded, upper))
                         .rev()
-                        .map(|(_, e)| &e.record)
-                        .filter(|r| filter.matches(r)),
+                        .map(|(&id, s)| (id, &**s))
+                        .filter(|&(id, s)| s.matches(id, filter)),
                 )
             }
         }
@@ -570,8 +909,8 @@ impl Inner {
     /// The ids of the jobs matching `filter` whose status is one of `statuses`.
     fn matching_ids(&self, filter: &JobFilter, statuses: &[JobStatus]) -> Vec<JobId> {
         self.matching(filter, None)
-            .filter(|r| statuses.contains(&r.status))
-            .map(|r| r.id)
+            .filter(|(_, s)| statuses.contains(&s.status))
+            .map(|(id, _)| id)
             .collect()
     }
 
@@ -580,9 +919,9 @@ impl Inner {
         let mut groups = HashSet::new();
         let mut n = 0;
         for id in ids {
-            if let Some(entry) = self.jobs.remove(&id) {
-                self.idx.remove(&entry.record);
-                groups.extend(entry.record.group_id);
+            if let Some(s) = self.jobs.remove(&id) {
+                self.idx.remove(id, &s);
+                groups.extend(s.group_id());
                 n += 1;
             }
         }
@@ -592,21 +931,19 @@ impl Inner {
 }
 
 /// Clear the claim of a job leaving `running`, recording the attempt in its history.
-fn end_attempt(e: &mut Entry, now: Timestamp, outcome: AttemptOutcome, error: Option<ErrorInfo>) {
-    let r = &mut e.record;
-    r.history.push(AttemptRecord {
-        attempt: r.attempt,
-        worker_id: r.worker_id.take().unwrap_or_default(),
-        started_at: r.started_at.unwrap_or(now),
-        finished_at: now,
+fn end_attempt(s: &mut Stored, now: Timestamp, outcome: AttemptOutcome, error: Option<ErrorInfo>) {
+    let claim = s.claim.take();
+    s.push_attempt(Attempt {
+        attempt: s.attempt,
         outcome,
-        error: error.clone(),
+        worker: claim.map(|c| c.worker),
+        started_at: s.started_at().unwrap_or(now),
+        finished_at: now,
+        error: error.clone().map(Box::new),
     });
     if error.is_some() {
-        r.last_error = error;
+        s.extra_mut().last_error = error;
     }
-    r.lease_expires_at = None;
-    e.lease = None;
 }
 
 #[async_trait]
@@ -704,9 +1041,7 @@ impl Storage for MemoryStorage {
                 };
                 // A job over a limit stays pending; the ones behind it are still taken.
                 let admitted = match inner.jobs.get(&k.2) {
-                    Some(e) if e.record.limits.is_limited() => {
-                        room.take(inner, &e.record.limits, now)
-                    }
+                    Some(s) if s.limits().is_limited() => room.take(inner, s.limits(), now),
                     _ => true,
                 };
                 if admitted {
@@ -720,37 +1055,40 @@ impl Storage for MemoryStorage {
         };
 
         let mut claimed = Vec::with_capacity(picked.len());
+        let worker = inner.shared.worker(&params.worker_id);
         for id in picked {
-            let rate = inner
-                .jobs
-                .get(&id)
-                .and_then(|e| e.record.limits.rate.clone());
+            let rate = inner.jobs.get(&id).and_then(|s| s.limits().rate.clone());
             if let Some(r) = rate {
                 inner.record_start(&r.key, r.window_ms, now);
             }
             let lease = LeaseToken::new();
-            let job = inner.update(id, |e| {
-                let r = &mut e.record;
-                r.status = JobStatus::Running;
-                r.attempt = r.attempt.saturating_add(1);
-                r.started_at = Some(now);
-                r.worker_id = Some(params.worker_id.clone());
-                r.lease_expires_at = Some(now.plus(lease_duration(r.heartbeat_ms)));
-                e.lease = Some(lease);
-                ClaimedJob {
-                    id: r.id,
-                    name: r.name.clone(),
-                    queue: r.queue.clone(),
-                    args: r.args.clone(),
-                    attempt: r.attempt,
-                    retry: r.retry,
-                    timeout_ms: r.timeout_ms,
-                    heartbeat_ms: r.heartbeat_ms,
-                    version: r.version,
+            let worker = worker.clone();
+            let job = inner.update(id, |s| {
+                let spec = &*s.spec;
+                let job = ClaimedJob {
+                    id,
+                    name: spec.name.to_string(),
+                    queue: spec.queue.to_string(),
+                    args: s.args.to_string(),
+                    attempt: s.attempt.saturating_add(1),
+                    retry: spec.retry,
+                    timeout_ms: spec.timeout_ms,
+                    heartbeat_ms: spec.heartbeat_ms,
+                    version: spec.version,
                     started_at: now,
                     lease,
-                    state: r.state.clone(),
-                }
+                    state: s.extra.as_ref().and_then(|x| x.state.clone()),
+                };
+                let expires_at = now.plus(lease_duration(spec.heartbeat_ms));
+                s.status = JobStatus::Running;
+                s.attempt = job.attempt;
+                s.set_started_at(now);
+                s.claim = Some(Box::new(Claim {
+                    lease,
+                    worker,
+                    expires_at,
+                }));
+                job
             });
             claimed.extend(job);
         }
@@ -764,10 +1102,12 @@ impl Storage for MemoryStorage {
             if !inner.held(id, lease) {
                 continue;
             }
-            let cancel = inner.update(id, |e| {
-                let hb = e.record.heartbeat_ms;
-                e.record.lease_expires_at = Some(params.now.plus(lease_duration(hb)));
-                e.record.cancel_requested_at.is_some()
+            let cancel = inner.update(id, |s| {
+                let expires_at = params.now.plus(lease_duration(s.spec.heartbeat_ms));
+                if let Some(c) = &mut s.claim {
+                    c.expires_at = expires_at;
+                }
+                s.cancel_requested_at().is_some()
             });
             out.extended.push(id);
             if cancel == Some(true) {
@@ -786,38 +1126,38 @@ impl Storage for MemoryStorage {
                 accepted.push(false);
                 continue;
             }
-            inner.update(finish.id, |e| match finish.outcome {
-                _ if e.record.cancel_requested_at.is_some() => {
+            inner.update(finish.id, |s| match finish.outcome {
+                _ if s.cancel_requested_at().is_some() => {
                     let error = match finish.outcome {
                         FinishOutcome::Completed | FinishOutcome::Snoozed { .. } => None,
                         FinishOutcome::Retry { error, .. } | FinishOutcome::Failed { error } => {
                             Some(error)
                         }
                     };
-                    end_attempt(e, now, AttemptOutcome::Cancelled, error);
-                    e.record.status = JobStatus::Cancelled;
-                    e.record.finished_at = Some(now);
+                    end_attempt(s, now, AttemptOutcome::Cancelled, error);
+                    s.status = JobStatus::Cancelled;
+                    s.set_finished_at(Some(now));
                 }
                 FinishOutcome::Completed => {
-                    end_attempt(e, now, AttemptOutcome::Completed, None);
-                    e.record.status = JobStatus::Completed;
-                    e.record.finished_at = Some(now);
+                    end_attempt(s, now, AttemptOutcome::Completed, None);
+                    s.status = JobStatus::Completed;
+                    s.set_finished_at(Some(now));
                 }
                 FinishOutcome::Retry { retry_at, error } => {
-                    end_attempt(e, now, AttemptOutcome::Failed, Some(error));
-                    e.record.status = JobStatus::Retryable;
-                    e.record.run_at = retry_at;
+                    end_attempt(s, now, AttemptOutcome::Failed, Some(error));
+                    s.status = JobStatus::Retryable;
+                    s.run_at = retry_at;
                 }
                 FinishOutcome::Snoozed { run_at } => {
-                    end_attempt(e, now, AttemptOutcome::Snoozed, None);
-                    e.record.status = JobStatus::Scheduled;
-                    e.record.run_at = run_at;
-                    e.record.attempt = e.record.attempt.saturating_sub(1);
+                    end_attempt(s, now, AttemptOutcome::Snoozed, None);
+                    s.status = JobStatus::Scheduled;
+                    s.run_at = run_at;
+                    s.attempt = s.attempt.saturating_sub(1);
                 }
                 FinishOutcome::Failed { error } => {
-                    end_attempt(e, now, AttemptOutcome::Failed, Some(error));
-                    e.record.status = JobStatus::Failed;
-                    e.record.finished_at = Some(now);
+                    end_attempt(s, now, AttemptOutcome::Failed, Some(error));
+                    s.status = JobStatus::Failed;
+                    s.set_finished_at(Some(now));
                 }
             });
             accepted.push(true);
@@ -830,13 +1170,14 @@ impl Storage for MemoryStorage {
         if !inner.held(params.id, params.lease) {
             return Ok(false);
         }
-        inner.update(params.id, |e| {
+        inner.update(params.id, |s| {
             if let Some((progress, message)) = params.progress {
-                e.record.progress = Some(progress);
-                e.record.progress_message = message;
+                let x = s.extra_mut();
+                x.progress = Some(progress);
+                x.progress_message = message;
             }
             if let Some(state) = params.state {
-                e.record.state = Some(state);
+                s.extra_mut().state = Some(state);
             }
         });
         Ok(true)
@@ -850,16 +1191,16 @@ impl Storage for MemoryStorage {
             if !inner.held(id, lease) {
                 continue;
             }
-            inner.update(id, |e| {
-                if e.record.cancel_requested_at.is_some() {
-                    end_attempt(e, now, AttemptOutcome::Cancelled, None);
-                    e.record.status = JobStatus::Cancelled;
-                    e.record.finished_at = Some(now);
+            inner.update(id, |s| {
+                if s.cancel_requested_at().is_some() {
+                    end_attempt(s, now, AttemptOutcome::Cancelled, None);
+                    s.status = JobStatus::Cancelled;
+                    s.set_finished_at(Some(now));
                 } else {
-                    end_attempt(e, now, AttemptOutcome::Released, None);
-                    e.record.status = JobStatus::Available;
-                    e.record.run_at = now;
-                    e.record.attempt = e.record.attempt.saturating_sub(1);
+                    end_attempt(s, now, AttemptOutcome::Released, None);
+                    s.status = JobStatus::Available;
+                    s.run_at = now;
+                    s.attempt = s.attempt.saturating_sub(1);
                 }
             });
             released += 1;
@@ -879,23 +1220,22 @@ impl Storage for MemoryStorage {
             .collect();
         let mut reclaimed = 0;
         for id in expired {
-            let done = inner.update(id, |e| {
-                let worker = e.record.worker_id.clone().unwrap_or_default();
+            let done = inner.update(id, |s| {
+                let worker = s.claim.as_ref().map_or("", |c| c.worker.as_str());
                 let error = ErrorInfo::engine(
                     "LeaseExpired",
                     format!("lease expired: worker {worker} stopped heartbeating"),
                 );
-                end_attempt(e, now, AttemptOutcome::LeaseExpired, Some(error));
-                let r = &mut e.record;
-                if r.cancel_requested_at.is_some() {
-                    r.status = JobStatus::Cancelled;
-                    r.finished_at = Some(now);
-                } else if r.retry.max_retries.allows_another(r.attempt) {
-                    r.status = JobStatus::Available;
-                    r.run_at = now;
+                end_attempt(s, now, AttemptOutcome::LeaseExpired, Some(error));
+                if s.cancel_requested_at().is_some() {
+                    s.status = JobStatus::Cancelled;
+                    s.set_finished_at(Some(now));
+                } else if s.spec.retry.max_retries.allows_another(s.attempt) {
+                    s.status = JobStatus::Available;
+                    s.run_at = now;
                 } else {
-                    r.status = JobStatus::Failed;
-                    r.finished_at = Some(now);
+                    s.status = JobStatus::Failed;
+                    s.set_finished_at(Some(now));
                 }
             });
             reclaimed += u64::from(done.is_some());
@@ -905,7 +1245,7 @@ impl Storage for MemoryStorage {
 
     async fn job_get(&self, id: JobId) -> Result<Option<JobRecord>> {
         let inner = self.open()?;
-        Ok(inner.jobs.get(&id).map(|e| e.record.clone()))
+        Ok(inner.jobs.get(&id).map(|s| s.record(id)))
     }
 
     async fn job_list(&self, params: JobListParams) -> Result<Vec<JobRecord>> {
@@ -914,7 +1254,7 @@ impl Storage for MemoryStorage {
         Ok(inner
             .matching(&params.filter, params.cursor)
             .take(limit)
-            .cloned()
+            .map(|(id, s)| s.record(id))
             .collect())
     }
 
@@ -956,14 +1296,13 @@ impl Storage for MemoryStorage {
         ];
         let mut result = JobCancelResult::default();
         for id in inner.matching_ids(&params.filter, &live) {
-            inner.update(id, |e| {
-                let r = &mut e.record;
-                if r.status == JobStatus::Running {
-                    r.cancel_requested_at.get_or_insert(now);
+            inner.update(id, |s| {
+                if s.status == JobStatus::Running {
+                    s.extra_mut().cancel_requested_at.get_or_insert(now);
                     result.requested += 1;
                 } else {
-                    r.status = JobStatus::Cancelled;
-                    r.finished_at = Some(now);
+                    s.status = JobStatus::Cancelled;
+                    s.set_finished_at(Some(now));
                     result.cancelled += 1;
                 }
             });
@@ -977,8 +1316,8 @@ impl Storage for MemoryStorage {
         let ids = inner.matching_ids(&params.filter, &[JobStatus::Failed, JobStatus::Cancelled]);
         let mut retried = 0;
         for &id in &ids {
-            let taken = inner.jobs.get(&id).is_some_and(|e| {
-                e.record.unique_key.as_ref().is_some_and(|key| {
+            let taken = inner.jobs.get(&id).is_some_and(|s| {
+                s.unique_key().is_some_and(|key| {
                     inner
                         .idx
                         .unique
@@ -990,21 +1329,22 @@ impl Storage for MemoryStorage {
                 continue; // another live job holds the key: retrying would duplicate it
             }
             retried += 1;
-            inner.update(id, |e| {
-                let r = &mut e.record;
-                r.history.push(AttemptRecord {
-                    attempt: r.attempt,
-                    worker_id: String::new(),
+            inner.update(id, |s| {
+                s.push_attempt(Attempt {
+                    attempt: s.attempt,
+                    outcome: AttemptOutcome::Retried,
+                    worker: None,
                     started_at: now,
                     finished_at: now,
-                    outcome: AttemptOutcome::Retried,
                     error: None,
                 });
-                r.status = JobStatus::Available;
-                r.attempt = 0;
-                r.run_at = now;
-                r.finished_at = None;
-                r.cancel_requested_at = None;
+                s.status = JobStatus::Available;
+                s.attempt = 0;
+                s.run_at = now;
+                s.set_finished_at(None);
+                if let Some(x) = &mut s.extra {
+                    x.cancel_requested_at = None;
+                }
             });
         }
         Ok(retried)
@@ -1029,9 +1369,10 @@ impl Storage for MemoryStorage {
             .range(..(params.finished_before, MIN_ID))
             .map(|&(_, id)| id)
             .filter(|id| {
-                inner.jobs.get(id).is_some_and(|e| {
-                    e.record.status.is_final() && params.statuses.contains(&e.record.status)
-                })
+                inner
+                    .jobs
+                    .get(id)
+                    .is_some_and(|s| s.status.is_final() && params.statuses.contains(&s.status))
             })
             .take(limit)
             .collect();
@@ -1061,7 +1402,7 @@ impl Storage for MemoryStorage {
         Ok(Inner::lane_keys(&params.queues, &params.names)
             .into_iter()
             .filter_map(|(q, n)| inner.lane(q, n))
-            .filter_map(|lane| lane.by_run_at.first().map(|&(t, _, _)| t))
+            .filter_map(Lane::next_run_at)
             .min())
     }
 
@@ -1148,5 +1489,272 @@ impl Storage for MemoryStorage {
             };
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::retry::Backoff;
+    use crate::storage::conformance::{new_job, T0};
+    use crate::storage::{JobFinish, JobNextRunAtParams};
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_micros(T0.as_micros() + secs * 1_000_000)
+    }
+
+    async fn insert(s: &MemoryStorage, jobs: Vec<NewJob>, now: Timestamp) {
+        s.job_insert_many(JobInsertManyParams { jobs, now })
+            .await
+            .expect("insert failed");
+    }
+
+    async fn claim(s: &MemoryStorage, limit: u32, worker: &str, now: Timestamp) -> Vec<ClaimedJob> {
+        s.job_claim(JobClaimParams {
+            queues: vec!["q".into()],
+            names: vec!["a".into()],
+            limit,
+            worker_id: worker.into(),
+            now,
+        })
+        .await
+        .expect("claim failed")
+    }
+
+    async fn next_run_at(s: &MemoryStorage) -> Option<Timestamp> {
+        s.job_next_run_at(JobNextRunAtParams {
+            queues: vec!["q".into()],
+            names: vec!["a".into()],
+        })
+        .await
+        .expect("next_run_at failed")
+    }
+
+    #[test]
+    fn a_stored_job_stays_small() {
+        // What 100,000 queued jobs cost (issue 4: under 100 MB of RSS) rests on these.
+        assert!(size_of::<Stored>() <= 96, "{}", size_of::<Stored>());
+        assert!(size_of::<Attempt>() <= 40, "{}", size_of::<Attempt>());
+    }
+
+    /// A lane's ready jobs are ordered by priority first, so its earliest run time is not
+    /// necessarily its first entry's: every priority counts.
+    #[tokio::test]
+    async fn next_run_at_reads_every_priority_of_the_ready_jobs() {
+        let s = MemoryStorage::new();
+        let mk = |priority, secs| NewJob {
+            priority,
+            run_at: Some(at(secs)),
+            ..new_job("a", "q")
+        };
+        let jobs = vec![
+            mk(10, -1),
+            mk(5, -30),
+            mk(0, -50),
+            mk(i32::MIN, -70),
+            mk(0, 100),
+        ];
+        insert(&s, jobs, at(-100)).await;
+        assert_eq!(next_run_at(&s).await, Some(at(-70)), "before any claim");
+        // Makes the four due jobs ready and takes the first (priority 10).
+        assert_eq!(claim(&s, 1, "w", at(0)).await.len(), 1);
+        assert_eq!(next_run_at(&s).await, Some(at(-70)), "the lowest priority");
+        assert_eq!(claim(&s, 3, "w", at(0)).await.len(), 3);
+        assert_eq!(next_run_at(&s).await, Some(at(100)), "only the later job");
+    }
+
+    /// Claims pick in claim order whether the due jobs reach the ready set all at once (a
+    /// set built in one go), a few at a time next to many waiting, or directly on insert.
+    #[tokio::test]
+    async fn claims_follow_claim_order_however_jobs_become_ready() {
+        let s = MemoryStorage::new();
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut pending: Vec<ReadyKey> = Vec::new();
+        let batch = |rand: &mut dyn FnMut(u64) -> u64, n, from: i64, span: u64| {
+            let jobs: Vec<NewJob> = (0..n)
+                .map(|_| NewJob {
+                    priority: rand(4) as i32,
+                    run_at: Some(at(from + rand(span) as i64)),
+                    ..new_job("a", "q")
+                })
+                .collect();
+            let keys: Vec<ReadyKey> = jobs
+                .iter()
+                .map(|j| (Reverse(j.priority), j.run_at.unwrap_or(T0), j.id))
+                .collect();
+            (jobs, keys)
+        };
+        let (jobs, keys) = batch(&mut rand, 600, 0, 300);
+        pending.extend(keys);
+        insert(&s, jobs, at(-1)).await;
+        let mut now = -1;
+        let mut claims = 0;
+        while !pending.is_empty() {
+            now += rand(40) as i64;
+            if rand(3) == 0 {
+                // Some due at once (straight into the ready set), some later.
+                let (jobs, keys) = batch(&mut rand, 5, now - 20, 80);
+                pending.extend(keys);
+                insert(&s, jobs, at(now)).await;
+            }
+            let limit = 1 + rand(12) as u32;
+            let got: Vec<JobId> = claim(&s, limit, "w", at(now))
+                .await
+                .iter()
+                .map(|c| c.id)
+                .collect();
+            let mut due: Vec<ReadyKey> =
+                pending.iter().filter(|k| k.1 <= at(now)).copied().collect();
+            due.sort();
+            let expected: Vec<JobId> = due.iter().take(limit as usize).map(|k| k.2).collect();
+            assert_eq!(got, expected, "claim {claims} at {now} s");
+            pending.retain(|k| !expected.contains(&k.2));
+            claims += 1;
+        }
+    }
+
+    /// Jobs of one name and queue share what they have in common, never what differs.
+    #[tokio::test]
+    async fn jobs_keep_their_own_settings() {
+        let s = MemoryStorage::new();
+        let base = new_job("a", "q");
+        let jitter = |jitter| RetryPolicy {
+            max_retries: MaxRetries::Count(5),
+            backoff: Backoff {
+                jitter,
+                ..Backoff::new(BackoffKind::Exponential(2.0))
+            },
+        };
+        let variants = vec![
+            base.clone(),
+            NewJob {
+                ..new_job("a", "q")
+            },
+            NewJob {
+                priority: 3,
+                ..new_job("a", "q")
+            },
+            NewJob {
+                retry: RetryPolicy {
+                    max_retries: MaxRetries::Infinite,
+                    ..base.retry
+                },
+                ..new_job("a", "q")
+            },
+            NewJob {
+                retry: jitter(0.0),
+                ..new_job("a", "q")
+            },
+            NewJob {
+                retry: jitter(-0.0),
+                ..new_job("a", "q")
+            },
+            NewJob {
+                timeout_ms: Some(10),
+                ..new_job("a", "q")
+            },
+            NewJob {
+                heartbeat_ms: 7000,
+                ..new_job("a", "q")
+            },
+            NewJob {
+                version: 2,
+                ..new_job("a", "q")
+            },
+            new_job("a", "r"),
+            new_job("b", "q"),
+        ];
+        insert(&s, variants.clone(), at(0)).await;
+        for job in &variants {
+            let r = s.job_get(job.id).await.unwrap().expect("stored");
+            assert_eq!(
+                (r.name.as_str(), r.queue.as_str(), r.priority, r.retry),
+                (
+                    job.name.as_str(),
+                    job.queue.as_str(),
+                    job.priority,
+                    job.retry
+                )
+            );
+            assert_eq!(
+                r.retry.backoff.jitter.to_bits(),
+                job.retry.backoff.jitter.to_bits()
+            );
+            assert_eq!(
+                (r.timeout_ms, r.heartbeat_ms, r.version),
+                (job.timeout_ms, job.heartbeat_ms, job.version)
+            );
+        }
+        let inner = s.lock().unwrap();
+        // The first two and the one with jitter 0.0 (the default policy) are equal.
+        assert_eq!(inner.shared.specs.len(), variants.len() - 2);
+    }
+
+    /// Specs and worker ids no job uses any more do not pile up.
+    #[tokio::test]
+    async fn unused_specs_and_worker_ids_are_dropped() {
+        let s = MemoryStorage::new();
+        for round in 0..3 {
+            let jobs: Vec<NewJob> = (0..200)
+                .map(|v| NewJob {
+                    version: v + 1,
+                    ..new_job("a", "q")
+                })
+                .collect();
+            insert(&s, jobs, at(0)).await;
+            let mut finishes = Vec::new();
+            for w in 0..200 {
+                let worker = format!("w{round}-{w}");
+                for c in claim(&s, 1, &worker, at(0)).await {
+                    let r = s.job_get(c.id).await.unwrap().expect("stored");
+                    assert_eq!((r.worker_id, r.version), (Some(worker.clone()), c.version));
+                    finishes.push(JobFinish {
+                        id: c.id,
+                        lease: c.lease,
+                        outcome: FinishOutcome::Completed,
+                    });
+                }
+            }
+            let ids: Vec<JobId> = finishes.iter().map(|f| f.id).collect();
+            let ok = s
+                .job_finish_many(JobFinishManyParams {
+                    finishes,
+                    now: at(1),
+                })
+                .await
+                .unwrap();
+            assert!(ok.iter().all(|&ok| ok));
+            for (i, id) in ids.iter().enumerate() {
+                let r = s.job_get(*id).await.unwrap().expect("stored");
+                assert_eq!(r.history.len(), 1);
+                assert_eq!(r.history[0].worker_id, format!("w{round}-{i}"));
+                assert_eq!(r.worker_id, None);
+            }
+            let deleted = s
+                .job_delete(JobDeleteParams {
+                    filter: JobFilter::default(),
+                })
+                .await
+                .unwrap();
+            assert_eq!(deleted, 200);
+        }
+        let inner = s.lock().unwrap();
+        // Without sweeping: 600 of each.
+        assert!(
+            inner.shared.specs.len() <= 256,
+            "{}",
+            inner.shared.specs.len()
+        );
+        assert!(
+            inner.shared.workers.len() <= 256,
+            "{}",
+            inner.shared.workers.len()
+        );
     }
 }
