@@ -72,6 +72,35 @@ where
     }
 }
 
+/// A waker for one poll whose wake-up nobody waits for (`Waker::noop` needs Rust 1.85).
+struct NoWake;
+
+impl std::task::Wake for NoWake {
+    fn wake(self: Arc<Self>) {}
+}
+
+/// As [`wait`], but first poll `fut` once on this thread with the GIL held, and release
+/// the GIL only if it is not done at once. For calls on a storage that never blocks
+/// (memory): releasing the GIL for a call that takes microseconds hands it to a worker
+/// thread that waits for it, and taking it back waits for that thread, on every call.
+pub(crate) fn wait_held<T, F>(py: Python<'_>, fut: F) -> PyResult<T>
+where
+    T: Send,
+    F: Future<Output = hauler_core::Result<T>> + Send,
+{
+    let rt = runtime()?;
+    let mut fut = Box::pin(fut);
+    {
+        let _context = rt.enter();
+        let waker = std::task::Waker::from(Arc::new(NoWake));
+        let mut cx = std::task::Context::from_waker(&waker);
+        if let std::task::Poll::Ready(result) = fut.as_mut().poll(&mut cx) {
+            return result.map_err(to_pyerr);
+        }
+    }
+    wait(py, fut)
+}
+
 /// Block asynchronous signals (SIGTERM, SIGINT, ...) in a thread hauler starts, so the
 /// kernel delivers them to the application's threads: Python runs signal handlers on the
 /// main thread only, and a SIGTERM taken by an engine thread would leave a main thread

@@ -25,7 +25,7 @@ use pyo3::types::{PyBool, PyDict, PyList, PyString, PyTuple, PyType};
 use crate::convert::{record_to_py, retry_from_py};
 use crate::errors::{hauler_err, to_pyerr};
 use crate::json::{to_json, to_json_fields};
-use crate::runtime::{runtime, wait};
+use crate::runtime::{runtime, wait, wait_held};
 
 /// A storage handle (see `_native.pyi`).
 #[pyclass(name = "Storage", module = "hauler._native", frozen)]
@@ -583,7 +583,12 @@ impl PyStorage {
             return Ok(PyList::empty(py));
         }
         let queue = self.queue.clone();
-        let inserted = wait(py, async move { queue.insert_many(new).await })?;
+        let fut = async move { queue.insert_many(new).await };
+        let inserted = if self.kind == "memory" {
+            wait_held(py, fut)?
+        } else {
+            wait(py, fut)?
+        };
         let out = PyList::empty(py);
         for j in &inserted {
             out.append(maker.make(j.id, j.duplicate)?)?;
@@ -605,7 +610,12 @@ impl PyStorage {
             new.push(new_job(&item?, max_payload_bytes)?);
         }
         let queue = self.queue.clone();
-        let inserted = wait(py, async move { queue.insert_many(new).await })?;
+        let fut = async move { queue.insert_many(new).await };
+        let inserted = if self.kind == "memory" {
+            wait_held(py, fut)?
+        } else {
+            wait(py, fut)?
+        };
         Ok(inserted
             .iter()
             .map(|j| (j.id.to_string(), j.duplicate))
