@@ -37,9 +37,9 @@ use crate::queue::Queue;
 use crate::retry::RetryPolicy;
 use crate::schedule::{plan_tick, Ticker};
 use crate::storage::{
-    lease_duration, FinishOutcome, JobClaimParams, JobFinish, JobFinishManyParams,
-    JobHeartbeatParams, JobNextRunAtParams, JobPruneParams, JobReclaimParams, JobReleaseParams,
-    ScheduleTickParams,
+    lease_duration, FinishOutcome, JobClaimParams, JobFinish, JobFinishClaimParams,
+    JobFinishManyParams, JobHeartbeatParams, JobNextRunAtParams, JobPruneParams, JobReclaimParams,
+    JobReleaseParams, ScheduleTickParams,
 };
 use crate::testhook::{crash_point, CrashPoint};
 
@@ -220,11 +220,16 @@ struct LeaseEntry {
 /// Completed jobs deleted per storage call by the retention task.
 const RETENTION_BATCH: u32 = 1000;
 
-/// A finished attempt on its way to storage, or a flush marker.
+/// A finished attempt on its way to storage, or a flush marker, or a dispatcher's claim
+/// (see [`claim`]).
 enum FinishMsg {
     Finish(JobFinish),
     Flush(oneshot::Sender<()>),
+    Claim(JobClaimParams, ClaimReply),
 }
+
+/// Where the completer answers a dispatcher's claim.
+type ClaimReply = oneshot::Sender<Result<Vec<ClaimedJob>>>;
 
 /// Short jobs are prefetched: the dispatcher claims more than its free workers, and the
 /// extra jobs wait in the pool (under their leases, renewed by the heartbeat task) for a
@@ -235,6 +240,10 @@ enum FinishMsg {
 const PREFETCH_WAIT: Duration = Duration::from_millis(4);
 /// The most jobs a queue prefetches.
 const PREFETCH_MAX: usize = 256;
+/// With a storage that claims and records outcomes in one write, the longest outcomes
+/// wait for the dispatcher's next claim while prefetched jobs are waiting (see
+/// [`complete_loop`]). Jobs start regardless: only the write of the outcome waits.
+const FINISH_LINGER: Duration = PREFETCH_WAIT;
 
 /// Per-queue dispatcher state.
 #[derive(Debug)]
@@ -617,17 +626,17 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
                 rx.borrow_and_update();
             }
             let now = shared.queue.clock().now();
-            let claimed = shared
-                .queue
-                .storage()
-                .job_claim(JobClaimParams {
+            let claimed = claim(
+                &shared,
+                JobClaimParams {
                     queues: queues.clone(),
                     names: names.clone(),
                     limit: u32::try_from(free).unwrap_or(u32::MAX),
                     worker_id: shared.config.worker_id.clone(),
                     now,
-                })
-                .await;
+                },
+            )
+            .await;
             let claimed = match claimed {
                 Ok(c) => {
                     error_backoff = ERROR_BACKOFF_MIN;
@@ -719,6 +728,36 @@ async fn dispatch_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
             _ = finished_rx.changed(), if !full && (blocked || wake_on_finish) => {
                 blocked_backoff = BLOCKED_BACKOFF_MIN;
             }
+        }
+    }
+}
+
+/// Claim for a dispatcher. When the storage records outcomes and claims in one write
+/// ([`crate::storage::Storage::finish_claim_combined`]), the claim goes to the completer,
+/// which makes it together with the outcomes waiting to be written (half the writes when
+/// jobs are short); otherwise, or if the completer is gone, straight to the storage.
+async fn claim(shared: &Shared, params: JobClaimParams) -> Result<Vec<ClaimedJob>> {
+    if shared.queue.storage().finish_claim_combined() {
+        let (reply, answer) = oneshot::channel();
+        if shared
+            .finish_tx
+            .send(FinishMsg::Claim(params.clone(), reply))
+            .is_ok()
+        {
+            if let Ok(claimed) = answer.await {
+                return claimed;
+            }
+        }
+    }
+    shared.queue.storage().job_claim(params).await
+}
+
+/// Hand a claim's result to the dispatcher that asked; if it is gone (the pool stops),
+/// release what was claimed.
+async fn answer_claim(shared: &Shared, reply: ClaimReply, claimed: Result<Vec<ClaimedJob>>) {
+    if let Err(Ok(jobs)) = reply.send(claimed) {
+        if !jobs.is_empty() {
+            release_claimed(shared, &jobs).await;
         }
     }
 }
@@ -1064,18 +1103,48 @@ fn record_outcome(
 
 async fn complete_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<FinishMsg>) {
     let max = shared.config.finish_batch;
+    let combined = shared.queue.storage().finish_claim_combined();
     let mut buf = Vec::with_capacity(max);
     while rx.recv_many(&mut buf, max).await > 0 {
         let mut batch = Vec::with_capacity(buf.len());
         let mut acks = Vec::new();
+        let mut claims = Vec::new();
         for msg in buf.drain(..) {
-            match msg {
-                FinishMsg::Finish(f) => batch.push(f),
-                FinishMsg::Flush(ack) => acks.push(ack),
+            sort_msg(msg, &mut batch, &mut acks, &mut claims);
+        }
+        // While prefetched jobs wait for workers, a dispatcher's claim comes soon: the
+        // outcomes wait for it (at most FINISH_LINGER), so that one write records them and
+        // claims, instead of one write per handful of outcomes.
+        if combined
+            && claims.is_empty()
+            && acks.is_empty()
+            && shared.buffered.load(Ordering::SeqCst) > 0
+        {
+            let deadline = Instant::now() + FINISH_LINGER;
+            while batch.len() < max {
+                let Ok(Some(msg)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+                    break;
+                };
+                let last = !matches!(msg, FinishMsg::Finish(_));
+                sort_msg(msg, &mut batch, &mut acks, &mut claims);
+                if last {
+                    break;
+                }
             }
         }
+        let mut claims = claims.into_iter();
         if !batch.is_empty() {
-            write_finishes(&shared, batch).await;
+            write_finishes(&shared, batch, claims.next()).await;
+        }
+        for (mut params, reply) in claims {
+            // A stopping pool starts nothing new: its dispatcher returns when it sees the stop.
+            let claimed = if *shared.stopping.borrow() {
+                Ok(Vec::new())
+            } else {
+                params.now = shared.queue.clock().now();
+                shared.queue.storage().job_claim(params).await
+            };
+            answer_claim(&shared, reply, claimed).await;
         }
         for ack in acks {
             let _ = ack.send(());
@@ -1083,21 +1152,70 @@ async fn complete_loop(shared: Arc<Shared>, mut rx: mpsc::UnboundedReceiver<Fini
     }
 }
 
+/// File one message of the completer's channel.
+fn sort_msg(
+    msg: FinishMsg,
+    batch: &mut Vec<JobFinish>,
+    acks: &mut Vec<oneshot::Sender<()>>,
+    claims: &mut Vec<(JobClaimParams, ClaimReply)>,
+) {
+    match msg {
+        FinishMsg::Finish(f) => batch.push(f),
+        FinishMsg::Flush(ack) => acks.push(ack),
+        FinishMsg::Claim(params, reply) => claims.push((params, reply)),
+    }
+}
+
 /// Record a batch of finished attempts, retrying while the storage fails: the jobs keep
 /// their leases (the heartbeat task still renews them) until the write lands, so a
 /// temporary storage outage neither loses an outcome nor lets another worker take over.
-async fn write_finishes(shared: &Shared, batch: Vec<JobFinish>) {
+/// A dispatcher's claim, if given, is made in the same storage call (first try only: a
+/// failure is its answer, and the dispatcher backs off as for its own claims).
+async fn write_finishes(
+    shared: &Shared,
+    batch: Vec<JobFinish>,
+    mut claim: Option<(JobClaimParams, ClaimReply)>,
+) {
     let mut backoff = ERROR_BACKOFF_MIN;
     loop {
         let now = shared.queue.clock().now();
-        let res = shared
-            .queue
-            .storage()
-            .job_finish_many(JobFinishManyParams {
-                finishes: batch.clone(),
-                now,
-            })
-            .await;
+        let finish = JobFinishManyParams {
+            finishes: batch.clone(),
+            now,
+        };
+        let res = match claim.take() {
+            None => shared.queue.storage().job_finish_many(finish).await,
+            // A stopping pool starts nothing new: its dispatcher returns when it sees the stop.
+            Some((_, reply)) if *shared.stopping.borrow() => {
+                answer_claim(shared, reply, Ok(Vec::new())).await;
+                shared.queue.storage().job_finish_many(finish).await
+            }
+            Some((mut params, reply)) => {
+                params.now = now;
+                let res = shared
+                    .queue
+                    .storage()
+                    .job_finish_claim(JobFinishClaimParams {
+                        finish,
+                        claim: params,
+                    })
+                    .await;
+                match res {
+                    Ok(r) => {
+                        answer_claim(shared, reply, r.claimed).await;
+                        Ok(r.accepted)
+                    }
+                    Err(e) => {
+                        let again = match &e {
+                            Error::StorageClosed => Error::StorageClosed,
+                            other => Error::Storage(other.to_string()),
+                        };
+                        answer_claim(shared, reply, Err(again)).await;
+                        Err(e)
+                    }
+                }
+            }
+        };
         match res {
             Ok(accepted) => {
                 let mut leases = shared.leases();

@@ -1,5 +1,7 @@
 //! The worker pool against real storages, with a Rust executor (no Python).
 
+mod common;
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +20,8 @@ use hauler_core::storage::{
     FinishOutcome, JobCancelResult, JobFilter, MemoryStorage, SqliteOptions, SqliteStorage, Storage,
 };
 use hauler_core::worker::{Completion, Executor, Outcome, WorkerPool};
+
+use common::Counting;
 
 type Handler =
     Arc<dyn Fn(ClaimedJob) -> Pin<Box<dyn Future<Output = Outcome> + Send>> + Send + Sync>;
@@ -1068,4 +1072,47 @@ async fn a_worker_skips_a_cancelled_prefetched_job_and_times_out_the_next() {
         pool.stop(Duration::from_secs(3)).await.unwrap();
         exec.close();
     }
+}
+
+/// On SQLite, where one write can record outcomes and claim, a pool draining short jobs
+/// claims together with recording outcomes; every job still runs exactly once and ends
+/// completed, and the stop leaves nothing running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_pool_claims_with_its_outcomes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqliteStorage::open(dir.path().join("jobs.db"), SqliteOptions::default()).unwrap();
+    let counting = Arc::new(Counting::new(Arc::new(sqlite)));
+    let storage: Arc<dyn Storage> = counting.clone();
+    assert!(storage.finish_claim_combined());
+    let queue = Arc::new(Queue::new(storage.clone()));
+    let runs: Arc<Mutex<HashMap<JobId, usize>>> = Arc::default();
+    let r = runs.clone();
+    let exec = FnExecutor::new(move |j: ClaimedJob| {
+        *r.lock().unwrap().entry(j.id).or_default() += 1;
+        async { Outcome::Success }
+    });
+    let pool = WorkerPool::start(queue.clone(), pool_config(4, &["quick"]), exec).unwrap();
+    let ids = queue
+        .push_many((0..3000).map(|_| job("quick")).collect())
+        .await
+        .unwrap();
+    wait_final(&storage, &ids, Duration::from_secs(60)).await;
+    pool.stop(Duration::from_secs(5)).await.unwrap();
+    {
+        let runs = runs.lock().unwrap();
+        assert_eq!(runs.len(), ids.len());
+        assert!(runs.values().all(|n| *n == 1), "a job ran twice");
+    }
+    assert_eq!(
+        statuses(&storage, &ids)
+            .await
+            .iter()
+            .filter(|s| **s == JobStatus::Completed)
+            .count(),
+        ids.len()
+    );
+    assert!(
+        counting.finish_claims.load(Ordering::SeqCst) > 0,
+        "no claim was made with outcomes"
+    );
 }

@@ -30,10 +30,11 @@ use uuid::Uuid;
 
 use super::{
     lease_duration, FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult,
-    JobClaimParams, JobCountParams, JobDeleteParams, JobFilter, JobFinish, JobFinishManyParams,
-    JobHeartbeatParams, JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
-    JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
-    ScheduleRunNowParams, ScheduleTickParams, ScheduleUpsertParams, Storage,
+    JobClaimParams, JobCountParams, JobDeleteParams, JobFilter, JobFinish, JobFinishClaimParams,
+    JobFinishClaimResult, JobFinishManyParams, JobHeartbeatParams, JobHeartbeatResult,
+    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobProgressSetParams, JobPruneParams,
+    JobReclaimParams, JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
+    ScheduleUpsertParams, Storage,
 };
 use crate::error::Error;
 use crate::group::{GroupCounts, GroupRecord, GroupStatus, NewGroup};
@@ -143,6 +144,10 @@ cases![
     concurrent_claimers_hold_the_group_limit,
     concurrent_finishers_store_on_complete_once,
     groups_go_with_their_last_member,
+    finish_claim_records_then_claims,
+    finish_claim_claims_even_when_a_finish_is_refused,
+    finish_claim_holds_limits,
+    finish_claim_can_claim_the_on_complete_it_stores,
     empty_batches,
     close_is_final_and_idempotent,
 ];
@@ -4007,6 +4012,164 @@ pub async fn group_finishes_once_and_stores_on_complete(s: Arc<dyn Storage>) {
         1,
         "on_complete is stored once, ever"
     );
+}
+
+/// [`Storage::job_finish_claim`] with the claim of [`claim`].
+async fn finish_claim(
+    s: &dyn Storage,
+    finishes: Vec<JobFinish>,
+    names: &[&str],
+    limit: u32,
+    now: Timestamp,
+) -> JobFinishClaimResult {
+    s.job_finish_claim(JobFinishClaimParams {
+        finish: JobFinishManyParams { finishes, now },
+        claim: JobClaimParams {
+            queues: strings(&[QUEUE]),
+            names: strings(names),
+            limit,
+            worker_id: "w2".to_owned(),
+            now,
+        },
+    })
+    .await
+    .expect("job_finish_claim failed")
+}
+
+fn completed(job: &ClaimedJob) -> JobFinish {
+    JobFinish {
+        id: job.id,
+        lease: job.lease,
+        outcome: FinishOutcome::Completed,
+    }
+}
+
+/// The combined call records the finishes (answering each in order) and claims, as the
+/// two calls would; with nothing to finish it only claims, with a zero limit it only
+/// finishes.
+pub async fn finish_claim_records_then_claims(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let ids = sorted_ids(4);
+    let mut js = jobs(4);
+    for (j, id) in js.iter_mut().zip(&ids) {
+        j.id = *id;
+    }
+    insert(s, js, at(0)).await;
+    let first = claim_one(s, "w1", at(1)).await;
+    assert_eq!(first.id, ids[0]);
+
+    let got = finish_claim(s, vec![completed(&first)], &[NAME], 2, at(2)).await;
+    assert_eq!(got.accepted, vec![true]);
+    let claimed = got.claimed.expect("the claim failed");
+    assert_eq!(claimed_ids(&claimed), HashSet::from([ids[1], ids[2]]));
+    for c in &claimed {
+        assert_eq!(c.started_at, at(2));
+        assert_eq!(c.attempt, 1);
+        let r = get(s, c.id).await;
+        assert_eq!(r.status, JobStatus::Running);
+        assert_eq!(r.worker_id.as_deref(), Some("w2"));
+    }
+    let done = get(s, first.id).await;
+    assert_eq!(done.status, JobStatus::Completed);
+    assert_eq!(done.finished_at, Some(at(2)));
+    assert_eq!(done.history.len(), 1);
+
+    // Nothing to finish: only a claim. A zero limit: only the finishes.
+    let got = finish_claim(s, Vec::new(), &[NAME], 5, at(3)).await;
+    assert!(got.accepted.is_empty());
+    let last = got.claimed.expect("the claim failed");
+    assert_eq!(claimed_ids(&last), HashSet::from([ids[3]]));
+    let got = finish_claim(
+        s,
+        claimed.iter().map(completed).collect(),
+        &[NAME],
+        0,
+        at(4),
+    )
+    .await;
+    assert_eq!(got.accepted, vec![true, true]);
+    assert!(got.claimed.expect("the claim failed").is_empty());
+    assert_eq!(get(s, ids[3]).await.status, JobStatus::Running);
+}
+
+/// A finish refused by its fence (the lease was taken over) changes nothing, and the claim
+/// in the same call still happens.
+pub async fn finish_claim_claims_even_when_a_finish_is_refused(s: Arc<dyn Storage>) {
+    let s = &*s;
+    insert(s, jobs(3), at(0)).await;
+    let held = claim_one(s, "w1", at(1)).await;
+    let stale = JobFinish {
+        id: held.id,
+        lease: LeaseToken::new(),
+        outcome: FinishOutcome::Completed,
+    };
+    let unknown = JobFinish {
+        id: JobId::new(),
+        lease: LeaseToken::new(),
+        outcome: FinishOutcome::Completed,
+    };
+    let got = finish_claim(s, vec![stale, unknown], &[NAME], 10, at(2)).await;
+    assert_eq!(got.accepted, vec![false, false]);
+    let claimed = got.claimed.expect("the claim failed");
+    assert_eq!(claimed.len(), 2, "the other two jobs are claimed");
+    assert!(!claimed_ids(&claimed).contains(&held.id));
+    let r = get(s, held.id).await;
+    assert_eq!(r.status, JobStatus::Running);
+    assert_eq!(r.worker_id.as_deref(), Some("w1"));
+    assert!(r.history.is_empty());
+    // The real holder can still finish it.
+    assert!(finish(s, &held, FinishOutcome::Completed, at(3)).await);
+}
+
+/// The claim sees the slot a finish in the same call frees, and takes no more jobs of a
+/// concurrency key than the key has room for.
+pub async fn finish_claim_holds_limits(s: Arc<dyn Storage>) {
+    let s = &*s;
+    insert(s, (0..4).map(|_| limited_job("k", 2)).collect(), at(0)).await;
+    let running = claim(s, 10, "w1", at(1)).await;
+    assert_eq!(running.len(), 2, "the key has room for two");
+
+    // One finishes: one slot frees, and exactly one more job is claimed with it.
+    let got = finish_claim(s, vec![completed(&running[0])], &[NAME], 10, at(2)).await;
+    assert_eq!(got.accepted, vec![true]);
+    let next = got.claimed.expect("the claim failed");
+    assert_eq!(next.len(), 1, "one slot of the key was freed: {next:?}");
+    // A refused finish frees nothing: no job is claimed.
+    let stale = JobFinish {
+        id: running[1].id,
+        lease: LeaseToken::new(),
+        outcome: FinishOutcome::Completed,
+    };
+    let got = finish_claim(s, vec![stale], &[NAME], 10, at(3)).await;
+    assert_eq!(got.accepted, vec![false]);
+    assert!(got.claimed.expect("the claim failed").is_empty());
+    let running_now = count(
+        s,
+        JobFilter {
+            statuses: vec![JobStatus::Running],
+            ..JobFilter::default()
+        },
+    )
+    .await;
+    assert_eq!(running_now, 2, "never more than the limit running");
+}
+
+/// The last member of a group finishing stores the group's on_complete job once, and the
+/// claim in the same call can take it.
+pub async fn finish_claim_can_claim_the_on_complete_it_stores(s: Arc<dyn Storage>) {
+    let s = &*s;
+    let g = new_group(None);
+    insert_group(s, &g, jobs(1), at(0)).await;
+    let member = claim_one(s, "w", at(1)).await;
+    let got = finish_claim(s, vec![completed(&member)], &[NAME, "done"], 10, at(2)).await;
+    assert_eq!(got.accepted, vec![true]);
+    let claimed = got.claimed.expect("the claim failed");
+    let done = group(s, g.id).await;
+    assert_eq!(done.status(), GroupStatus::Done);
+    assert_eq!(claimed.len(), 1, "{claimed:?}");
+    assert_eq!(claimed[0].name, "done");
+    assert_eq!(Some(claimed[0].id), done.on_complete_job_id);
+    assert_eq!(callbacks(s).await.len(), 1, "on_complete is stored once");
 }
 
 /// Every way a member becomes final finishes its group: cancel of pending members, the

@@ -173,6 +173,26 @@ pub struct JobFinishManyParams {
     pub now: Timestamp,
 }
 
+/// Record the ends of attempts, then claim jobs: see [`Storage::job_finish_claim`].
+#[derive(Debug, Clone)]
+pub struct JobFinishClaimParams {
+    /// The attempts to record first.
+    pub finish: JobFinishManyParams,
+    /// The claim to make after them.
+    pub claim: JobClaimParams,
+}
+
+/// What [`Storage::job_finish_claim`] did.
+#[derive(Debug)]
+pub struct JobFinishClaimResult {
+    /// For each finish, in order, whether it was accepted (as [`Storage::job_finish_many`]
+    /// answers).
+    pub accepted: Vec<bool>,
+    /// The jobs claimed (as [`Storage::job_claim`] answers), or why the claim failed after
+    /// the finishes were recorded.
+    pub claimed: Result<Vec<ClaimedJob>>,
+}
+
 /// Parameters of [`Storage::job_progress_set`].
 #[derive(Debug, Clone)]
 pub struct JobProgressSetParams {
@@ -413,6 +433,27 @@ pub trait Storage: Send + Sync + std::fmt::Debug + 'static {
     /// whose cancel was requested becomes `cancelled` whatever the outcome, and its
     /// history entry says `cancelled` (with the attempt's error, if it had one).
     async fn job_finish_many(&self, params: JobFinishManyParams) -> Result<Vec<bool>>;
+
+    /// [`Storage::job_finish_many`], then [`Storage::job_claim`], with the same meaning as
+    /// the two calls one after the other: the claim sees what the finishes changed (a slot
+    /// of a concurrency limit freed, a group's `on_complete` job stored), and a refused
+    /// finish does not stop the claim. `Err`: no finish was recorded and nothing claimed.
+    /// A claim that fails after the finishes were recorded is reported in
+    /// [`JobFinishClaimResult::claimed`].
+    ///
+    /// The default makes the two calls. A storage that can do both in one write (one
+    /// transaction) overrides it and says so in [`Storage::finish_claim_combined`].
+    async fn job_finish_claim(&self, params: JobFinishClaimParams) -> Result<JobFinishClaimResult> {
+        let accepted = self.job_finish_many(params.finish).await?;
+        let claimed = self.job_claim(params.claim).await;
+        Ok(JobFinishClaimResult { accepted, claimed })
+    }
+
+    /// Whether [`Storage::job_finish_claim`] costs less than its two calls (one write
+    /// instead of two); worker pools then claim together with recording outcomes.
+    fn finish_claim_combined(&self) -> bool {
+        false
+    }
 
     /// Save a running job's progress and/or state at once. Returns whether it was
     /// accepted (`false`: the job no longer runs under `lease`; nothing changed). State

@@ -49,10 +49,11 @@ use tokio::sync::watch;
 use super::sqlite_watch::Watcher;
 use super::{
     lease_duration, Damage, FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult,
-    JobClaimParams, JobCountParams, JobDeleteParams, JobFilter, JobFinishManyParams,
-    JobHeartbeatParams, JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
-    JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
-    ScheduleRunNowParams, ScheduleTickParams, ScheduleUpsertParams, Storage,
+    JobClaimParams, JobCountParams, JobDeleteParams, JobFilter, JobFinishClaimParams,
+    JobFinishClaimResult, JobFinishManyParams, JobHeartbeatParams, JobHeartbeatResult,
+    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobProgressSetParams, JobPruneParams,
+    JobReclaimParams, JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
+    ScheduleUpsertParams, Storage,
 };
 use crate::error::{Error, Result};
 use crate::group::{GroupCounts, GroupRecord};
@@ -271,7 +272,7 @@ const RATE_RECORD: &str = "INSERT INTO hauler_rate_starts (key, started_at) VALU
 /// the claim index in claim order; the caller stops reading once it has enough (so jobs
 /// held back by a limit are stepped over, never a wall in front of the others).
 const CLAIM_CANDIDATES: &str = "SELECT id, priority, run_at, heartbeat_ms, concurrency_key,
-        concurrency_limit, rate_key, rate_limit, rate_window_ms
+        concurrency_limit, rate_key, rate_limit, rate_window_ms, rowid
     FROM hauler_jobs INDEXED BY hauler_jobs_claim
     WHERE queue = ?1
       AND status IN ('scheduled', 'available', 'retryable')
@@ -313,11 +314,18 @@ const GROUP_REOPEN: &str =
 const GROUP_DROP_EMPTY: &str = "DELETE FROM hauler_groups
     WHERE id = ?1 AND NOT EXISTS (SELECT 1 FROM hauler_jobs WHERE group_id = ?1)";
 
-const CLAIM_ONE: &str = "UPDATE hauler_jobs
+/// Start, at `?2` under worker `?3`, the jobs `?1` (a JSON array of `[rowid, lease token,
+/// lease expiry]`) that are still pending: one statement for the whole claim (one per row
+/// cost a statement, and temporary b-trees for the `IN` list and `RETURNING`, per job).
+/// `NOT INDEXED`: each job is found by its rowid, never by walking the status index.
+const CLAIM_MANY: &str = "UPDATE hauler_jobs NOT INDEXED
     SET status = 'running', attempt = attempt + 1, started_at = ?2, worker_id = ?3,
-        lease_token = ?4, lease_expires_at = ?5
-    WHERE id = ?1 AND status IN ('scheduled', 'available', 'retryable')
-    RETURNING name, queue, args, attempt, retry, timeout_ms, heartbeat_ms, version, state";
+        lease_token = c.value ->> 1, lease_expires_at = c.value ->> 2
+    FROM json_each(?1) AS c
+    WHERE hauler_jobs.rowid = c.value ->> 0
+      AND hauler_jobs.status IN ('scheduled', 'available', 'retryable')
+    RETURNING hauler_jobs.rowid, name, queue, args, attempt, retry, timeout_ms, heartbeat_ms,
+        version, state";
 
 /// Set, for job `?1` running under token `?2`, progress `?3` with message `?4` (unless
 /// `?5` is 0) and state `?6` (unless NULL).
@@ -352,6 +360,30 @@ const JOB_FINISH: &str = "UPDATE hauler_jobs
         worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
     WHERE id = ?1 AND status = 'running' AND lease_token = ?2
     RETURNING group_id, status";
+
+/// [`JOB_FINISH`] for many jobs at once, at time `?2`: `?1` is a JSON array of `[id, token,
+/// status, run_at, finished_at, error, outcome]`, one per job (ids distinct), each as the
+/// parameters of [`JOB_FINISH`]. Each job is found by its id (the unary `+`s keep the
+/// planner off the status index).
+const JOB_FINISH_MANY: &str = "UPDATE hauler_jobs
+    SET status = CASE WHEN cancel_requested_at IS NULL THEN f.value ->> 2 ELSE 'cancelled' END,
+        attempt = CASE WHEN cancel_requested_at IS NULL AND f.value ->> 6 = 'snoozed'
+                       THEN attempt - 1 ELSE attempt END,
+        run_at = CASE WHEN cancel_requested_at IS NULL THEN coalesce(f.value ->> 3, run_at)
+                      ELSE run_at END,
+        finished_at = CASE WHEN cancel_requested_at IS NULL THEN f.value ->> 4 ELSE ?2 END,
+        last_error = coalesce(f.value ->> 5, last_error),
+        history = json_insert(history, '$[#]', json_object(
+            'attempt', attempt, 'worker_id', coalesce(worker_id, ''),
+            'started_at', coalesce(started_at, ?2), 'finished_at', ?2,
+            'outcome', CASE WHEN cancel_requested_at IS NULL THEN f.value ->> 6
+                            ELSE 'cancelled' END,
+            'error', json(f.value ->> 5))),
+        worker_id = NULL, lease_token = NULL, lease_expires_at = NULL
+    FROM json_each(?1) AS f
+    WHERE hauler_jobs.id = f.value ->> 0 AND +hauler_jobs.status = 'running'
+      AND +hauler_jobs.lease_token = f.value ->> 1
+    RETURNING hauler_jobs.id, group_id, hauler_jobs.status";
 
 /// Hand back at `?3` job `?1` running under token `?2`: `available`, the attempt not
 /// counted; or `cancelled` if its cancel was requested.
@@ -1309,6 +1341,7 @@ fn limits_from_columns(
 /// A claimable job found by [`CLAIM_CANDIDATES`].
 struct Candidate {
     id: String,
+    rowid: i64,
     priority: i64,
     run_at: i64,
     heartbeat_ms: i64,
@@ -1330,6 +1363,7 @@ impl Candidate {
         };
         Ok(Candidate {
             id: r.get(0)?,
+            rowid: r.get(9)?,
             priority: r.get(1)?,
             run_at: r.get(2)?,
             heartbeat_ms: r.get(3)?,
@@ -1389,8 +1423,9 @@ impl Room {
     }
 }
 
-/// The columns [`CLAIM_ONE`] returns, read without conversion: a value that does not
-/// decode makes its own job fail (see [`decode_claimed`]), never the whole claim.
+/// The columns [`CLAIM_MANY`] returns after the rowid, read without conversion: a value
+/// that does not decode makes its own job fail (see [`decode_claimed`]), never the whole
+/// claim.
 struct ClaimedRow {
     name: Vec<u8>,
     queue: Vec<u8>,
@@ -1418,15 +1453,15 @@ impl ClaimedRow {
             })
         };
         Ok(ClaimedRow {
-            name: bytes(0)?,
-            queue: bytes(1)?,
-            args: bytes(2)?,
-            attempt: int(3)?,
-            retry: bytes(4)?,
-            timeout_ms: int(5)?,
-            heartbeat_ms: int(6)?,
-            version: int(7)?,
-            state: match r.get_ref(8)? {
+            name: bytes(1)?,
+            queue: bytes(2)?,
+            args: bytes(3)?,
+            attempt: int(4)?,
+            retry: bytes(5)?,
+            timeout_ms: int(6)?,
+            heartbeat_ms: int(7)?,
+            version: int(8)?,
+            state: match r.get_ref(9)? {
                 ValueRef::Text(b) | ValueRef::Blob(b) => Some(b.to_vec()),
                 _ => None,
             },
@@ -1686,22 +1721,47 @@ fn claim_jobs(tx: &Transaction<'_>, p: &JobClaimParams) -> DbResult<Vec<ClaimedJ
         tx.prepare_cached(RATE_RECORD)?.execute(params![key, now])?;
     }
 
-    let mut update = tx.prepare_cached(CLAIM_ONE)?;
-    let mut claimed = Vec::with_capacity(candidates.len());
-    for c in candidates {
-        let id = c.id.as_str();
-        let lease = LeaseToken::new();
-        // A damaged heartbeat_ms fails the job below; its lease length no longer matters.
-        let heartbeat_ms: u64 = from_sql_int(c.heartbeat_ms, id, "heartbeat_ms").unwrap_or(0);
-        let expires = p.now.plus(lease_duration(heartbeat_ms));
-        let row = update
-            .query_row(
-                params![id, now, p.worker_id, lease.to_string(), expires.as_micros()],
-                ClaimedRow::from_row,
-            )
-            .optional()?;
-        // Under the write lock the candidate is still pending, so a row always comes back.
-        let Some(row) = row else { continue };
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Each job's lease: a fresh token, and an expiry by its own heartbeat.
+    let leases: Vec<(LeaseToken, i64)> = candidates
+        .iter()
+        .map(|c| {
+            // A damaged heartbeat_ms fails the job below; its lease length no longer matters.
+            let heartbeat_ms: u64 =
+                from_sql_int(c.heartbeat_ms, &c.id, "heartbeat_ms").unwrap_or(0);
+            let expires = p.now.plus(lease_duration(heartbeat_ms));
+            (LeaseToken::new(), expires.as_micros())
+        })
+        .collect();
+    let batch: Vec<(i64, String, i64)> = candidates
+        .iter()
+        .zip(&leases)
+        .map(|(c, (lease, expires))| (c.rowid, lease.to_string(), *expires))
+        .collect();
+    let order: HashMap<i64, usize> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.rowid, i))
+        .collect();
+    // Under the write lock every candidate is still pending, so each comes back once.
+    let mut rows: Vec<(usize, ClaimedRow)> = tx
+        .prepare_cached(CLAIM_MANY)?
+        .query_map(
+            params![serde_json::to_string(&batch)?, now, p.worker_id],
+            |r| Ok((r.get::<_, i64>(0)?, ClaimedRow::from_row(r)?)),
+        )?
+        .filter_map(|row| match row {
+            Ok((rowid, row)) => order.get(&rowid).map(|&i| Ok((i, row))),
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<rusqlite::Result<_>>()?;
+    rows.sort_unstable_by_key(|(i, _)| *i);
+    let mut claimed = Vec::with_capacity(rows.len());
+    for (i, row) in rows {
+        let id = candidates[i].id.as_str();
+        let lease = leases[i].0;
         match decode_claimed(id, row, lease, p.now) {
             Ok(job) => claimed.push(job),
             // Retrying cannot repair the row: fail the job now, in this transaction, so it
@@ -1832,11 +1892,23 @@ fn heartbeat_jobs(tx: &Transaction<'_>, p: &JobHeartbeatParams) -> DbResult<JobH
 }
 
 fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bool>> {
-    let mut stmt = tx.prepare_cached(JOB_FINISH)?;
-    let mut ended = BTreeSet::new();
     let now = p.now.as_micros();
-    let mut accepted = Vec::with_capacity(p.finishes.len());
-    for f in &p.finishes {
+    // The parameters of each finish, in JOB_FINISH's order (without the time).
+    type FinishArgs<'a> = (
+        String,
+        String,
+        &'a str,
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        &'a str,
+    );
+    let mut batch: Vec<FinishArgs<'_>> = Vec::with_capacity(p.finishes.len());
+    // A job finished twice in one call: the later ones go one by one, after the batch (so
+    // the first one wins, as it would one statement at a time).
+    let mut again: Vec<(usize, FinishArgs<'_>)> = Vec::new();
+    let mut seen = HashSet::with_capacity(p.finishes.len());
+    for (i, f) in p.finishes.iter().enumerate() {
         let (status, run_at, finished_at, error, outcome) = match &f.outcome {
             FinishOutcome::Completed => (
                 JobStatus::Completed,
@@ -1867,23 +1939,48 @@ fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bo
                 AttemptOutcome::Snoozed,
             ),
         };
-        let changed = stmt
-            .query_row(
-                params![
-                    f.id.to_string(),
-                    f.lease.to_string(),
-                    status.as_str(),
-                    run_at,
-                    finished_at,
-                    error,
-                    now,
-                    outcome.as_str(),
-                ],
-                member_change,
-            )
-            .optional()?;
-        accepted.push(changed.is_some());
-        note_final(&mut ended, changed);
+        let row = (
+            f.id.to_string(),
+            f.lease.to_string(),
+            status.as_str(),
+            run_at,
+            finished_at,
+            error,
+            outcome.as_str(),
+        );
+        if seen.insert(f.id) {
+            batch.push(row);
+        } else {
+            again.push((i, row));
+        }
+    }
+    let mut ended = BTreeSet::new();
+    let mut done: HashSet<String> = HashSet::with_capacity(batch.len());
+    let mut stmt = tx.prepare_cached(JOB_FINISH_MANY)?;
+    let mut rows = stmt.query(params![serde_json::to_string(&batch)?, now])?;
+    while let Some(r) = rows.next()? {
+        let id: String = r.get(0)?;
+        note_final(&mut ended, Some((r.get(1)?, r.get(2)?)));
+        done.insert(id);
+    }
+    drop(rows);
+    let mut accepted: Vec<bool> = p
+        .finishes
+        .iter()
+        .map(|f| done.contains(&f.id.to_string()))
+        .collect();
+    if !again.is_empty() {
+        let mut one = tx.prepare_cached(JOB_FINISH)?;
+        for (i, (id, lease, status, run_at, finished_at, error, outcome)) in again {
+            let changed = one
+                .query_row(
+                    params![id, lease, status, run_at, finished_at, error, now, outcome],
+                    member_change,
+                )
+                .optional()?;
+            accepted[i] = changed.is_some();
+            note_final(&mut ended, changed);
+        }
     }
     finish_groups(tx, &ended, p.now)?;
     for f in &p.finishes {
@@ -2321,6 +2418,41 @@ impl Storage for SqliteStorage {
             .await
     }
 
+    async fn job_finish_claim(&self, params: JobFinishClaimParams) -> Result<JobFinishClaimResult> {
+        let claim = &params.claim;
+        if claim.limit == 0 || claim.queues.is_empty() || claim.names.is_empty() {
+            let accepted = self.job_finish_many(params.finish).await?;
+            return Ok(JobFinishClaimResult {
+                accepted,
+                claimed: Ok(Vec::new()),
+            });
+        }
+        if params.finish.finishes.is_empty() {
+            let claimed = self.job_claim(params.claim).await?;
+            return Ok(JobFinishClaimResult {
+                accepted: Vec::new(),
+                claimed: Ok(claimed),
+            });
+        }
+        // One write transaction for both: half the commits (and WAL frames of the index
+        // pages both touch) of the two calls.
+        self.run(move |db| {
+            db.write("job_finish_claim", |tx| {
+                let accepted = finish_jobs(tx, &params.finish)?;
+                let claimed = claim_jobs(tx, &params.claim)?;
+                Ok(JobFinishClaimResult {
+                    accepted,
+                    claimed: Ok(claimed),
+                })
+            })
+        })
+        .await
+    }
+
+    fn finish_claim_combined(&self) -> bool {
+        true
+    }
+
     async fn job_release(&self, params: JobReleaseParams) -> Result<u64> {
         if params.leases.is_empty() {
             self.ensure_open()?;
@@ -2486,8 +2618,22 @@ mod tests {
             "{reclaim}"
         );
 
+        // A batch claim or finish is one statement: it walks its JSON array and finds each
+        // job by rowid or id (never by walking the status index).
+        let claim_many = plan(&conn, CLAIM_MANY);
+        assert!(
+            claim_many.starts_with("SCAN c VIRTUAL TABLE")
+                && claim_many.contains("SEARCH hauler_jobs USING INTEGER PRIMARY KEY (rowid=?)"),
+            "{claim_many}"
+        );
+        let finish_many = plan(&conn, JOB_FINISH_MANY);
+        assert!(
+            finish_many.starts_with("SCAN f VIRTUAL TABLE")
+                && finish_many.contains("sqlite_autoindex_hauler_jobs_1 (id=?)"),
+            "{finish_many}"
+        );
+
         for one in [
-            CLAIM_ONE,
             JOB_FINISH,
             JOB_RELEASE,
             JOB_PROGRESS_SET,

@@ -12,20 +12,23 @@ use hauler_core::model::{
 use hauler_core::schedule::ScheduleRecord;
 use hauler_core::storage::{
     GroupInsertParams, JobCancelParams, JobCancelResult, JobClaimParams, JobCountParams,
-    JobDeleteParams, JobFinishManyParams, JobHeartbeatParams, JobHeartbeatResult,
-    JobInsertManyParams, JobListParams, JobNextRunAtParams, JobProgressSetParams, JobPruneParams,
-    JobReclaimParams, JobReleaseParams, JobRetryParams, ScheduleRunNowParams, ScheduleTickParams,
-    ScheduleUpsertParams, Storage,
+    JobDeleteParams, JobFinishClaimParams, JobFinishClaimResult, JobFinishManyParams,
+    JobHeartbeatParams, JobHeartbeatResult, JobInsertManyParams, JobListParams, JobNextRunAtParams,
+    JobProgressSetParams, JobPruneParams, JobReclaimParams, JobReleaseParams, JobRetryParams,
+    ScheduleRunNowParams, ScheduleTickParams, ScheduleUpsertParams, Storage,
 };
 use hauler_core::Result;
 use tokio::sync::watch;
 
-/// A storage that counts the claims made through it.
+/// A storage that counts the claims made through it (and passes on whether the storage
+/// claims together with recording outcomes).
 #[derive(Debug)]
 pub struct Counting {
     inner: Arc<dyn Storage>,
-    /// How many claims were made.
+    /// How many claims were made, alone or with outcomes.
     pub claims: AtomicUsize,
+    /// Of those, how many were made with outcomes ([`Storage::job_finish_claim`]).
+    pub finish_claims: AtomicUsize,
 }
 
 impl Counting {
@@ -34,6 +37,7 @@ impl Counting {
         Counting {
             inner,
             claims: AtomicUsize::new(0),
+            finish_claims: AtomicUsize::new(0),
         }
     }
 }
@@ -58,6 +62,14 @@ impl Storage for Counting {
     }
     async fn job_finish_many(&self, p: JobFinishManyParams) -> Result<Vec<bool>> {
         self.inner.job_finish_many(p).await
+    }
+    async fn job_finish_claim(&self, p: JobFinishClaimParams) -> Result<JobFinishClaimResult> {
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        self.finish_claims.fetch_add(1, Ordering::SeqCst);
+        self.inner.job_finish_claim(p).await
+    }
+    fn finish_claim_combined(&self) -> bool {
+        self.inner.finish_claim_combined()
     }
     async fn job_progress_set(&self, p: JobProgressSetParams) -> Result<bool> {
         self.inner.job_progress_set(p).await
