@@ -30,6 +30,7 @@ type Handler =
 struct FnExecutor {
     handler: Handler,
     abandoned: Mutex<Vec<JobId>>,
+    cancelled: Arc<Mutex<Vec<JobId>>>,
 }
 
 impl FnExecutor {
@@ -41,6 +42,7 @@ impl FnExecutor {
         Arc::new(FnExecutor {
             handler: Arc::new(move |j| Box::pin(f(j))),
             abandoned: Mutex::new(Vec::new()),
+            cancelled: Arc::default(),
         })
     }
 }
@@ -52,6 +54,19 @@ impl Executor for FnExecutor {
     }
     fn abandon(&self, job_id: JobId) {
         self.abandoned.lock().unwrap().push(job_id);
+    }
+    fn cancel(&self, job_id: JobId) {
+        self.cancelled.lock().unwrap().push(job_id);
+    }
+}
+
+/// Wait until the pool has passed the cancel of `id` on to its executor (`cancelled`):
+/// it has set the job's cancel flag by then.
+async fn wait_cancel_heard(cancelled: &Mutex<Vec<JobId>>, id: JobId) {
+    let t0 = Instant::now();
+    while !cancelled.lock().unwrap().contains(&id) {
+        assert!(t0.elapsed() < Duration::from_secs(10), "cancel never heard");
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
@@ -396,8 +411,9 @@ async fn stop_records_a_job_that_finishes_while_draining() {
         let queue = Arc::new(Queue::new(storage.clone()));
         for round in 0..10 {
             let name = format!("a{round}");
+            // Long enough to be seen in flight on a loaded machine (polled every 1 ms).
             let exec = FnExecutor::new(|_| async {
-                tokio::time::sleep(Duration::from_millis(20)).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 Outcome::Success
             });
             let pool = WorkerPool::start(queue.clone(), pool_config(1, &[&name]), exec).unwrap();
@@ -832,8 +848,12 @@ async fn a_prefetched_job_cancelled_while_it_waits_never_runs() {
                 Outcome::Success
             }
         });
-        let pool =
-            WorkerPool::start(queue.clone(), pool_config(1, &["quick", "hold"]), exec).unwrap();
+        let pool = WorkerPool::start(
+            queue.clone(),
+            pool_config(1, &["quick", "hold"]),
+            exec.clone(),
+        )
+        .unwrap();
         let warm = queue
             .push_many((0..20).map(|_| job("quick")).collect())
             .await
@@ -854,8 +874,8 @@ async fn a_prefetched_job_cancelled_while_it_waits_never_runs() {
             result.requested, 1,
             "{kind}: claimed (prefetched), so a request"
         );
-        // Let the heartbeat task hear of the cancel before the worker frees up.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The heartbeat task hears of the cancel before the worker frees up.
+        wait_cancel_heard(&exec.cancelled, waiting[0]).await;
         release.notify_one();
         wait_status(
             &storage,
@@ -890,6 +910,7 @@ struct ThreadExecutor {
     running: Arc<AtomicUsize>,
     most_running: Arc<AtomicUsize>,
     abandoned: Arc<Mutex<Vec<JobId>>>,
+    cancelled: Arc<Mutex<Vec<JobId>>>,
 }
 
 impl ThreadExecutor {
@@ -903,6 +924,7 @@ impl ThreadExecutor {
             running: Arc::default(),
             most_running: Arc::default(),
             abandoned: Arc::default(),
+            cancelled: Arc::default(),
         });
         for _ in 0..threads {
             let rx = rx.clone();
@@ -959,6 +981,9 @@ impl Executor for ThreadExecutor {
     }
     fn abandon(&self, job_id: JobId) {
         self.abandoned.lock().unwrap().push(job_id);
+    }
+    fn cancel(&self, job_id: JobId) {
+        self.cancelled.lock().unwrap().push(job_id);
     }
 }
 
@@ -1052,8 +1077,8 @@ async fn a_worker_skips_a_cancelled_prefetched_job_and_times_out_the_next() {
         }
         let result = queue.cancel_many(by_ids(&ids[..1])).await.unwrap();
         assert_eq!(result.requested, 1, "{kind}: prefetched, so a request");
-        // Let the heartbeat task hear of the cancel before the worker frees up.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The heartbeat task hears of the cancel before the worker frees up.
+        wait_cancel_heard(&exec.cancelled, ids[0]).await;
         open_gate(&gate);
         wait_final(&storage, &ids, Duration::from_secs(5)).await;
         let cancelled = storage.job_get(ids[0]).await.unwrap().unwrap();
