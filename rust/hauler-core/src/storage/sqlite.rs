@@ -2598,6 +2598,7 @@ impl Storage for SqliteStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::NewJob;
 
     /// The query plan of `sql`, one detail line per step.
     fn plan(conn: &Connection, sql: &str) -> String {
@@ -2898,7 +2899,7 @@ mod tests {
     /// state is upgraded in place, and every job then does what its state allows.
     #[tokio::test]
     async fn a_version_6_file_with_jobs_in_every_state_is_upgraded() {
-        use crate::model::{ConcurrencyLimit, NewJob};
+        use crate::model::ConcurrencyLimit;
         use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
         use crate::storage::{JobFinish, JobFinishManyParams};
 
@@ -3190,6 +3191,115 @@ mod tests {
             ids(storage.job_claim(claim(at(300))).await.unwrap()),
             HashSet::from([limited_id, failed, cancelled, retryable, scheduled, unique])
         );
+    }
+
+    /// Start `insert` of `jobs` on a thread while the test holds the writer, and wait
+    /// until it is queued behind it (so the calls queue in the order they are started).
+    fn insert_behind_writer(
+        inner: &Arc<Inner>,
+        jobs: Vec<NewJob>,
+    ) -> std::thread::JoinHandle<Result<Vec<InsertedJob>>> {
+        let before = inner.inserts.lock().unwrap().len();
+        let inner2 = Arc::clone(inner);
+        let now = crate::storage::conformance::T0;
+        let handle = std::thread::spawn(move || inner2.insert(JobInsertManyParams { jobs, now }));
+        while inner.inserts.lock().unwrap().len() == before {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        handle
+    }
+
+    fn stored_ids(path: &Path) -> HashSet<JobId> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn.prepare("SELECT id FROM hauler_jobs").unwrap();
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|id| id.unwrap().parse().unwrap())
+            .collect();
+        ids
+    }
+
+    /// Calls that wait while the writer is busy are stored together by the next one to
+    /// get it: each gets its own answer; a call that fails (a duplicate id) is rolled back
+    /// alone, all or nothing; a unique key stored by an earlier call of the batch makes a
+    /// later one a duplicate.
+    #[test]
+    fn waiting_inserts_commit_together_each_with_its_own_answer() {
+        use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("group.db");
+        let storage = SqliteStorage::open(&path, SqliteOptions::default()).unwrap();
+        let inner = &storage.inner;
+        let existing = new_job(NAME, QUEUE);
+        inner
+            .insert(JobInsertManyParams {
+                jobs: vec![existing.clone()],
+                now: T0,
+            })
+            .unwrap();
+        let unique = || NewJob {
+            unique_key: Some("u".to_owned()),
+            ..new_job(NAME, QUEUE)
+        };
+        let (a, b, c, d) = (
+            vec![new_job(NAME, QUEUE), new_job(NAME, QUEUE)],
+            vec![new_job(NAME, QUEUE), existing.clone()],
+            vec![unique()],
+            vec![unique()],
+        );
+        let writer = inner.writer.lock().unwrap();
+        let threads: Vec<_> = [a.clone(), b.clone(), c.clone(), d]
+            .into_iter()
+            .map(|jobs| insert_behind_writer(inner, jobs))
+            .collect();
+        drop(writer);
+        let mut results = threads.into_iter().map(|t| t.join().unwrap());
+        let mut next = || results.next().unwrap();
+
+        let got = next().unwrap();
+        assert_eq!(
+            got.iter().map(|j| (j.id, j.duplicate)).collect::<Vec<_>>(),
+            a.iter().map(|j| (j.id, false)).collect::<Vec<_>>()
+        );
+        match next() {
+            Err(Error::Storage(m)) => assert!(m.contains("already exists"), "{m}"),
+            other => panic!("expected the duplicate id to fail its call, got {other:?}"),
+        }
+        let got = next().unwrap();
+        assert_eq!((got[0].id, got[0].duplicate), (c[0].id, false));
+        let got = next().unwrap();
+        assert_eq!((got[0].id, got[0].duplicate), (c[0].id, true));
+
+        let expected: HashSet<JobId> = [existing.id, a[0].id, a[1].id, c[0].id].into();
+        assert_eq!(stored_ids(&path), expected, "b is all or nothing");
+        assert!(!stored_ids(&path).contains(&b[0].id));
+    }
+
+    /// A group commit to a file deleted meanwhile fails every call in it, and none of
+    /// their jobs is in the (fresh) file now at the path.
+    #[test]
+    fn a_group_commit_to_a_deleted_file_fails_every_call() {
+        use crate::storage::conformance::{new_job, NAME, QUEUE};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deleted.db");
+        let storage = SqliteStorage::open(&path, SqliteOptions::default()).unwrap();
+        let inner = &storage.inner;
+        let writer = inner.writer.lock().unwrap();
+        let threads: Vec<_> = (0..3)
+            .map(|_| insert_behind_writer(inner, vec![new_job(NAME, QUEUE)]))
+            .collect();
+        std::fs::remove_file(&path).unwrap();
+        drop(writer);
+        for t in threads {
+            match t.join().unwrap() {
+                Err(Error::Storage(m)) => assert!(m.contains("deleted or replaced"), "{m}"),
+                other => panic!("expected every call to fail, got {other:?}"),
+            }
+        }
+        assert!(stored_ids(&path).is_empty());
     }
 
     #[test]
