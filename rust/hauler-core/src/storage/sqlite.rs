@@ -260,6 +260,12 @@ const JOB_INSERT: &str = "INSERT INTO hauler_jobs (id, name, queue, args, status
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
         ?19, ?20)";
 
+/// [`JOB_INSERT`] for a job without a unique key or limits: the columns it would bind
+/// NULL to are left to their default (NULL).
+const JOB_INSERT_PLAIN: &str = "INSERT INTO hauler_jobs (id, name, queue, args, status,
+        priority, max_retries, retry, timeout_ms, heartbeat_ms, version, created_at, run_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
+
 /// The job holding unique key `?1` (the predicate of `hauler_jobs_unique`, so it is used).
 const UNIQUE_HOLDER: &str = "SELECT id FROM hauler_jobs
     WHERE unique_key = ?1 AND unique_key IS NOT NULL
@@ -1601,8 +1607,10 @@ fn decode_claimed(
 /// batch) matches the holder instead. Inside the write transaction no other connection
 /// can store a holder between the lookup and the insert; the unique index backs this up.
 fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<Vec<InsertedJob>> {
-    let mut stmt = tx.prepare_cached(JOB_INSERT)?;
+    let mut stmt = None;
+    let mut plain_stmt = None;
     let mut out = Vec::with_capacity(p.jobs.len());
+    let mut id_buf = uuid::Uuid::encode_buffer();
     for job in &p.jobs {
         job.limits.validate()?;
         let unique_states = match &job.unique_key {
@@ -1638,28 +1646,56 @@ fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<Vec<In
             MaxRetries::Count(n) => Some(i64::from(n)),
             MaxRetries::Infinite => None,
         };
-        let inserted = stmt.execute(params![
-            job.id.to_string(),
-            job.name,
-            job.queue,
-            job.args,
-            status.as_str(),
-            job.priority,
-            max_retries,
-            job.retry.to_json(),
-            job.timeout_ms.map(to_sql_int),
-            to_sql_int(job.heartbeat_ms),
-            job.version,
-            job.unique_key,
-            p.now.as_micros(),
-            run_at.as_micros(),
-            unique_states,
-            concurrency.map(|c| c.key.as_str()),
-            concurrency.map(|c| c.limit),
-            rate.map(|r| r.key.as_str()),
-            rate.map(|r| r.limit),
-            rate.map(|r| to_sql_int(r.window_ms)),
-        ]);
+        let id: &str = job.id.0.hyphenated().encode_lower(&mut id_buf);
+        let plain = job.unique_key.is_none() && concurrency.is_none() && rate.is_none();
+        let inserted = if plain {
+            let stmt = match &mut plain_stmt {
+                Some(stmt) => stmt,
+                None => plain_stmt.insert(tx.prepare_cached(JOB_INSERT_PLAIN)?),
+            };
+            stmt.execute(params![
+                id,
+                job.name,
+                job.queue,
+                job.args,
+                status.as_str(),
+                job.priority,
+                max_retries,
+                job.retry.to_json(),
+                job.timeout_ms.map(to_sql_int),
+                to_sql_int(job.heartbeat_ms),
+                job.version,
+                p.now.as_micros(),
+                run_at.as_micros(),
+            ])
+        } else {
+            let stmt = match &mut stmt {
+                Some(stmt) => stmt,
+                None => stmt.insert(tx.prepare_cached(JOB_INSERT)?),
+            };
+            stmt.execute(params![
+                id,
+                job.name,
+                job.queue,
+                job.args,
+                status.as_str(),
+                job.priority,
+                max_retries,
+                job.retry.to_json(),
+                job.timeout_ms.map(to_sql_int),
+                to_sql_int(job.heartbeat_ms),
+                job.version,
+                job.unique_key,
+                p.now.as_micros(),
+                run_at.as_micros(),
+                unique_states,
+                concurrency.map(|c| c.key.as_str()),
+                concurrency.map(|c| c.limit),
+                rate.map(|r| r.key.as_str()),
+                rate.map(|r| r.limit),
+                rate.map(|r| to_sql_int(r.window_ms)),
+            ])
+        };
         match inserted {
             Err(rusqlite::Error::SqliteFailure(f, _))
                 if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
