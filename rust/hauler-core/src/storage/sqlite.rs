@@ -7,6 +7,10 @@
 //!   transaction on it, so the write lock is taken up front and a transaction never fails
 //!   halfway for want of it. One reader connection (`query_only`) serves `job_get`,
 //!   `job_list`, `job_counts` and `job_next_run_at`. Each sits behind its own mutex.
+//! * **Group commit.** `job_insert_many` calls that arrive while the writer is busy wait
+//!   in a queue; the next call to get the writer stores them all in one transaction,
+//!   each call in its own savepoint (a failing call is rolled back alone), and each
+//!   returns once the transaction holding its jobs has committed.
 //! * **Async.** Every call runs on tokio's blocking pool (`spawn_blocking`), never on the
 //!   runtime's worker threads; or, from a thread that only waits for it (inside
 //!   [`crate::blocking::caller_blocks`]), on that thread.
@@ -21,9 +25,9 @@
 //!   as one JSON array and read with `json_each`.
 //! * **A deleted or replaced file.** An open connection keeps writing to the file it
 //!   opened even after that file is unlinked, and those commits vanish when the process
-//!   exits. So every transaction compares the device and inode at the path with the
-//!   file the connections opened, before it starts and again just before it commits. On
-//!   a mismatch the call fails (nothing committed), the error is logged, and the
+//!   exits. So every write transaction compares the device and inode at the path with
+//!   the file the connections opened just before it commits (reads check before they
+//!   start). On a mismatch the call fails (nothing committed), the error is logged, and the
 //!   connections are reopened on whatever the path now holds: a fresh database if the
 //!   file is missing (its leftover `-wal` and `-shm`, which belong to the deleted file,
 //!   are removed first). Jobs the deleted file held are gone with it.
@@ -987,24 +991,28 @@ impl Inner {
             params,
             result: Mutex::new(None),
         });
+        // The queue is a plain list that no panic can leave half-changed: a poisoned lock
+        // is used as it is (an error here would leave the call queued for another to store).
         self.inserts
             .lock()
-            .map_err(|_| poisoned())?
+            .unwrap_or_else(PoisonError::into_inner)
             .push(Arc::clone(&mine));
         let mut guard = match self.writer.lock() {
             Ok(guard) => guard,
             Err(_) => {
                 // Never stored by anyone else after this call has failed.
-                if let Ok(mut waiting) = self.inserts.lock() {
-                    waiting.retain(|p| !Arc::ptr_eq(p, &mine));
-                }
+                self.inserts
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .retain(|p| !Arc::ptr_eq(p, &mine));
                 return Err(poisoned());
             }
         };
         if let Some(result) = take_result(&mine) {
             return result; // a call that had the writer before this one stored it
         }
-        let batch = std::mem::take(&mut *self.inserts.lock().map_err(|_| poisoned())?);
+        let batch =
+            std::mem::take(&mut *self.inserts.lock().unwrap_or_else(PoisonError::into_inner));
         let op = "job_insert_many";
         let results = match &batch[..] {
             [one] => vec![self.write_locked(op, &mut guard, |tx| insert_jobs(tx, &one.params))],
