@@ -7,8 +7,8 @@
 //!   transaction on it, so the write lock is taken up front and a transaction never fails
 //!   halfway for want of it. One reader connection (`query_only`) serves `job_get`,
 //!   `job_list`, `job_counts` and `job_next_run_at`. Each sits behind its own mutex.
-//! * **Group commit.** `job_insert_many` calls that arrive while the writer is busy wait
-//!   in a queue; the next call to get the writer stores them all in one transaction,
+//! * **Group commit** (with `synchronous = FULL`). `job_insert_many` calls that arrive
+//!   while the writer is busy wait in a queue; the next call to get the writer stores them all in one transaction,
 //!   each call in its own savepoint (a failing call is rolled back alone), and each
 //!   returns once the transaction holding its jobs has committed.
 //! * **Async.** Every call runs on tokio's blocking pool (`spawn_blocking`), never on the
@@ -38,7 +38,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -981,12 +981,27 @@ impl Inner {
         }
     }
 
-    /// Store jobs, committing together with the other `job_insert_many` calls that wait
-    /// for the writer meanwhile (group commit: one transaction, one WAL write of each
-    /// page, for many callers). Returns once this call's jobs are committed, or with the
+    /// Store jobs; with `synchronous = FULL`, committing together with the other
+    /// `job_insert_many` calls that wait for the writer meanwhile (group commit: one
+    /// transaction, one fsync, for many callers). Returns once this call's jobs are committed, or with the
     /// error that kept them out; each call stays all or nothing, and one call's failure
     /// (a duplicate id, a bad limit) rolls back only its own jobs.
     fn insert(&self, params: JobInsertManyParams) -> Result<Vec<InsertedJob>> {
+        let op = "job_insert_many";
+        // With synchronous = NORMAL a commit costs little more than the savepoints that
+        // keep the calls of a group apart: measured, 4 Python threads queued 6% fewer jobs
+        // with group commit than without, and 24-54% more with FULL (an fsync each).
+        if self.opts.synchronous == Synchronous::Normal {
+            return self.write(op, |tx| insert_jobs(tx, &params));
+        }
+        // The writer is free: nobody to commit with (callers queue only while it is held).
+        match self.writer.try_lock() {
+            Ok(mut guard) => {
+                return self.write_locked(op, &mut guard, |tx| insert_jobs(tx, &params));
+            }
+            Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+            Err(TryLockError::WouldBlock) => {}
+        }
         let mine = Arc::new(PendingInsert {
             params,
             result: Mutex::new(None),
@@ -1013,7 +1028,6 @@ impl Inner {
         }
         let batch =
             std::mem::take(&mut *self.inserts.lock().unwrap_or_else(PoisonError::into_inner));
-        let op = "job_insert_many";
         let results = match &batch[..] {
             [one] => vec![self.write_locked(op, &mut guard, |tx| insert_jobs(tx, &one.params))],
             _ => match self.write_locked(op, &mut guard, |tx| insert_each(tx, &batch)) {
@@ -3247,10 +3261,23 @@ mod tests {
         let inner2 = Arc::clone(inner);
         let now = crate::storage::conformance::T0;
         let handle = std::thread::spawn(move || inner2.insert(JobInsertManyParams { jobs, now }));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while inner.inserts.lock().unwrap().len() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the call did not queue behind the writer"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         handle
+    }
+
+    /// Options with group commit (`synchronous = FULL`).
+    fn full() -> SqliteOptions {
+        SqliteOptions {
+            synchronous: Synchronous::Full,
+            ..SqliteOptions::default()
+        }
     }
 
     fn stored_ids(path: &Path) -> HashSet<JobId> {
@@ -3274,7 +3301,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("group.db");
-        let storage = SqliteStorage::open(&path, SqliteOptions::default()).unwrap();
+        let storage = SqliteStorage::open(&path, full()).unwrap();
         let inner = &storage.inner;
         let existing = new_job(NAME, QUEUE);
         inner
@@ -3293,9 +3320,13 @@ mod tests {
             vec![unique()],
             vec![unique()],
         );
+        let more: Vec<NewJob> = (0..6).map(|_| new_job(NAME, QUEUE)).collect();
+        let wal = sibling(&path, "-wal");
+        let wal_before = std::fs::metadata(&wal).unwrap().len();
         let writer = inner.writer.lock().unwrap();
         let threads: Vec<_> = [a.clone(), b.clone(), c.clone(), d]
             .into_iter()
+            .chain(more.iter().map(|job| vec![job.clone()]))
             .map(|jobs| insert_behind_writer(inner, jobs))
             .collect();
         drop(writer);
@@ -3315,8 +3346,18 @@ mod tests {
         assert_eq!((got[0].id, got[0].duplicate), (c[0].id, false));
         let got = next().unwrap();
         assert_eq!((got[0].id, got[0].duplicate), (c[0].id, true));
+        for job in &more {
+            assert_eq!(next().unwrap()[0].id, job.id);
+        }
 
-        let expected: HashSet<JobId> = [existing.id, a[0].id, a[1].id, c[0].id].into();
+        // One commit: the pages the ten calls changed were written to the WAL once (a
+        // commit per call would have written the table's, the key's and two indexes'
+        // pages again for each of the six last calls alone).
+        let frames = (std::fs::metadata(&wal).unwrap().len() - wal_before) / (24 + 4096);
+        assert!(frames <= 10, "{frames} WAL frames");
+
+        let mut expected: HashSet<JobId> = [existing.id, a[0].id, a[1].id, c[0].id].into();
+        expected.extend(more.iter().map(|j| j.id));
         assert_eq!(stored_ids(&path), expected, "b is all or nothing");
         assert!(!stored_ids(&path).contains(&b[0].id));
     }
@@ -3329,7 +3370,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("deleted.db");
-        let storage = SqliteStorage::open(&path, SqliteOptions::default()).unwrap();
+        let storage = SqliteStorage::open(&path, full()).unwrap();
         let inner = &storage.inner;
         let writer = inner.writer.lock().unwrap();
         let threads: Vec<_> = (0..3)
