@@ -2355,6 +2355,30 @@ pub async fn next_run_at_is_earliest_pending(s: Arc<dyn Storage>) {
         Some(at(20)),
         "retryable jobs count"
     );
+
+    // Whatever their priorities: the earliest of every priority counts, and a job of
+    // another name at a priority of its own is passed over.
+    let with_priority = |name: &str, priority: i32, off: i64| NewJob {
+        priority,
+        ..mk("a", name, off)
+    };
+    let jobs = vec![
+        with_priority("x", 5, 40),
+        with_priority("x", -5, 15),
+        with_priority("x", 3, 18),
+        with_priority("v", 9, 5),
+    ];
+    insert(s, jobs, at(1)).await;
+    assert_eq!(
+        next_run_at(s, &["a"], &["x"]).await,
+        Some(at(15)),
+        "a lower priority's earlier job counts"
+    );
+    assert_eq!(
+        next_run_at(s, &["a"], &["v", "x"]).await,
+        Some(at(5)),
+        "a higher priority's earlier job counts"
+    );
 }
 
 async fn claim_one_from(s: &dyn Storage, queue: &str, name: &str) -> ClaimedJob {

@@ -7,6 +7,10 @@
 //!   transaction on it, so the write lock is taken up front and a transaction never fails
 //!   halfway for want of it. One reader connection (`query_only`) serves `job_get`,
 //!   `job_list`, `job_counts` and `job_next_run_at`. Each sits behind its own mutex.
+//! * **Group commit** (with `synchronous = FULL`). `job_insert_many` calls that arrive
+//!   while the writer is busy wait in a queue; the next call to get the writer stores them all in one transaction,
+//!   each call in its own savepoint (a failing call is rolled back alone), and each
+//!   returns once the transaction holding its jobs has committed.
 //! * **Async.** Every call runs on tokio's blocking pool (`spawn_blocking`), never on the
 //!   runtime's worker threads; or, from a thread that only waits for it (inside
 //!   [`crate::blocking::caller_blocks`]), on that thread.
@@ -21,9 +25,9 @@
 //!   as one JSON array and read with `json_each`.
 //! * **A deleted or replaced file.** An open connection keeps writing to the file it
 //!   opened even after that file is unlinked, and those commits vanish when the process
-//!   exits. So every transaction compares the device and inode at the path with the
-//!   file the connections opened, before it starts and again just before it commits. On
-//!   a mismatch the call fails (nothing committed), the error is logged, and the
+//!   exits. So every write transaction compares the device and inode at the path with
+//!   the file the connections opened just before it commits (reads check before they
+//!   start). On a mismatch the call fails (nothing committed), the error is logged, and the
 //!   connections are reopened on whatever the path now holds: a fresh database if the
 //!   file is missing (its leftover `-wal` and `-shm`, which belong to the deleted file,
 //!   are removed first). Jobs the deleted file held are gone with it.
@@ -34,7 +38,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -226,6 +230,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE hauler_jobs ADD COLUMN group_id TEXT;
     CREATE INDEX hauler_jobs_group ON hauler_jobs (group_id, status)
         WHERE group_id IS NOT NULL;",
+    // 7: fewer indexes for a queued job to enter (each is a b-tree insert and a page in
+    // the WAL on every enqueue). The earliest pending run_at is found with the claim index
+    // (one probe per priority), so hauler_jobs_pending_run_at goes; the counts per queue
+    // and status are read from the status index, which now carries the queue, so
+    // hauler_jobs_queue_status goes; the running jobs' concurrency keys index only the
+    // running jobs that have one.
+    "DROP INDEX hauler_jobs_pending_run_at;
+    DROP INDEX hauler_jobs_queue_status;
+    DROP INDEX hauler_jobs_status;
+    CREATE INDEX hauler_jobs_status ON hauler_jobs (status, id, queue);
+    DROP INDEX hauler_jobs_running_key;
+    CREATE INDEX hauler_jobs_running_key ON hauler_jobs (concurrency_key)
+        WHERE status = 'running' AND concurrency_key IS NOT NULL;",
 ];
 
 /// The schema version this build writes and reads.
@@ -249,6 +266,12 @@ const JOB_INSERT: &str = "INSERT INTO hauler_jobs (id, name, queue, args, status
         unique_states, concurrency_key, concurrency_limit, rate_key, rate_limit, rate_window_ms)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18,
         ?19, ?20)";
+
+/// [`JOB_INSERT`] for a job without a unique key or limits: the columns it would bind
+/// NULL to are left to their default (NULL).
+const JOB_INSERT_PLAIN: &str = "INSERT INTO hauler_jobs (id, name, queue, args, status,
+        priority, max_retries, retry, timeout_ms, heartbeat_ms, version, created_at, run_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)";
 
 /// The job holding unique key `?1` (the predicate of `hauler_jobs_unique`, so it is used).
 const UNIQUE_HOLDER: &str = "SELECT id FROM hauler_jobs
@@ -557,15 +580,29 @@ const SCHEDULE_DELETE: &str = "DELETE FROM hauler_schedules WHERE name = ?1";
 const SCHEDULE_LIST: &str = "SELECT name, spec, catch_up, job, next_run_at, last_enqueued_at,
     created_at, updated_at FROM hauler_schedules ORDER BY name";
 
-const JOB_COUNTS: &str = "SELECT queue, status, count(*) FROM hauler_jobs GROUP BY queue, status";
+/// Every job's status and queue, from the status index alone (counted in Rust: a
+/// `GROUP BY queue, status` would sort the whole index, as it is not in that order).
+const JOB_COUNTS: &str = "SELECT status, queue FROM hauler_jobs INDEXED BY hauler_jobs_status";
 
-const NEXT_RUN_AT: &str = "SELECT run_at
-    FROM hauler_jobs INDEXED BY hauler_jobs_pending_run_at
-    WHERE queue = ?1
-      AND status IN ('scheduled', 'available', 'retryable')
-      AND name IN (SELECT value FROM json_each(?2))
-    ORDER BY run_at
-    LIMIT 1";
+/// The earliest run_at among the pending jobs of queue `?1` named in `?2` (a JSON array),
+/// from the claim index: it is ordered by run_at within each priority, so one probe per
+/// priority the queue's pending jobs have (found by walking the distinct priorities down
+/// from the highest) gives each priority's earliest, and the least of those is the answer.
+const NEXT_RUN_AT: &str = "WITH RECURSIVE priorities (p) AS (
+        SELECT max(priority) FROM hauler_jobs INDEXED BY hauler_jobs_claim
+        WHERE queue = ?1 AND status IN ('scheduled', 'available', 'retryable')
+        UNION ALL
+        SELECT (SELECT max(priority) FROM hauler_jobs INDEXED BY hauler_jobs_claim
+                WHERE queue = ?1 AND status IN ('scheduled', 'available', 'retryable')
+                  AND priority < priorities.p)
+        FROM priorities WHERE p IS NOT NULL
+    )
+    SELECT min((SELECT run_at FROM hauler_jobs INDEXED BY hauler_jobs_claim
+                WHERE queue = ?1 AND status IN ('scheduled', 'available', 'retryable')
+                  AND priority = priorities.p
+                  AND name IN (SELECT value FROM json_each(?2))
+                ORDER BY run_at LIMIT 1))
+    FROM priorities WHERE p IS NOT NULL";
 
 /// A [`Storage`] in one SQLite file, safe to share between threads and processes.
 ///
@@ -603,6 +640,17 @@ struct Inner {
     file: Mutex<Option<OpenFiles>>,
     /// Tells idle workers of commits by other processes ([`Storage::subscribe`]).
     watcher: Arc<Watcher>,
+    /// `job_insert_many` calls waiting for the writer (group commit): the call that gets
+    /// the writer next stores every one of them in its transaction.
+    inserts: Mutex<Vec<Arc<PendingInsert>>>,
+}
+
+/// A `job_insert_many` call waiting for the writer.
+struct PendingInsert {
+    params: JobInsertManyParams,
+    /// Its outcome, set (once its transaction has committed or failed) by the call that
+    /// stored it, before that call lets go of the writer.
+    result: Mutex<Option<Result<Vec<InsertedJob>>>>,
 }
 
 /// The database file the connections opened, and its WAL and shared-memory files.
@@ -699,6 +747,7 @@ impl SqliteStorage {
                 reader: Mutex::new(Some(reader)),
                 file: Mutex::new(Some(file)),
                 watcher: Arc::new(Watcher::new()),
+                inserts: Mutex::new(Vec::new()),
             }),
             poll_interval: opts.poll_interval,
         })
@@ -835,6 +884,11 @@ fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
     // its largest size for good.
     conn.execute_batch("PRAGMA journal_size_limit = 67108864")
         .map_err(err)?;
+    // Checkpoint when the WAL reaches 16 MiB (4096 pages) instead of SQLite's 4 MiB: a
+    // checkpoint costs two fsyncs and copies each changed page once, so with small
+    // commits (one job each) a quarter as many checkpoints copy nearly the same pages.
+    conn.execute_batch("PRAGMA wal_autocheckpoint = 4096")
+        .map_err(err)?;
     // Plan statements without looking at bound values: SQLite (3.48+) otherwise reads a
     // bound LIMIT at prepare time and expires the statement whenever the value changes, so
     // the claim query (LIMIT = the free worker count) was re-prepared on most claims.
@@ -926,8 +980,26 @@ impl Inner {
     /// and the file at the path is still the one the writer has open.
     fn write<T>(&self, op: &str, f: impl FnOnce(&Transaction<'_>) -> DbResult<T>) -> Result<T> {
         let mut guard = self.writer.lock().map_err(|_| poisoned())?;
-        self.reopen_if_moved(op, &mut guard)?;
-        let conn = guard.as_mut().ok_or_else(|| self.not_open())?;
+        self.write_locked(op, &mut guard, f)
+    }
+
+    /// [`Inner::write`] on the writer's locked slot. The path is checked once, just before
+    /// the commit: a file deleted or replaced before then rolls the transaction back (it
+    /// went to the old file), and one deleted after it is a delete after the call returned.
+    /// Connections lost to a reopen that failed are reopened first.
+    fn write_locked<T>(
+        &self,
+        op: &str,
+        writer: &mut Option<Connection>,
+        f: impl FnOnce(&Transaction<'_>) -> DbResult<T>,
+    ) -> Result<T> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::StorageClosed);
+        }
+        if writer.is_none() {
+            self.reopen_if_moved(op, writer)?;
+        }
+        let conn = writer.as_mut().ok_or_else(|| self.not_open())?;
         let run = || -> DbResult<Option<T>> {
             let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
             let value = f(&tx)?;
@@ -940,10 +1012,77 @@ impl Inner {
         match run().map_err(|e| self.failure(op, e))? {
             Some(value) => Ok(value),
             None => {
-                self.reopen_if_moved(op, &mut guard)?;
+                self.reopen_if_moved(op, writer)?;
                 Err(self.moved_error(op, "the file changed back; nothing was written"))
             }
         }
+    }
+
+    /// Store jobs; with `synchronous = FULL`, committing together with the other
+    /// `job_insert_many` calls that wait for the writer meanwhile (group commit: one
+    /// transaction, one fsync, for many callers). Returns once this call's jobs are committed, or with the
+    /// error that kept them out; each call stays all or nothing, and one call's failure
+    /// (a duplicate id, a bad limit) rolls back only its own jobs.
+    fn insert(&self, params: JobInsertManyParams) -> Result<Vec<InsertedJob>> {
+        let op = "job_insert_many";
+        // With synchronous = NORMAL a commit costs little more than the savepoints that
+        // keep the calls of a group apart: measured, 4 Python threads queued 6% fewer jobs
+        // with group commit than without, and 24-54% more with FULL (an fsync each).
+        if self.opts.synchronous == Synchronous::Normal {
+            return self.write(op, |tx| insert_jobs(tx, &params));
+        }
+        // The writer is free: nobody to commit with (callers queue only while it is held).
+        match self.writer.try_lock() {
+            Ok(mut guard) => {
+                return self.write_locked(op, &mut guard, |tx| insert_jobs(tx, &params));
+            }
+            Err(TryLockError::Poisoned(_)) => return Err(poisoned()),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        let mine = Arc::new(PendingInsert {
+            params,
+            result: Mutex::new(None),
+        });
+        // The queue is a plain list that no panic can leave half-changed: a poisoned lock
+        // is used as it is (an error here would leave the call queued for another to store).
+        self.inserts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::clone(&mine));
+        let mut guard = match self.writer.lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                // Never stored by anyone else after this call has failed.
+                self.inserts
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .retain(|p| !Arc::ptr_eq(p, &mine));
+                return Err(poisoned());
+            }
+        };
+        if let Some(result) = take_result(&mine) {
+            return result; // a call that had the writer before this one stored it
+        }
+        let batch =
+            std::mem::take(&mut *self.inserts.lock().unwrap_or_else(PoisonError::into_inner));
+        let results = match &batch[..] {
+            [one] => vec![self.write_locked(op, &mut guard, |tx| insert_jobs(tx, &one.params))],
+            _ => match self.write_locked(op, &mut guard, |tx| insert_each(tx, &batch)) {
+                Ok(each) => each
+                    .into_iter()
+                    .map(|r| r.map_err(|e| self.failure(op, e)))
+                    .collect(),
+                Err(e) => batch.iter().map(|_| Err(same_error(&e))).collect(),
+            },
+        };
+        for (pending, result) in batch.iter().zip(results) {
+            *pending
+                .result
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(result);
+        }
+        drop(guard);
+        take_result(&mine).unwrap_or_else(|| Err(poisoned()))
     }
 
     /// Run `f` in one read transaction (one snapshot) on the reader.
@@ -1095,6 +1234,27 @@ impl Inner {
             }
         }
         result
+    }
+}
+
+/// The outcome a call that stored `pending` left for it, if any.
+fn take_result(pending: &PendingInsert) -> Option<Result<Vec<InsertedJob>>> {
+    pending
+        .result
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+}
+
+/// `e` again, for each call of a group commit that failed as a whole.
+fn same_error(e: &Error) -> Error {
+    match e {
+        Error::Storage(m) => Error::Storage(m.clone()),
+        Error::StorageClosed => Error::StorageClosed,
+        Error::Config(m) => Error::Config(m.clone()),
+        Error::Serialization(m) => Error::Serialization(m.clone()),
+        Error::JobNotFound(m) => Error::JobNotFound(m.clone()),
+        Error::WorkerStopped => Error::WorkerStopped,
     }
 }
 
@@ -1509,8 +1669,10 @@ fn decode_claimed(
 /// batch) matches the holder instead. Inside the write transaction no other connection
 /// can store a holder between the lookup and the insert; the unique index backs this up.
 fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<Vec<InsertedJob>> {
-    let mut stmt = tx.prepare_cached(JOB_INSERT)?;
+    let mut stmt = None;
+    let mut plain_stmt = None;
     let mut out = Vec::with_capacity(p.jobs.len());
+    let mut id_buf = uuid::Uuid::encode_buffer();
     for job in &p.jobs {
         job.limits.validate()?;
         let unique_states = match &job.unique_key {
@@ -1546,28 +1708,56 @@ fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<Vec<In
             MaxRetries::Count(n) => Some(i64::from(n)),
             MaxRetries::Infinite => None,
         };
-        let inserted = stmt.execute(params![
-            job.id.to_string(),
-            job.name,
-            job.queue,
-            job.args,
-            status.as_str(),
-            job.priority,
-            max_retries,
-            job.retry.to_json(),
-            job.timeout_ms.map(to_sql_int),
-            to_sql_int(job.heartbeat_ms),
-            job.version,
-            job.unique_key,
-            p.now.as_micros(),
-            run_at.as_micros(),
-            unique_states,
-            concurrency.map(|c| c.key.as_str()),
-            concurrency.map(|c| c.limit),
-            rate.map(|r| r.key.as_str()),
-            rate.map(|r| r.limit),
-            rate.map(|r| to_sql_int(r.window_ms)),
-        ]);
+        let id: &str = job.id.0.hyphenated().encode_lower(&mut id_buf);
+        let plain = job.unique_key.is_none() && concurrency.is_none() && rate.is_none();
+        let inserted = if plain {
+            let stmt = match &mut plain_stmt {
+                Some(stmt) => stmt,
+                None => plain_stmt.insert(tx.prepare_cached(JOB_INSERT_PLAIN)?),
+            };
+            stmt.execute(params![
+                id,
+                job.name,
+                job.queue,
+                job.args,
+                status.as_str(),
+                job.priority,
+                max_retries,
+                job.retry.to_json(),
+                job.timeout_ms.map(to_sql_int),
+                to_sql_int(job.heartbeat_ms),
+                job.version,
+                p.now.as_micros(),
+                run_at.as_micros(),
+            ])
+        } else {
+            let stmt = match &mut stmt {
+                Some(stmt) => stmt,
+                None => stmt.insert(tx.prepare_cached(JOB_INSERT)?),
+            };
+            stmt.execute(params![
+                id,
+                job.name,
+                job.queue,
+                job.args,
+                status.as_str(),
+                job.priority,
+                max_retries,
+                job.retry.to_json(),
+                job.timeout_ms.map(to_sql_int),
+                to_sql_int(job.heartbeat_ms),
+                job.version,
+                job.unique_key,
+                p.now.as_micros(),
+                run_at.as_micros(),
+                unique_states,
+                concurrency.map(|c| c.key.as_str()),
+                concurrency.map(|c| c.limit),
+                rate.map(|r| r.key.as_str()),
+                rate.map(|r| r.limit),
+                rate.map(|r| to_sql_int(r.window_ms)),
+            ])
+        };
         match inserted {
             Err(rusqlite::Error::SqliteFailure(f, _))
                 if f.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
@@ -1579,6 +1769,26 @@ fn insert_jobs(tx: &Transaction<'_>, p: &JobInsertManyParams) -> DbResult<Vec<In
             other => other?,
         };
         crash_point(CrashPoint::DuringEnqueue);
+    }
+    Ok(out)
+}
+
+/// The jobs of several calls in one transaction, each call inside its own savepoint: a
+/// call that fails is rolled back alone and answered with its error.
+fn insert_each(
+    tx: &Transaction<'_>,
+    batch: &[Arc<PendingInsert>],
+) -> DbResult<Vec<DbResult<Vec<InsertedJob>>>> {
+    let mut out = Vec::with_capacity(batch.len());
+    for pending in batch {
+        tx.prepare_cached("SAVEPOINT hauler_insert")?.execute([])?;
+        let result = insert_jobs(tx, &pending.params);
+        if result.is_err() {
+            tx.prepare_cached("ROLLBACK TO hauler_insert")?
+                .execute([])?;
+        }
+        tx.prepare_cached("RELEASE hauler_insert")?.execute([])?;
+        out.push(result);
     }
     Ok(out)
 }
@@ -2232,25 +2442,45 @@ fn drop_empty_groups(
 
 fn count_jobs(tx: &Transaction<'_>) -> DbResult<Vec<QueueCount>> {
     let mut stmt = tx.prepare_cached(JOB_COUNTS)?;
-    let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
-    })?;
+    let mut rows = stmt.query([])?;
+    // Per status (as stored), per queue. Rows come status by status, in id order within
+    // one: a queue is looked up by reference, and copied only the first time it is seen.
+    let mut tally: Vec<(String, HashMap<String, u64>)> = Vec::new();
+    while let Some(row) = rows.next()? {
+        let text = |i: usize| -> DbResult<&str> {
+            Ok(row.get_ref(i)?.as_str().map_err(|e| {
+                Error::Storage(format!("corrupt status or queue in hauler_jobs: {e}"))
+            })?)
+        };
+        let (status, queue) = (text(0)?, text(1)?);
+        let i = match tally.iter().position(|(s, _)| s == status) {
+            Some(i) => i,
+            None => {
+                tally.push((status.to_owned(), HashMap::new()));
+                tally.len() - 1
+            }
+        };
+        let per_queue = &mut tally[i].1;
+        match per_queue.get_mut(queue) {
+            Some(n) => *n += 1,
+            None => {
+                per_queue.insert(queue.to_owned(), 1);
+            }
+        }
+    }
     let mut counts = Vec::new();
-    for row in rows {
-        let (queue, status, count) = row?;
-        counts.push(QueueCount {
-            status: status.parse::<JobStatus>().map_err(|e| {
-                Error::Storage(format!(
-                    "corrupt status in hauler_jobs (queue {queue:?}): {e}"
-                ))
-            })?,
-            count: u64::try_from(count).unwrap_or(0),
-            queue,
-        });
+    for (status, per_queue) in tally {
+        for (queue, count) in per_queue {
+            counts.push(QueueCount {
+                status: status.parse::<JobStatus>().map_err(|e| {
+                    Error::Storage(format!(
+                        "corrupt status in hauler_jobs (queue {queue:?}): {e}"
+                    ))
+                })?,
+                count,
+                queue,
+            });
+        }
     }
     counts.sort_by(|a, b| a.queue.cmp(&b.queue).then(a.status.cmp(&b.status)));
     Ok(counts)
@@ -2265,9 +2495,7 @@ fn next_run_at(tx: &Transaction<'_>, p: &JobNextRunAtParams) -> DbResult<Option<
     let mut stmt = tx.prepare_cached(NEXT_RUN_AT)?;
     let mut earliest: Option<i64> = None;
     for queue in queues {
-        let run_at: Option<i64> = stmt
-            .query_row(params![queue, names], |r| r.get(0))
-            .optional()?;
+        let run_at: Option<i64> = stmt.query_row(params![queue, names], |r| r.get(0))?;
         earliest = match (earliest, run_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -2376,8 +2604,7 @@ impl Storage for SqliteStorage {
             self.ensure_open()?;
             return Ok(Vec::new());
         }
-        self.run(move |db| db.write("job_insert_many", |tx| insert_jobs(tx, &params)))
-            .await
+        self.run(move |db| db.insert(params)).await
     }
 
     async fn group_insert(&self, mut params: GroupInsertParams) -> Result<()> {
@@ -2575,6 +2802,7 @@ impl Storage for SqliteStorage {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::NewJob;
 
     /// The query plan of `sql`, one detail line per step.
     fn plan(conn: &Connection, sql: &str) -> String {
@@ -2605,11 +2833,17 @@ mod tests {
             "claim must walk the index in order: {claim}"
         );
 
+        // The highest priority, each next lower one, and the earliest job of each: all
+        // probes of the claim index, none a scan or a sort.
         let next = plan(&conn, NEXT_RUN_AT);
-        assert!(
-            next.contains("USING INDEX hauler_jobs_pending_run_at (queue=?)"),
-            "{next}"
-        );
+        for probe in [
+            "USING INDEX hauler_jobs_claim (queue=?)",
+            "USING INDEX hauler_jobs_claim (queue=? AND priority<?)",
+            "USING INDEX hauler_jobs_claim (queue=? AND priority=?)",
+        ] {
+            assert!(next.contains(probe), "{next}");
+        }
+        assert!(!next.contains("SCAN hauler_jobs"), "{next}");
         assert!(!next.contains("TEMP B-TREE"), "{next}");
 
         let reclaim = plan(&conn, JOB_RECLAIM);
@@ -2713,10 +2947,34 @@ mod tests {
 
         let counts = plan(&conn, JOB_COUNTS);
         assert!(
-            counts.contains("COVERING INDEX hauler_jobs_queue_status"),
+            counts.contains("COVERING INDEX hauler_jobs_status"),
             "{counts}"
         );
         assert!(!counts.contains("TEMP B-TREE"), "{counts}");
+
+        // What a queued job enters: the table, its primary key and, while pending, the
+        // claim and status indexes. Nothing else may index a pending job without a unique
+        // key, limits or group (each index is a b-tree insert on every enqueue).
+        let indexes: Vec<(String, Option<String>)> = conn
+            .prepare(
+                "SELECT name, sql FROM sqlite_master
+                 WHERE type = 'index' AND tbl_name = 'hauler_jobs' ORDER BY name",
+            )
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(|r| r.unwrap())
+            .collect();
+        let full: Vec<&str> = indexes
+            .iter()
+            .filter(|(_, sql)| sql.as_deref().is_none_or(|sql| !sql.contains("WHERE")))
+            .map(|(name, _)| name.as_str())
+            .collect();
+        assert_eq!(
+            full,
+            ["hauler_jobs_status", "sqlite_autoindex_hauler_jobs_1"],
+            "{indexes:?}"
+        );
     }
 
     /// A row that does not decode fails its own job inside the claim; the claim returns
@@ -2853,6 +3111,440 @@ mod tests {
         let got = storage.job_get(job.id).await.unwrap().unwrap();
         assert_eq!(got.history.len(), 2);
         assert_eq!(got.history[1].outcome, AttemptOutcome::Retried);
+    }
+
+    /// A file at schema version 6 (the indexes before migration 7) holding jobs in every
+    /// state is upgraded in place, and every job then does what its state allows.
+    #[tokio::test]
+    async fn a_version_6_file_with_jobs_in_every_state_is_upgraded() {
+        use crate::model::ConcurrencyLimit;
+        use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
+        use crate::storage::{JobFinish, JobFinishManyParams};
+
+        let at = |secs: i64| Timestamp::from_micros(T0.as_micros() + secs * 1_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v6.db");
+        {
+            let conn = open_connection(&path, &SqliteOptions::default()).unwrap();
+            conn.execute_batch(META_CREATE).unwrap();
+            for script in &MIGRATIONS[..6] {
+                conn.execute_batch(script).unwrap();
+            }
+            conn.execute(META_SET_VERSION, ["6"]).unwrap();
+        }
+        let [scheduled, available, retryable, expired, running, completed, failed, cancelled, unique] =
+            std::array::from_fn::<_, 9, _>(|_| JobId::new());
+        let (expired_lease, running_lease) = (LeaseToken::new(), LeaseToken::new());
+        let unique_states = JobLimits::default().unique_states_text().unwrap();
+        {
+            // Rows as a version-6 hauler wrote them: (id, status, attempt, run_at,
+            // finished_at, lease token, lease end, unique key and states, concurrency key).
+            let conn = Connection::open(&path).unwrap();
+            type V6Row<'a> = (
+                JobId,
+                &'a str,
+                i64,
+                i64,
+                Option<i64>,
+                Option<LeaseToken>,
+                Option<i64>,
+                Option<(&'a str, &'a str)>,
+                Option<&'a str>,
+            );
+            let rows: [V6Row<'_>; 9] = [
+                (scheduled, "scheduled", 0, 100, None, None, None, None, None),
+                (available, "available", 0, -10, None, None, None, None, None),
+                (retryable, "retryable", 1, 50, None, None, None, None, None),
+                (
+                    expired,
+                    "running",
+                    1,
+                    -20,
+                    None,
+                    Some(expired_lease),
+                    Some(-1),
+                    None,
+                    None,
+                ),
+                (
+                    running,
+                    "running",
+                    1,
+                    -30,
+                    None,
+                    Some(running_lease),
+                    Some(1000),
+                    None,
+                    Some("k"),
+                ),
+                (
+                    completed,
+                    "completed",
+                    1,
+                    -40,
+                    Some(-100),
+                    None,
+                    None,
+                    None,
+                    None,
+                ),
+                (failed, "failed", 1, -50, Some(-100), None, None, None, None),
+                (
+                    cancelled,
+                    "cancelled",
+                    0,
+                    -60,
+                    Some(-100),
+                    None,
+                    None,
+                    None,
+                    None,
+                ),
+                (
+                    unique,
+                    "scheduled",
+                    0,
+                    200,
+                    None,
+                    None,
+                    None,
+                    Some(("u", &unique_states)),
+                    None,
+                ),
+            ];
+            for (id, status, attempt, run_at, finished, lease, expires, uniq, key) in rows {
+                conn.execute(
+                    "INSERT INTO hauler_jobs (id, name, queue, args, status, priority, attempt,
+                        retry, heartbeat_ms, version, created_at, run_at, started_at,
+                        finished_at, worker_id, lease_token, lease_expires_at, unique_key,
+                        unique_states, concurrency_key, concurrency_limit)
+                     VALUES (?1, ?2, ?3, '{}', ?4, 0, ?5, ?6, 5000, 1, ?7, ?8,
+                        CASE WHEN ?9 IS NULL THEN NULL ELSE ?7 END, ?10,
+                        CASE WHEN ?9 IS NULL THEN NULL ELSE 'w' END, ?9, ?11, ?12, ?13, ?14,
+                        CASE WHEN ?14 IS NULL THEN NULL ELSE 1 END)",
+                    params![
+                        id.to_string(),
+                        NAME,
+                        QUEUE,
+                        status,
+                        attempt,
+                        RetryPolicy::default().to_json(),
+                        at(-1000).as_micros(),
+                        at(run_at).as_micros(),
+                        lease.map(|l| l.to_string()),
+                        finished.map(|f| at(f).as_micros()),
+                        expires.map(|e| at(e).as_micros()),
+                        uniq.map(|u| u.0),
+                        uniq.map(|u| u.1),
+                        key,
+                    ],
+                )
+                .unwrap();
+            }
+        }
+
+        let storage = SqliteStorage::open(&path, SqliteOptions::default()).unwrap();
+        {
+            let conn = Connection::open(&path).unwrap();
+            assert_eq!(schema_version(&conn, &path).unwrap(), SCHEMA_VERSION);
+            let names: Vec<String> = conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'index' ORDER BY name")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            assert!(
+                !names.iter().any(|n| n == "hauler_jobs_pending_run_at"),
+                "{names:?}"
+            );
+            assert!(
+                !names.iter().any(|n| n == "hauler_jobs_queue_status"),
+                "{names:?}"
+            );
+        }
+        let counts: Vec<(JobStatus, u64)> = storage
+            .job_counts()
+            .await
+            .unwrap()
+            .iter()
+            .map(|c| (c.status, c.count))
+            .collect();
+        use JobStatus::*;
+        let expected = [
+            (Scheduled, 2),
+            (Available, 1),
+            (Running, 2),
+            (Retryable, 1),
+            (Completed, 1),
+            (Failed, 1),
+            (Cancelled, 1),
+        ];
+        let mut expected = expected.to_vec();
+        expected.sort();
+        let mut got = counts.clone();
+        got.sort();
+        assert_eq!(got, expected);
+        let listed = |statuses: Vec<JobStatus>| {
+            let storage = &storage;
+            async move {
+                let filter = JobFilter {
+                    statuses,
+                    ..JobFilter::default()
+                };
+                let jobs = storage
+                    .job_list(JobListParams {
+                        filter,
+                        cursor: None,
+                        limit: 100,
+                    })
+                    .await
+                    .unwrap();
+                jobs.iter().map(|j| j.id).collect::<HashSet<_>>()
+            }
+        };
+        assert_eq!(
+            listed(vec![Running]).await,
+            HashSet::from([expired, running])
+        );
+        assert_eq!(
+            listed(vec![Completed, Failed]).await,
+            HashSet::from([completed, failed])
+        );
+        let next = storage
+            .job_next_run_at(JobNextRunAtParams {
+                queues: vec![QUEUE.to_owned()],
+                names: vec![NAME.to_owned()],
+            })
+            .await
+            .unwrap();
+        assert_eq!(next, Some(at(-10)));
+
+        // The unique job still holds its key.
+        let dup = NewJob {
+            unique_key: Some("u".to_owned()),
+            ..new_job(NAME, QUEUE)
+        };
+        let inserted = storage
+            .job_insert_many(JobInsertManyParams {
+                jobs: vec![dup],
+                now: at(0),
+            })
+            .await
+            .unwrap();
+        assert_eq!((inserted[0].id, inserted[0].duplicate), (unique, true));
+        // The running job of key "k" counts against its limit of 1: a new one waits.
+        let limited = NewJob {
+            limits: JobLimits {
+                concurrency: Some(ConcurrencyLimit {
+                    key: "k".to_owned(),
+                    limit: 1,
+                }),
+                ..JobLimits::default()
+            },
+            priority: 5,
+            ..new_job(NAME, QUEUE)
+        };
+        let limited_id = limited.id;
+        storage
+            .job_insert_many(JobInsertManyParams {
+                jobs: vec![limited],
+                now: at(0),
+            })
+            .await
+            .unwrap();
+        let claim = |now| JobClaimParams {
+            queues: vec![QUEUE.to_owned()],
+            names: vec![NAME.to_owned()],
+            limit: 10,
+            worker_id: "w2".to_owned(),
+            now,
+        };
+        let ids = |c: Vec<ClaimedJob>| c.iter().map(|j| j.id).collect::<HashSet<_>>();
+
+        // The expired lease is reclaimed; the live one finishes under its token.
+        let reclaimed = storage
+            .job_reclaim_expired(JobReclaimParams { now: at(0) })
+            .await
+            .unwrap();
+        assert_eq!(reclaimed, 1);
+        assert_eq!(
+            ids(storage.job_claim(claim(at(0))).await.unwrap()),
+            HashSet::from([available, expired])
+        );
+        let finished = storage
+            .job_finish_many(JobFinishManyParams {
+                finishes: vec![JobFinish {
+                    id: running,
+                    lease: running_lease,
+                    outcome: FinishOutcome::Completed,
+                }],
+                now: at(0),
+            })
+            .await
+            .unwrap();
+        assert_eq!(finished, vec![true]);
+        let retried = storage
+            .job_retry(JobRetryParams {
+                filter: JobFilter {
+                    statuses: vec![Failed, Cancelled],
+                    ..JobFilter::default()
+                },
+                now: at(1),
+            })
+            .await
+            .unwrap();
+        assert_eq!(retried, 2);
+        let pruned = storage
+            .job_prune(JobPruneParams {
+                statuses: vec![Completed],
+                finished_before: at(0),
+                limit: 100,
+            })
+            .await
+            .unwrap();
+        assert_eq!(pruned, 1, "the old completed job, not the one finished now");
+        assert!(storage.job_get(completed).await.unwrap().is_none());
+        assert_eq!(
+            ids(storage.job_claim(claim(at(300))).await.unwrap()),
+            HashSet::from([limited_id, failed, cancelled, retryable, scheduled, unique])
+        );
+    }
+
+    /// Start `insert` of `jobs` on a thread while the test holds the writer, and wait
+    /// until it is queued behind it (so the calls queue in the order they are started).
+    fn insert_behind_writer(
+        inner: &Arc<Inner>,
+        jobs: Vec<NewJob>,
+    ) -> std::thread::JoinHandle<Result<Vec<InsertedJob>>> {
+        let before = inner.inserts.lock().unwrap().len();
+        let inner2 = Arc::clone(inner);
+        let now = crate::storage::conformance::T0;
+        let handle = std::thread::spawn(move || inner2.insert(JobInsertManyParams { jobs, now }));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while inner.inserts.lock().unwrap().len() == before {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the call did not queue behind the writer"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        handle
+    }
+
+    /// Options with group commit (`synchronous = FULL`).
+    fn full() -> SqliteOptions {
+        SqliteOptions {
+            synchronous: Synchronous::Full,
+            ..SqliteOptions::default()
+        }
+    }
+
+    fn stored_ids(path: &Path) -> HashSet<JobId> {
+        let conn = Connection::open(path).unwrap();
+        let mut stmt = conn.prepare("SELECT id FROM hauler_jobs").unwrap();
+        let ids = stmt
+            .query_map([], |r| r.get::<_, String>(0))
+            .unwrap()
+            .map(|id| id.unwrap().parse().unwrap())
+            .collect();
+        ids
+    }
+
+    /// Calls that wait while the writer is busy are stored together by the next one to
+    /// get it: each gets its own answer; a call that fails (a duplicate id) is rolled back
+    /// alone, all or nothing; a unique key stored by an earlier call of the batch makes a
+    /// later one a duplicate.
+    #[test]
+    fn waiting_inserts_commit_together_each_with_its_own_answer() {
+        use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("group.db");
+        let storage = SqliteStorage::open(&path, full()).unwrap();
+        let inner = &storage.inner;
+        let existing = new_job(NAME, QUEUE);
+        inner
+            .insert(JobInsertManyParams {
+                jobs: vec![existing.clone()],
+                now: T0,
+            })
+            .unwrap();
+        let unique = || NewJob {
+            unique_key: Some("u".to_owned()),
+            ..new_job(NAME, QUEUE)
+        };
+        let (a, b, c, d) = (
+            vec![new_job(NAME, QUEUE), new_job(NAME, QUEUE)],
+            vec![new_job(NAME, QUEUE), existing.clone()],
+            vec![unique()],
+            vec![unique()],
+        );
+        let more: Vec<NewJob> = (0..6).map(|_| new_job(NAME, QUEUE)).collect();
+        let wal = sibling(&path, "-wal");
+        let wal_before = std::fs::metadata(&wal).unwrap().len();
+        let writer = inner.writer.lock().unwrap();
+        let threads: Vec<_> = [a.clone(), b.clone(), c.clone(), d]
+            .into_iter()
+            .chain(more.iter().map(|job| vec![job.clone()]))
+            .map(|jobs| insert_behind_writer(inner, jobs))
+            .collect();
+        drop(writer);
+        let mut results = threads.into_iter().map(|t| t.join().unwrap());
+        let mut next = || results.next().unwrap();
+
+        let got = next().unwrap();
+        assert_eq!(
+            got.iter().map(|j| (j.id, j.duplicate)).collect::<Vec<_>>(),
+            a.iter().map(|j| (j.id, false)).collect::<Vec<_>>()
+        );
+        match next() {
+            Err(Error::Storage(m)) => assert!(m.contains("already exists"), "{m}"),
+            other => panic!("expected the duplicate id to fail its call, got {other:?}"),
+        }
+        let got = next().unwrap();
+        assert_eq!((got[0].id, got[0].duplicate), (c[0].id, false));
+        let got = next().unwrap();
+        assert_eq!((got[0].id, got[0].duplicate), (c[0].id, true));
+        for job in &more {
+            assert_eq!(next().unwrap()[0].id, job.id);
+        }
+
+        // One commit: the pages the ten calls changed were written to the WAL once (a
+        // commit per call would have written the table's, the key's and two indexes'
+        // pages again for each of the six last calls alone).
+        let frames = (std::fs::metadata(&wal).unwrap().len() - wal_before) / (24 + 4096);
+        assert!(frames <= 10, "{frames} WAL frames");
+
+        let mut expected: HashSet<JobId> = [existing.id, a[0].id, a[1].id, c[0].id].into();
+        expected.extend(more.iter().map(|j| j.id));
+        assert_eq!(stored_ids(&path), expected, "b is all or nothing");
+        assert!(!stored_ids(&path).contains(&b[0].id));
+    }
+
+    /// A group commit to a file deleted meanwhile fails every call in it, and none of
+    /// their jobs is in the (fresh) file now at the path.
+    #[test]
+    fn a_group_commit_to_a_deleted_file_fails_every_call() {
+        use crate::storage::conformance::{new_job, NAME, QUEUE};
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deleted.db");
+        let storage = SqliteStorage::open(&path, full()).unwrap();
+        let inner = &storage.inner;
+        let writer = inner.writer.lock().unwrap();
+        let threads: Vec<_> = (0..3)
+            .map(|_| insert_behind_writer(inner, vec![new_job(NAME, QUEUE)]))
+            .collect();
+        std::fs::remove_file(&path).unwrap();
+        drop(writer);
+        for t in threads {
+            match t.join().unwrap() {
+                Err(Error::Storage(m)) => assert!(m.contains("deleted or replaced"), "{m}"),
+                other => panic!("expected every call to fail, got {other:?}"),
+            }
+        }
+        assert!(stored_ids(&path).is_empty());
     }
 
     #[test]
