@@ -20,7 +20,7 @@ import pytest
 import pgserver as pg
 from conftest import WAIT, wait_for
 from hauler import JobStatus, QueueHandle, create_server
-from hauler.storage import ENV_VAR, SqliteStorage, from_url
+from hauler.storage import ENV_VAR, MemoryStorage, SqliteStorage, from_url
 from process_jobs import Touch
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="uses SIGKILL")
@@ -179,3 +179,28 @@ def test_without_env_the_default_is_hauler_db_in_cwd(tmp_path: Path) -> None:
     assert (workdir / "hauler.db").exists()
     with SqliteStorage(workdir / "hauler.db") as storage:
         assert create_server(storage).get(job_id).status is JobStatus.AVAILABLE
+
+
+def test_a_forked_child_draws_other_job_ids_than_its_parent(tmp_path: Path) -> None:
+    # The child inherits the parent's random generator state; hauler reseeds it after
+    # fork, else both would draw the same random bits for their next job ids.
+    parent = create_server(MemoryStorage())
+    parent.queue(Touch(str(tmp_path / "before")))  # the generator is in use before the fork
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover (the child)
+        try:
+            child = create_server(MemoryStorage())
+            tails = b"".join(child.queue(Touch("x")).bytes[-4:] for _ in range(5))
+            os.write(write_end, tails)
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        got = pipe.read()
+    assert os.waitpid(pid, 0)[1] == 0
+    theirs = {got[i : i + 4] for i in range(0, len(got), 4)}
+    assert len(theirs) == 5
+    ours = {parent.queue(Touch("x")).bytes[-4:] for _ in range(5)}
+    assert ours.isdisjoint(theirs)
+    parent.close()

@@ -8,6 +8,9 @@ Example:
 
 """
 
+import os as _os
+
+from hauler import _native
 from hauler._hooks import JobHook
 from hauler.context import JobContext, current_job_cancelled
 from hauler.errors import (
@@ -41,6 +44,11 @@ from hauler.job import DEFAULT_QUEUE, Job, Snooze
 from hauler.limits import Unique
 from hauler.retry import Backoff, MaxRetries
 from hauler.worker import Worker, WorkerConfig
+
+# A forked child inherits the parent's random generator state: reseed it, or parent and child
+# would draw the same job ids and lease tokens.
+if hasattr(_os, "register_at_fork"):
+    _os.register_at_fork(after_in_child=_native.reseed_after_fork)
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",

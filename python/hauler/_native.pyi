@@ -20,6 +20,7 @@ __all__ = [
     "check_schedule",
     "now_us",
     "postgres_migrate",
+    "reseed_after_fork",
     "take_log_records",
     "validate_retry",
     "wait_sync_threads",
@@ -178,6 +179,9 @@ _JobClassTuple = tuple[
     Callable[[Any], dict[str, Any]],
     Callable[[Any], dict[str, Any] | None] | None,
 ]
+
+def reseed_after_fork() -> None:
+    """Reseed the random generator of job ids and lease tokens (in a child after fork)."""
 
 def validate_retry(retry: dict[str, Any]) -> None:
     """Raise ``ConfigError`` naming every problem in a retry policy dict."""

@@ -28,5 +28,15 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(storage::postgres_migrate, m)?)?;
     m.add_function(wrap_pyfunction!(storage::check_schedule, m)?)?;
     m.add_function(wrap_pyfunction!(logs::take_log_records, m)?)?;
+    m.add_function(wrap_pyfunction!(reseed_after_fork, m)?)?;
     Ok(())
+}
+
+/// Reseed this thread's random generator (the one job ids and lease tokens draw from) in a
+/// child process right after `fork`: the child inherits the parent's generator state, and
+/// both would otherwise draw the same "random" ids (`os.register_at_fork` calls it).
+#[pyfunction]
+fn reseed_after_fork() {
+    // A failed reseed keeps the old state: nothing better can be done here.
+    let _ = uuid_rand::rng().reseed();
 }
