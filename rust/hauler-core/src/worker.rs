@@ -259,7 +259,6 @@ struct Slots {
     prefetched: Mutex<Prefetched>,
     /// Tells [`start_loop`] a job was prefetched.
     prefetched_added: Notify,
-    waiting: AtomicUsize,
     /// Recent run time of the queue's jobs, in microseconds (a moving average);
     /// `u64::MAX` until one has run.
     avg_run_us: AtomicU64,
@@ -278,7 +277,6 @@ impl Slots {
             workers: Arc::new(Semaphore::new(config.concurrency)),
             prefetched: Mutex::new(Prefetched::default()),
             prefetched_added: Notify::new(),
-            waiting: AtomicUsize::new(0),
             config,
             busy: AtomicUsize::new(0),
             freed: Notify::new(),
@@ -291,9 +289,10 @@ impl Slots {
     }
 
     /// The next prefetched job, if one waits, the pool is not stopping and `accept` (if
-    /// given) takes it.
+    /// given) takes it; counted out of `buffered`.
     fn take_prefetched(
         &self,
+        buffered: &AtomicUsize,
         accept: Option<&dyn Fn(&ClaimedJob) -> bool>,
     ) -> Option<(ClaimedJob, CancelFlag)> {
         let mut p = self.prefetched();
@@ -304,7 +303,9 @@ impl Slots {
         if accept.is_some_and(|accept| !accept(job)) {
             return None;
         }
-        p.jobs.pop_front()
+        let next = p.jobs.pop_front();
+        buffered.fetch_sub(1, Ordering::SeqCst);
+        next
     }
 
     /// How many jobs the queue may hold beyond its workers now (see [`PREFETCH_WAIT`]).
@@ -823,15 +824,15 @@ fn start_job(shared: &Arc<Shared>, slots: &Arc<Slots>, job: ClaimedJob) {
     );
     shared.leases_changed.notify_one();
     // Straight to a free worker, unless prefetched jobs wait: they go first, in claim order.
-    if slots.waiting.load(Ordering::SeqCst) == 0 {
+    let mut p = slots.prefetched();
+    if p.jobs.is_empty() {
         if let Ok(permit) = slots.workers.clone().try_acquire_owned() {
+            drop(p);
             launch(shared, slots, job, cancel, permit);
             return;
         }
     }
-    slots.waiting.fetch_add(1, Ordering::SeqCst);
     shared.buffered.fetch_add(1, Ordering::SeqCst);
-    let mut p = slots.prefetched();
     if p.closed {
         drop(p);
         not_started(shared, slots); // the pool is stopping
@@ -864,9 +865,7 @@ async fn start_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
         };
         let Some(permit) = permit else { break };
         // A worker may have taken it meanwhile.
-        if let Some((job, cancel)) = slots.take_prefetched(None) {
-            slots.waiting.fetch_sub(1, Ordering::SeqCst);
-            shared.buffered.fetch_sub(1, Ordering::SeqCst);
+        if let Some((job, cancel)) = slots.take_prefetched(&shared.buffered, None) {
             launch(&shared, &slots, job, cancel, permit);
         }
     }
@@ -882,7 +881,6 @@ async fn start_loop(shared: Arc<Shared>, slots: Arc<Slots>) {
 
 /// Count out a prefetched job that will not run here (its lease entry stays for `stop`).
 fn not_started(shared: &Shared, slots: &Slots) {
-    slots.waiting.fetch_sub(1, Ordering::SeqCst);
     shared.buffered.fetch_sub(1, Ordering::SeqCst);
     slots.busy.fetch_sub(1, Ordering::SeqCst);
     if shared.executing.fetch_sub(1, Ordering::SeqCst) == 1 {
@@ -1011,12 +1009,10 @@ fn end_attempt(
     if let Some(accept) = next {
         // The worker stays with the queue: its permit goes to the next job.
         while let Some(p) = permit.take() {
-            let Some((job, cancel)) = slots.take_prefetched(Some(accept)) else {
+            let Some((job, cancel)) = slots.take_prefetched(&shared.buffered, Some(accept)) else {
                 permit = Some(p);
                 break;
             };
-            slots.waiting.fetch_sub(1, Ordering::SeqCst);
-            shared.buffered.fetch_sub(1, Ordering::SeqCst);
             match ready(shared, slots, job, cancel, p) {
                 Ok(ready) => following = Some(ready),
                 Err(p) => permit = Some(p),

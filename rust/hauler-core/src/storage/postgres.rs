@@ -3224,6 +3224,25 @@ mod tests {
         );
     }
 
+    /// A schema name no other test (or run) uses: `prefix`, the process id, a random tag.
+    fn fresh_schema(prefix: &str) -> String {
+        format!(
+            "{prefix}_{}_{:08x}",
+            std::process::id(),
+            rand::random::<u32>()
+        )
+    }
+
+    /// A storage on a fresh schema of the test server, and the schema's name.
+    async fn fresh_storage(dsn: &str, prefix: &str) -> (PostgresStorage, String) {
+        let schema = fresh_schema(prefix);
+        let opts = PostgresOptions {
+            schema: schema.clone(),
+            ..PostgresOptions::default()
+        };
+        (PostgresStorage::connect(dsn, opts).await.unwrap(), schema)
+    }
+
     async fn plan(client: &Object, sql: &str, params: &[&(dyn ToSql + Sync)]) -> String {
         let rows = client
             .query(&format!("EXPLAIN {sql}"), params)
@@ -3243,12 +3262,7 @@ mod tests {
         use crate::model::{ConcurrencyLimit, RateLimit};
         use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
         let Some(dsn) = test_dsn() else { return };
-        let schema = format!("uni_{}_{:08x}", std::process::id(), rand::random::<u32>());
-        let opts = PostgresOptions {
-            schema: schema.clone(),
-            ..PostgresOptions::default()
-        };
-        let s = PostgresStorage::connect(&dsn, opts).await.unwrap();
+        let (s, schema) = fresh_storage(&dsn, "uni").await;
         let later = Timestamp::from_micros(T0.as_micros() + 60_000_000);
         let job = |i: usize| {
             let mut j = new_job(NAME, QUEUE);
@@ -3395,12 +3409,7 @@ mod tests {
         use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
         use crate::storage::JobFinish;
         let Some(dsn) = test_dsn() else { return };
-        let schema = format!("plan_{}_{:08x}", std::process::id(), rand::random::<u32>());
-        let opts = PostgresOptions {
-            schema: schema.clone(),
-            ..PostgresOptions::default()
-        };
-        let s = PostgresStorage::connect(&dsn, opts).await.unwrap();
+        let (s, schema) = fresh_storage(&dsn, "plan").await;
         for _ in 0..5 {
             let jobs = (0..1_000).map(|_| new_job(NAME, QUEUE)).collect();
             s.job_insert_many(JobInsertManyParams { jobs, now: T0 })
@@ -3630,7 +3639,7 @@ mod tests {
         use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
         use crate::storage::{JobFilter, JobRetryParams};
         let Some(dsn) = test_dsn() else { return };
-        let schema = format!("v1_{}_{:08x}", std::process::id(), rand::random::<u32>());
+        let schema = fresh_schema("v1");
         let (admin, connection) = tokio_postgres::connect(&dsn, NoTls).await.unwrap();
         tokio::spawn(connection);
         let job = new_job(NAME, QUEUE);
