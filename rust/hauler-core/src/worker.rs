@@ -236,14 +236,18 @@ type ClaimReply = oneshot::Sender<Result<Vec<ClaimedJob>>>;
 /// worker, so one claim transaction serves many jobs. A queue prefetches as many jobs as
 /// its workers get through in about this long, going by the recent run time of its jobs;
 /// jobs that take longer than this are claimed only as workers free up, so no job waits
-/// here long while another pool could run it.
-const PREFETCH_WAIT: Duration = Duration::from_millis(4);
+/// here long while another pool could run it. The longer the wait, the fewer claim
+/// transactions a backlog of short jobs costs: measured on SQLite (20,000 no-op jobs, 4
+/// workers), 16 ms and at most 1,024 jobs drained 24% faster than 4 ms and 256.
+const PREFETCH_WAIT: Duration = Duration::from_millis(16);
 /// The most jobs a queue prefetches.
-const PREFETCH_MAX: usize = 256;
+const PREFETCH_MAX: usize = 1024;
 /// With a storage that claims and records outcomes in one write, the longest outcomes
 /// wait for the dispatcher's next claim while prefetched jobs are waiting (see
-/// [`complete_loop`]). Jobs start regardless: only the write of the outcome waits.
-const FINISH_LINGER: Duration = PREFETCH_WAIT;
+/// [`complete_loop`]). Jobs start regardless: only the write of the outcome waits. Shorter
+/// than [`PREFETCH_WAIT`]: a job's outcome is stored within a few milliseconds even when
+/// the next claim is further off (a longer linger measured no faster).
+const FINISH_LINGER: Duration = Duration::from_millis(4);
 
 /// Per-queue dispatcher state.
 #[derive(Debug)]
