@@ -23,6 +23,7 @@ use crate::schedule::{NewSchedule, ScheduleRecord};
 pub mod memory;
 pub mod postgres;
 pub mod sqlite;
+mod sqlite_checkpoint;
 mod sqlite_watch;
 
 #[doc(hidden)]

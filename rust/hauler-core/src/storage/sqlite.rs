@@ -7,6 +7,8 @@
 //!   transaction on it, so the write lock is taken up front and a transaction never fails
 //!   halfway for want of it. One reader connection (`query_only`) serves `job_get`,
 //!   `job_list`, `job_counts` and `job_next_run_at`. Each sits behind its own mutex.
+//! * **Checkpoints** run on a thread of their own, on the reader connection, shortly
+//!   after commits (see `sqlite_checkpoint.rs`): the writer no longer stops to do them.
 //! * **Group commit** (with `synchronous = FULL`). `job_insert_many` calls that arrive
 //!   while the writer is busy wait in a queue; the next call to get the writer stores them all in one transaction,
 //!   each call in its own savepoint (a failing call is rolled back alone), and each
@@ -50,6 +52,7 @@ use rusqlite::{
 };
 use tokio::sync::watch;
 
+use super::sqlite_checkpoint::Checkpointer;
 use super::sqlite_watch::Watcher;
 use super::{
     lease_duration, Damage, FinishOutcome, GroupInsertParams, JobCancelParams, JobCancelResult,
@@ -666,6 +669,8 @@ struct Inner {
     file: Mutex<Option<OpenFiles>>,
     /// Tells idle workers of commits by other processes ([`Storage::subscribe`]).
     watcher: Arc<Watcher>,
+    /// Checkpoints the WAL on its own thread after commits (see [`Checkpointer`]).
+    checkpointer: Arc<Checkpointer>,
     /// `job_insert_many` calls waiting for the writer (group commit): the call that gets
     /// the writer next stores every one of them in its transaction.
     inserts: Mutex<Vec<Arc<PendingInsert>>>,
@@ -763,18 +768,24 @@ impl SqliteStorage {
             ))
         })?;
         let (writer, reader, file) = open_files(&path, &opts)?;
+        let inner = Arc::new(Inner {
+            path,
+            file_path,
+            opts,
+            closed: AtomicBool::new(false),
+            writer: Mutex::new(Some(writer)),
+            reader: Mutex::new(Some(reader)),
+            file: Mutex::new(Some(file)),
+            watcher: Arc::new(Watcher::new()),
+            checkpointer: Arc::new(Checkpointer::default()),
+            inserts: Mutex::new(Vec::new()),
+        });
+        let storage = Arc::downgrade(&inner);
+        inner
+            .checkpointer
+            .start(move || storage.upgrade().is_some_and(|inner| inner.checkpoint()));
         Ok(SqliteStorage {
-            inner: Arc::new(Inner {
-                path,
-                file_path,
-                opts,
-                closed: AtomicBool::new(false),
-                writer: Mutex::new(Some(writer)),
-                reader: Mutex::new(Some(reader)),
-                file: Mutex::new(Some(file)),
-                watcher: Arc::new(Watcher::new()),
-                inserts: Mutex::new(Vec::new()),
-            }),
+            inner,
             poll_interval: opts.poll_interval,
         })
     }
@@ -910,9 +921,11 @@ fn open_connection(path: &Path, opts: &SqliteOptions) -> Result<Connection> {
     // its largest size for good.
     conn.execute_batch("PRAGMA journal_size_limit = 67108864")
         .map_err(err)?;
-    // Checkpoint when the WAL reaches 16 MiB (4096 pages) instead of SQLite's 4 MiB: a
-    // checkpoint costs two fsyncs and copies each changed page once, so with small
-    // commits (one job each) a quarter as many checkpoints copy nearly the same pages.
+    // The checkpoint thread ([`Checkpointer`]) keeps the WAL short; should it fall behind,
+    // the committing connection checkpoints when the WAL reaches 16 MiB (4096 pages)
+    // instead of SQLite's 4 MiB: a checkpoint costs two fsyncs and copies each changed
+    // page once, so with small commits a quarter as many checkpoints copy nearly the same
+    // pages.
     conn.execute_batch("PRAGMA wal_autocheckpoint = 4096")
         .map_err(err)?;
     // Plan statements without looking at bound values: SQLite (3.48+) otherwise reads a
@@ -1033,6 +1046,7 @@ impl Inner {
                 return Ok(None); // rolled back: the commit would go to a deleted file
             }
             tx.commit()?;
+            self.checkpointer.committed();
             Ok(Some(value))
         };
         match run().map_err(|e| self.failure(op, e))? {
@@ -1228,7 +1242,28 @@ impl Inner {
 
     /// Drop both connections (reader first, so the writer's close may checkpoint and
     /// remove the WAL when it is the file's last connection).
+    /// Copy what the WAL holds into the database, as far as no reader still needs it,
+    /// without waiting for anyone (on the reader connection: reads wait meanwhile, the
+    /// writer never does). False once the storage is closed. A checkpoint that fails is
+    /// left to the next one, or to the writer's own (`wal_autocheckpoint`).
+    fn checkpoint(&self) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        if !shm_writable(&self.file_path) {
+            return true; // see shm_writable; the next commit fails and says why
+        }
+        let reader = self.reader.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(conn) = reader.as_ref() {
+            if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                log::debug!("checkpoint of {} failed: {e}", self.path.display());
+            }
+        }
+        true
+    }
+
     fn close(&self) -> Result<()> {
+        self.checkpointer.stop();
         let reader = self
             .reader
             .lock()
@@ -1260,6 +1295,34 @@ impl Inner {
             }
         }
         result
+    }
+}
+
+/// Whether the database's `-shm` file (if any) may be written. A checkpoint writes to it
+/// through a shared memory map, and a write there to a file that became read-only (an
+/// immutable file, `chattr +i`) is a SIGBUS that kills the process, where a commit fails
+/// first with an error (it writes the WAL before the map). `access` sees immutability.
+#[cfg(unix)]
+fn shm_writable(db: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let mut shm = db.as_os_str().as_bytes().to_vec();
+    shm.extend_from_slice(b"-shm");
+    let Ok(shm) = std::ffi::CString::new(shm) else {
+        return false;
+    };
+    // SAFETY: `shm` is a NUL-terminated path that outlives the call.
+    let rc = unsafe { libc::access(shm.as_ptr(), libc::W_OK) };
+    rc == 0 || std::io::Error::last_os_error().kind() == std::io::ErrorKind::NotFound
+}
+
+#[cfg(not(unix))]
+fn shm_writable(_: &Path) -> bool {
+    true
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.checkpointer.stop();
     }
 }
 
@@ -3731,6 +3794,43 @@ mod tests {
             let history: Vec<serde_json::Value> = serde_json::from_str(&fast.5).unwrap();
             assert_eq!(history.len(), entries, "pair {pair}: {}", fast.5);
         }
+    }
+
+    /// Commits are checkpointed on the checkpoint thread, so the WAL starts over instead
+    /// of growing until the writer's own checkpoint (4096 pages): after rounds of commits
+    /// with pauses between them, it holds about one round, not all of them.
+    #[test]
+    fn the_wal_is_checkpointed_in_the_background() {
+        use crate::storage::conformance::{new_job, NAME, QUEUE, T0};
+        use crate::storage::sqlite_checkpoint::GATHER;
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ckpt.db");
+        let storage = SqliteStorage::open(&path, SqliteOptions::default()).unwrap();
+        let wal = || {
+            std::fs::metadata(dir.path().join("ckpt.db-wal"))
+                .unwrap()
+                .len()
+        };
+        let round = || {
+            let jobs = (0..200).map(|_| new_job(NAME, QUEUE)).collect();
+            storage
+                .inner
+                .insert(JobInsertManyParams { jobs, now: T0 })
+                .unwrap();
+        };
+        round();
+        let one_round = wal();
+        let rounds = 8;
+        for _ in 1..rounds {
+            std::thread::sleep(GATHER * 4);
+            round();
+        }
+        assert!(
+            wal() < 3 * one_round,
+            "the WAL grew to {} bytes over {rounds} rounds of about {one_round} each",
+            wal()
+        );
     }
 
     #[test]
