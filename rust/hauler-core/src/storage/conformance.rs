@@ -2254,8 +2254,15 @@ pub async fn counts_per_queue_and_status(s: Arc<dyn Storage>) {
         mk("a", Some(at(100))),
         mk("b", None),
         mk("b", None),
+        mk("c", Some(at(100))),
     ];
+    let cancelled = batch[7].id;
     insert(s, batch, at(0)).await;
+    let filter = JobFilter {
+        ids: Some(vec![cancelled]),
+        ..JobFilter::default()
+    };
+    assert_eq!(cancel(s, filter, at(1)).await.cancelled, 1);
     let mut a = claim_from(s, &["a"], &[NAME], 2, "w1", at(1)).await;
     let mut b = claim_from(s, &["b"], &[NAME], 2, "w1", at(1)).await;
     assert_eq!((a.len(), b.len()), (2, 2));
@@ -2282,6 +2289,7 @@ pub async fn counts_per_queue_and_status(s: Arc<dyn Storage>) {
         ("a".to_owned(), JobStatus::Completed, 1),
         ("b".to_owned(), JobStatus::Retryable, 1),
         ("b".to_owned(), JobStatus::Failed, 1),
+        ("c".to_owned(), JobStatus::Cancelled, 1),
     ];
     assert_eq!(
         sorted_counts(s).await,
