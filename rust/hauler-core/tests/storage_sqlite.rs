@@ -444,7 +444,7 @@ fn concurrent_opens_of_a_new_file() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(version, "8");
+    assert_eq!(version, "9");
 }
 
 #[tokio::test]
@@ -490,7 +490,7 @@ fn newer_schema_version_is_refused() {
     let msg = storage_error(SqliteStorage::open(&path, SqliteOptions::default()));
     assert!(
         msg.contains(
-            "database schema version 999 is newer than this hauler supports (8); upgrade hauler"
+            "database schema version 999 is newer than this hauler supports (9); upgrade hauler"
         ),
         "{msg}"
     );
