@@ -105,6 +105,15 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    /// Sets its counter to 0 when dropped: with the thread's closure, when the thread ends.
+    struct Exit(Arc<AtomicUsize>);
+
+    impl Drop for Exit {
+        fn drop(&mut self) {
+            self.0.store(0, Ordering::SeqCst);
+        }
+    }
+
     fn wait_until(what: &str, done: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(10);
         while !done() {
@@ -121,12 +130,6 @@ mod tests {
         let runs = Arc::new(AtomicUsize::new(0));
         let alive = Arc::new(AtomicUsize::new(1));
         let (r, a) = (Arc::clone(&runs), Arc::clone(&alive));
-        struct Exit(Arc<AtomicUsize>);
-        impl Drop for Exit {
-            fn drop(&mut self) {
-                self.0.store(0, Ordering::SeqCst);
-            }
-        }
         let exit = Exit(a);
         assert!(c.start(move || {
             let _ = &exit;
@@ -165,12 +168,6 @@ mod tests {
     fn the_thread_exits_when_the_checkpoint_says_the_storage_is_gone() {
         let c = Arc::new(Checkpointer::default());
         let alive = Arc::new(AtomicUsize::new(1));
-        struct Exit(Arc<AtomicUsize>);
-        impl Drop for Exit {
-            fn drop(&mut self) {
-                self.0.store(0, Ordering::SeqCst);
-            }
-        }
         let exit = Exit(Arc::clone(&alive));
         assert!(c.start(move || {
             let _ = &exit;
