@@ -900,6 +900,9 @@ async fn a_prefetched_job_cancelled_while_it_waits_never_runs() {
     }
 }
 
+/// Held closed until [`open_gate`]: jobs named "hold" wait at it.
+type Gate = Arc<(Mutex<bool>, std::sync::Condvar)>;
+
 /// Runs jobs on plain threads, as the Python bindings do: a thread that finishes a job
 /// takes the queue's next prefetched job itself ([`Completion::send_and_next`]), except
 /// jobs named "elsewhere", which it leaves to [`Executor::execute`].
@@ -915,7 +918,7 @@ struct ThreadExecutor {
 
 impl ThreadExecutor {
     /// `threads` threads; a job named "hold" waits for `gate`, "slow" sleeps 2 s.
-    fn new(threads: usize, gate: Arc<(Mutex<bool>, std::sync::Condvar)>) -> Arc<Self> {
+    fn new(threads: usize, gate: Gate) -> Arc<Self> {
         let (tx, rx) = std::sync::mpsc::channel::<(ClaimedJob, Completion)>();
         let rx = Arc::new(Mutex::new(rx));
         let exec = Arc::new(ThreadExecutor {
@@ -992,24 +995,33 @@ fn open_gate(gate: &(Mutex<bool>, std::sync::Condvar)) {
     gate.1.notify_all();
 }
 
+/// A pool of `workers` on a [`ThreadExecutor`] of `threads` held by a closed gate (jobs
+/// named "hold" wait at it), after `warm` "quick" jobs ran so that it prefetches.
+async fn warmed_gated_pool(
+    storage: &Arc<dyn Storage>,
+    threads: usize,
+    workers: usize,
+    names: &[&str],
+    warm: usize,
+) -> (Arc<Queue>, Gate, Arc<ThreadExecutor>, WorkerPool) {
+    let queue = Arc::new(Queue::new(storage.clone()));
+    let gate: Gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let exec = ThreadExecutor::new(threads, gate.clone());
+    let pool = WorkerPool::start(queue.clone(), pool_config(workers, names), exec.clone()).unwrap();
+    let warmed = queue
+        .push_many((0..warm).map(|_| job("quick")).collect())
+        .await
+        .unwrap();
+    wait_final(storage, &warmed, Duration::from_secs(10)).await;
+    (queue, gate, exec, pool)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_runs_the_next_prefetched_job_itself_within_the_limit() {
     for (kind, storage, _dir) in storages() {
-        let queue = Arc::new(Queue::new(storage.clone()));
-        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let exec = ThreadExecutor::new(4, gate.clone());
-        let pool = WorkerPool::start(
-            queue.clone(),
-            pool_config(2, &["quick", "hold", "elsewhere"]),
-            exec.clone(),
-        )
-        .unwrap();
         // Short jobs, so the pool prefetches; "elsewhere" jobs are mixed in.
-        let warm = queue
-            .push_many((0..50).map(|_| job("quick")).collect())
-            .await
-            .unwrap();
-        wait_final(&storage, &warm, Duration::from_secs(10)).await;
+        let (queue, gate, exec, pool) =
+            warmed_gated_pool(&storage, 4, 2, &["quick", "hold", "elsewhere"], 50).await;
         // Both workers held: everything queued behind them is prefetched, then runs on the
         // threads that were held, one job after another.
         let hold = queue
@@ -1052,20 +1064,8 @@ async fn a_worker_runs_the_next_prefetched_job_itself_within_the_limit() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_skips_a_cancelled_prefetched_job_and_times_out_the_next() {
     for (kind, storage, _dir) in storages() {
-        let queue = Arc::new(Queue::new(storage.clone()));
-        let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-        let exec = ThreadExecutor::new(1, gate.clone());
-        let pool = WorkerPool::start(
-            queue.clone(),
-            pool_config(1, &["quick", "hold", "slow"]),
-            exec.clone(),
-        )
-        .unwrap();
-        let warm = queue
-            .push_many((0..20).map(|_| job("quick")).collect())
-            .await
-            .unwrap();
-        wait_final(&storage, &warm, Duration::from_secs(10)).await;
+        let (queue, gate, exec, pool) =
+            warmed_gated_pool(&storage, 1, 1, &["quick", "hold", "slow"], 20).await;
         let hold = queue.push_many(vec![job("hold")]).await.unwrap();
         wait_in_flight(&pool, 1).await;
         let mut slow = job("slow");

@@ -453,15 +453,16 @@ const GROUP_DROP_EMPTY: &str = "DELETE FROM hauler_groups
 /// lease expiry]`) that are still pending: one statement for the whole claim (one per row
 /// cost a statement, and temporary b-trees for the `IN` list and `RETURNING`, per job).
 /// `NOT INDEXED`: each job is found by its rowid, never by walking the status index.
-const CLAIM_MANY: &str = "UPDATE hauler_jobs NOT INDEXED
+const CLAIM_MANY: &str = concat!(
+    "UPDATE hauler_jobs NOT INDEXED
     SET status = 'running', attempt = attempt + 1, started_at = ?2, worker_id = ?3,
         lease_token = c.value ->> 1, lease_expires_at = c.value ->> 2
     FROM json_each(?1) AS c
-    WHERE hauler_jobs.rowid = c.value ->> 0
-      AND hauler_jobs.status <> 'running' AND hauler_jobs.status <> 'completed'
-      AND hauler_jobs.status <> 'failed' AND hauler_jobs.status <> 'cancelled'
-    RETURNING hauler_jobs.rowid, name, queue, args, attempt, retry, timeout_ms, heartbeat_ms,
-        version, state";
+    WHERE hauler_jobs.rowid = c.value ->> 0 AND ",
+    pending!(),
+    " RETURNING hauler_jobs.rowid, name, queue, args, attempt, retry, timeout_ms, heartbeat_ms,
+        version, state"
+);
 
 /// Set, for job `?1` running under token `?2`, progress `?3` with message `?4` (unless
 /// `?5` is 0) and state `?6` (unless NULL).
@@ -2402,21 +2403,11 @@ fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bo
     let mut done: HashSet<String> = HashSet::with_capacity(p.finishes.len());
     // Each job is in one of the two lists (ids are distinct): the order does not matter.
     let lists = [
-        (
-            JOB_COMPLETE_MANY,
-            serde_json::to_string(&completed)?,
-            completed.is_empty(),
-        ),
-        (
-            JOB_FINISH_MANY,
-            serde_json::to_string(&batch)?,
-            batch.is_empty(),
-        ),
+        (JOB_COMPLETE_MANY, json_unless_empty(&completed)?),
+        (JOB_FINISH_MANY, json_unless_empty(&batch)?),
     ];
-    for (sql, list, empty) in lists {
-        if empty {
-            continue;
-        }
+    for (sql, list) in lists {
+        let Some(list) = list else { continue };
         let mut stmt = tx.prepare_cached(sql)?;
         let mut rows = stmt.query(params![list, now])?;
         while let Some(r) = rows.next()? {
@@ -2452,6 +2443,14 @@ fn finish_jobs(tx: &Transaction<'_>, p: &JobFinishManyParams) -> DbResult<Vec<bo
         }
     }
     Ok(accepted)
+}
+
+/// `items` as a JSON array, or `None` if there are none (no statement to run).
+fn json_unless_empty<T: serde::Serialize>(items: &[T]) -> DbResult<Option<String>> {
+    if items.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(serde_json::to_string(items)?))
 }
 
 fn release_jobs(tx: &Transaction<'_>, p: &JobReleaseParams) -> DbResult<u64> {
@@ -4062,15 +4061,16 @@ mod tests {
             out.append(&mut indexes);
             out
         };
-        let at = |n: usize| {
-            let path = dir.path().join(format!("v{n}.db"));
+        // A new file `name` with the first `n` migrations applied.
+        let at = |name: &str, n: usize| {
+            let path = dir.path().join(name);
             let conn = open_connection(&path, &SqliteOptions::default()).unwrap();
             for script in &MIGRATIONS[..n] {
                 conn.execute_batch(script).unwrap();
             }
             conn
         };
-        let (v8, v9) = (at(8), at(9));
+        let (v8, v9) = (at("v8.db", 8), at("v9.db", 9));
         assert_eq!(shape(&v8), shape(&v9));
         // The partial indexes' conditions, compared as SQLite stores them (made by
         // migration 8 and again by 9, or unchanged since an earlier one).
@@ -4096,11 +4096,7 @@ mod tests {
         assert_eq!(conditions(&v8), conditions(&v9));
 
         // Rows and rowids survive the rebuild.
-        let path = dir.path().join("rows.db");
-        let conn = open_connection(&path, &SqliteOptions::default()).unwrap();
-        for script in &MIGRATIONS[..8] {
-            conn.execute_batch(script).unwrap();
-        }
+        let conn = at("rows.db", 8);
         for (rowid, status) in [(7, "available"), (11, "completed"), (12, "failed")] {
             conn.execute(
                 "INSERT INTO hauler_jobs (rowid, id, name, queue, args, status, priority,
